@@ -1,0 +1,194 @@
+"""The one typed loader for ``params.yaml``.
+
+Every stage and command reads its settings through :func:`load_params`. An
+unknown key, a wrong type or an out-of-range value stops with
+:class:`ParamsError`, which names the key, the value and the file. Overrides use
+DVC's form, ``-S section.key=value``, with the value parsed as YAML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Probability = Annotated[float, Field(gt=0, lt=1)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsParams(Section):
+    prepared: Path
+    validation: Path
+    features: Path
+    model: Path
+    evaluation: Path
+    package: Path
+    bentoml_home: Path
+    prediction_log: Path
+    reports: Path
+    dvc_remote: Path
+
+
+class DataParams(Section):
+    format: Literal["fashion_mnist", "imagefolder"]
+    source: Path
+    include: list[Path] = []
+    train_size: PositiveInt
+    val_size: PositiveInt
+    test_size: PositiveInt
+    holdout_fraction: tuple[Probability, Probability, Probability]
+
+    @field_validator("holdout_fraction")
+    @classmethod
+    def _fractions_sum_to_one(cls, value: tuple[float, float, float]) -> tuple:
+        if abs(sum(value) - 1.0) > 1e-6:
+            raise ValueError(f"train/val/test fractions must sum to 1, got {sum(value):g}")
+        return value
+
+
+class ValidateParams(Section):
+    min_per_class: Annotated[int, Field(ge=1)]
+    expected_labels: list[str] | None = None
+    fail_on_error: bool = True
+
+
+class ModelParams(Section):
+    backbone: str
+    weights: str = Field(description="offline | hub | path to a checkpoint file")
+    image_size: Annotated[int, Field(ge=16, le=1024)] | None = None
+
+
+class FeaturesParams(Section):
+    batch_size: PositiveInt
+
+
+class TrainParams(Section):
+    strategy: Literal["linear_probe"]
+    epochs: Annotated[int, Field(ge=0)]
+    lr: Annotated[float, Field(gt=0, le=10)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    batch_size: PositiveInt
+
+
+class EvaluateParams(Section):
+    top_k: PositiveInt
+
+
+class PackageParams(Section):
+    model_name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
+
+
+class ServeParams(Section):
+    top_k: PositiveInt
+    max_batch_size: PositiveInt
+    max_latency_ms: PositiveInt
+
+
+class MonitorParams(Section):
+    window: PositiveInt
+    min_window: PositiveInt
+    embedding_components: Annotated[int, Field(ge=2, le=256)]
+    p_value: Probability
+
+
+class Params(Section):
+    seed: Annotated[int, Field(ge=0)]
+    device: Literal["auto", "cpu", "cuda"]
+    threads: Annotated[int, Field(ge=1, le=256)]
+    paths: PathsParams
+    data: DataParams
+    validate_: ValidateParams = Field(alias="validate")
+    model: ModelParams
+    features: FeaturesParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    package: PackageParams
+    serve: ServeParams
+    monitor: MonitorParams
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ParamsError(ValueError):
+    """A params file (or an override) that does not fit the schema."""
+
+
+def load_params(path: Path = DEFAULT_PARAMS, overrides: Sequence[str] = ()) -> Params:
+    """Read, override and validate a params file.
+
+    Args:
+        path: the YAML file.
+        overrides: DVC-style ``key.sub=value`` strings, applied in order.
+
+    Raises:
+        ParamsError: naming the file, the key and the offending value.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as err:
+        raise ParamsError(f"{path}: params file not found") from err
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    for override in overrides:
+        apply_override(raw, override, source=path)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(format_validation_error(err, path)) from None
+
+
+def apply_override(raw: dict[str, Any], override: str, *, source: Path) -> None:
+    """Set ``a.b.c=value`` inside ``raw`` (value parsed as YAML), in place."""
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ParamsError(f"{source}: override {override!r} is not of the form key.sub=value")
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ParamsError(f"{source}: override {override!r}: {part!r} is not a section")
+        node = child
+    node[leaf] = yaml.safe_load(text) if text else None
+
+
+def format_validation_error(err: ValidationError, path: Path) -> str:
+    """One line per problem: ``file: key = value: what is wrong``."""
+    lines = [f"{path}: {err.error_count()} invalid setting(s)"]
+    for item in err.errors():
+        key = ".".join(str(part) for part in item["loc"]).replace("validate_", "validate")
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {path}: unknown key {key!r} (value {item['input']!r})")
+        elif item["type"] == "missing":
+            lines.append(f"  {path}: missing key {key!r}")
+        else:
+            lines.append(f"  {path}: {key} = {item['input']!r}: {item['msg']}")
+    return "\n".join(lines)
+
+
+
+def to_flat_dict(params: Params) -> dict[str, Any]:
+    """Params as plain JSON-able values, keyed by dotted path (for lineage)."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, sub)
+        else:
+            flat[prefix] = value
+
+    walk("", params.model_dump(mode="json", by_alias=True))
+    return flat

@@ -1,0 +1,58 @@
+"""Process-wide runtime settings: telemetry off, library homes, torch threads.
+
+Every entry point calls :func:`configure_runtime` before it imports Prefect,
+BentoML, DVC, Great Expectations or Evidently, because several of them read
+their settings from the environment at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+# Each library's own opt-out switch (read from their source, 2026-11).
+TELEMETRY_OFF: dict[str, str] = {
+    "DO_NOT_TRACK": "1",  # Evidently, and the cross-tool convention
+    "ITERATIVE_DO_NOT_TRACK": "1",  # dvclive / iterative-telemetry
+    "DVC_NO_ANALYTICS": "1",
+    "BENTOML_DO_NOT_TRACK": "True",
+    "GX_ANALYTICS_ENABLED": "False",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+
+
+def configure_runtime(bentoml_home: Path | None = None) -> None:
+    """Turn telemetry off and point BentoML at the project's model store.
+
+    Args:
+        bentoml_home: BentoML's store; set only when the caller did not set
+            ``BENTOML_HOME`` already (tests and users may override it).
+    """
+    for key, value in TELEMETRY_OFF.items():
+        os.environ[key] = value
+    if bentoml_home is not None:
+        os.environ.setdefault("BENTOML_HOME", str(Path(bentoml_home).resolve()))
+    logging.basicConfig(
+        level=os.environ.get("TRANSFEROPS_LOGLEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def select_device(requested: str) -> str:
+    """Resolve ``auto`` to ``cuda`` when a GPU is present, else ``cpu``."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("params: device = 'cuda' but no CUDA device is available")
+    return requested
+
+
+def set_threads(threads: int) -> None:
+    """Fix torch's CPU thread count so runs are repeatable and do not oversubscribe."""
+    import torch
+
+    torch.set_num_threads(threads)
