@@ -30,6 +30,7 @@ class PathsParams(Section):
     validation: Path
     features: Path
     model: Path
+    train_log: Path
     evaluation: Path
     package: Path
     bentoml_home: Path

@@ -1,0 +1,129 @@
+"""Reading image sources and the prepared manifest.
+
+Sources: Debian's Fashion-MNIST IDX files and ImageFolders (one folder per
+class, any depth below it). The prepared dataset is a folder of images plus
+``manifest.csv`` (path, label, split, sha256, width, height, source).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+MANIFEST = "manifest.csv"
+CLASSES = "classes.json"
+MANIFEST_COLUMNS = ["path", "label", "split", "sha256", "width", "height", "source"]
+SPLITS = ("train", "val", "test")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+FASHION_MNIST_CLASSES = [
+    "t-shirt_top", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle_boot",
+]
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "t10k": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FASHION_MNIST_HELP = (
+    "Fashion-MNIST is read from Debian's package: `apt-get install dataset-fashion-mnist` "
+    "(files in /usr/share/datasets/fashion-mnist), or point data.source at a folder "
+    "holding the four *-ubyte.gz files."
+)
+
+
+class DataSourceError(ValueError):
+    """A data source that cannot be read; the message names the path."""
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one (optionally gzipped) IDX file into an array (LeCun's format)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        raw = handle.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataSourceError(f"{path}: not an unsigned-byte IDX file")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise DataSourceError(f"{path}: header says {shape}, found {data.size} values")
+    return data.reshape(shape)
+
+
+def load_fashion_mnist(source: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 28, 28) and labels (N,) of the ``train`` or ``t10k`` part."""
+    images_name, labels_name = FASHION_MNIST_FILES[part]
+    paths = [Path(source) / images_name, Path(source) / labels_name]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise DataSourceError(f"data.source: missing {', '.join(missing)}. {FASHION_MNIST_HELP}")
+    images, labels = (read_idx(p) for p in paths)
+    if len(images) != len(labels):
+        raise DataSourceError(f"{source}: {len(images)} images but {len(labels)} labels")
+    return images, labels
+
+
+def scan_image_folder(root: Path) -> pd.DataFrame:
+    """List ``(file, label)`` for an ImageFolder: the label is the top-level folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataSourceError(f"data.source: {root} is not a folder")
+    rows = [
+        {"file": path, "label": path.relative_to(root).parts[0]}
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+        and len(path.relative_to(root).parts) > 1
+    ]
+    if not rows:
+        raise DataSourceError(f"{root}: no images in class folders (expected ROOT/<label>/*.png)")
+    return pd.DataFrame(rows)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_manifest(prepared: Path) -> pd.DataFrame:
+    """The manifest of a prepared dataset, with its schema checked."""
+    path = Path(prepared) / MANIFEST
+    if not path.is_file():
+        raise DataSourceError(f"{path}: manifest not found; run the prepare stage first")
+    frame = pd.read_csv(path, dtype={"label": str, "split": str})
+    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataSourceError(f"{path}: missing column(s) {missing}")
+    return frame
+
+
+def read_classes(prepared: Path) -> list[str]:
+    return json.loads((Path(prepared) / CLASSES).read_text())
+
+
+def load_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+class ManifestImages(torch.utils.data.Dataset):
+    """Images of one split of a prepared dataset, transformed, with label indices."""
+
+    def __init__(self, frame: pd.DataFrame, root: Path, classes: list[str],
+                 transform: Callable) -> None:
+        self.paths = [Path(root) / p for p in frame["path"]]
+        index = {name: i for i, name in enumerate(classes)}
+        self.targets = [index[label] for label in frame["label"]]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
+        return self.transform(load_rgb(self.paths[item])), self.targets[item]

@@ -1,0 +1,54 @@
+"""The thin command-line shell shared by every ``python -m pipelines.<stage>``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pipelines.config import DEFAULT_PARAMS, Params, ParamsError, load_params
+from pipelines.runtime import configure_runtime
+
+log = logging.getLogger(__name__)
+
+
+def add_params_options(parser: argparse.ArgumentParser) -> None:
+    """``--params FILE`` and DVC-style ``-S key=value`` overrides."""
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
+                        help="params file (default: %(default)s)")
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a param, e.g. -S train.lr=0.01")
+
+
+def run_stage(description: str, stage: Callable[[Params], object],
+              argv: Sequence[str] | None = None) -> int:
+    """Parse options, load params, run ``stage``; report expected failures in one line.
+
+    Returns the process exit code: 0 on success, 1 when the stage reports a
+    failure (a ``StageFailed``), 2 for a bad configuration or input.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    add_params_options(parser)
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params, args.overrides)
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    configure_runtime(params.paths.bentoml_home)
+    try:
+        stage(params)
+    except StageFailed as err:
+        print(f"failed: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        log.debug("stage error", exc_info=True)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+class StageFailed(RuntimeError):
+    """A stage ran and reached a negative verdict (e.g. validation failed)."""
