@@ -26,6 +26,7 @@ class Section(BaseModel):
 
 
 class PathsParams(Section):
+    incoming: Path
     prepared: Path
     validation: Path
     features: Path
@@ -36,13 +37,11 @@ class PathsParams(Section):
     bentoml_home: Path
     prediction_log: Path
     reports: Path
-    dvc_remote: Path
 
 
 class DataParams(Section):
     format: Literal["fashion_mnist", "imagefolder"]
     source: Path
-    include: list[Path] = []
     train_size: PositiveInt
     val_size: PositiveInt
     test_size: PositiveInt

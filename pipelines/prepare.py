@@ -1,7 +1,8 @@
 """Stage ``prepare``: a source of labelled images -> images on disk + manifest.
 
 Sources: the built-in Fashion-MNIST (a seeded, stratified subset) or an
-ImageFolder; ``data.include`` merges more labelled ImageFolders. Source files
+ImageFolder; every labelled drop under ``paths.incoming`` (one ImageFolder
+per drop, e.g. labelled production images) is merged in. Source files
 are only read, never modified; the output is written to a temporary folder
 and swapped in at the end, so a failed run leaves the last dataset intact.
 """
@@ -129,6 +130,14 @@ def write_dataset(items: list[dict], out_dir: Path) -> pd.DataFrame:
     return manifest
 
 
+def incoming_drops(incoming: Path) -> list[Path]:
+    """The drop folders under ``incoming``, oldest name first."""
+    incoming = Path(incoming)
+    if not incoming.is_dir():
+        return []
+    return sorted(p for p in incoming.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def prepare(params: Params) -> pd.DataFrame:
     """Collect every source's items and write the prepared dataset."""
     data = params.data
@@ -138,8 +147,8 @@ def prepare(params: Params) -> pd.DataFrame:
                                     seed=params.seed)
     else:
         items = split_image_folder(data.source, data.holdout_fraction, params.seed)
-    for folder in data.include:
-        items += split_image_folder(folder, data.holdout_fraction, params.seed)
+    for drop in incoming_drops(params.paths.incoming):
+        items += split_image_folder(drop, data.holdout_fraction, params.seed)
     manifest = write_dataset(items, params.paths.prepared)
     log.info("prepared %d images in %s: %s", len(manifest), params.paths.prepared,
              manifest["split"].value_counts().to_dict())
