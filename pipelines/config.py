@@ -98,6 +98,7 @@ class MonitorParams(Section):
     min_window: PositiveInt
     embedding_components: Annotated[int, Field(ge=2, le=256)]
     p_value: Probability
+    calibration_draws: Annotated[int, Field(ge=20, le=10000)]
 
 
 class Params(Section):

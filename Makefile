@@ -1,0 +1,60 @@
+# transferops: `make demo` and `make test` are the two commands a newcomer needs.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+# Telemetry off in every library, for everything make runs.
+export DO_NOT_TRACK := 1
+export ITERATIVE_DO_NOT_TRACK := 1
+export DVC_NO_ANALYTICS := 1
+export BENTOML_DO_NOT_TRACK := True
+export GX_ANALYTICS_ENABLED := False
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install data demo test lint format clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create or refresh .venv (only when pyproject.toml changed)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip check
+	touch $(STAMP)
+
+data: ## make sure Debian's Fashion-MNIST is present (installs it with apt when possible)
+	@if [ -f $(FASHION_MNIST) ]; then exit 0; fi; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing dataset-fashion-mnist with apt-get"; \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	elif command -v apt-get >/dev/null && command -v sudo >/dev/null; then \
+		sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		echo "Fashion-MNIST is missing: install Debian's 'dataset-fashion-mnist', or copy the"; \
+		echo "four *-ubyte.gz files into a folder and set data.source to it in params.yaml."; \
+		exit 1; \
+	fi
+
+demo: install data ## install, then run the whole loop on the bundled Fashion-MNIST
+	$(VENV)/bin/transferops demo
+
+test: install data lint ## install, lint, then run the whole test suite
+	$(PY) -m pytest
+
+lint: install ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean: ## remove pipeline outputs (DVC cache and remote are kept)
+	rm -rf artifacts reports logs data/prepared

@@ -1,0 +1,68 @@
+"""Starting and stopping a real ``bentoml serve`` of the prediction service."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+SERVICE = "services.service:Classifier"
+
+
+def bentoml_command(port: int) -> list[str]:
+    bentoml = Path(sys.executable).parent / "bentoml"
+    return [str(bentoml), "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll BentoML's readiness endpoint until it answers 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with code {process.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"bentoml serve not ready at {url} after {timeout:.0f} s")
+
+
+@contextmanager
+def running_service(port: int | None = None, log_file: Path | None = None,
+                    env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run the service on localhost for the duration of the block; yield its URL."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    process = subprocess.Popen(bentoml_command(port), stdout=out, stderr=subprocess.STDOUT,
+                               env={**os.environ, **(env or {})}, start_new_session=True)
+    try:
+        wait_ready(url, process)
+        yield url
+    finally:
+        # The server forks workers: stop the whole process group.
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if log_file:
+            out.close()

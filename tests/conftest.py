@@ -1,0 +1,96 @@
+"""Shared fixtures: telemetry off, an isolated BentoML store, the real params shrunk.
+
+BentoML reads BENTOML_HOME once, at import, so the whole session gets one
+temporary store, set here before any test imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.runtime import TELEMETRY_OFF
+
+os.environ.update(TELEMETRY_OFF)
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="transferops-bentoml-")
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="transferops-prefect-"))
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+# A dataset small enough for seconds on 2 CPU cores, big enough for every class.
+TINY = {
+    "data.train_size": 100,
+    "data.val_size": 40,
+    "data.test_size": 120,
+    "validate.min_per_class": 2,
+    "model.image_size": 32,
+    "features.batch_size": 64,
+    "train.epochs": 30,
+    "train.lr": 0.003,
+    "monitor.window": 60,
+    "monitor.min_window": 30,
+    "monitor.calibration_draws": 200,
+    "monitor.p_value": 0.005,
+}
+
+
+def write_params(path: Path, changes: dict[str, object], base: Path = ROOT / "params.yaml"
+                 ) -> Path:
+    """Copy the real params.yaml to ``path`` with dotted-key ``changes`` applied."""
+    raw = yaml.safe_load(base.read_text())
+    for key, value in changes.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def absolute_paths(root: Path) -> dict[str, str]:
+    """Every ``paths.*`` entry moved under ``root``."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return {f"paths.{key}": str(root / value) for key, value in raw["paths"].items()}
+
+
+@pytest.fixture
+def tiny_params_file(tmp_path: Path) -> Path:
+    """The real params.yaml, shrunk to a tiny dataset, with all outputs under tmp_path."""
+    return write_params(tmp_path / "params.yaml", TINY | absolute_paths(tmp_path))
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stages run once, for real, on the tiny dataset; returns the params file.
+
+    Used by the evaluation, packaging, service and monitoring tests, which
+    need a real trained and packaged model.
+    """
+    if not FASHION_MNIST.is_dir():
+        pytest.fail(f"{FASHION_MNIST} missing: run `make data` (Debian dataset-fashion-mnist)")
+    root = tmp_path_factory.mktemp("project")
+    params = write_params(root / "params.yaml", TINY | absolute_paths(root))
+    for stage in ("prepare", "validate", "features", "train", "evaluate", "package"):
+        subprocess.run([sys.executable, "-m", f"pipelines.{stage}", "--params", str(params)],
+                       cwd=root, check=True, capture_output=True)
+    return params
+
+
+def copy_project(dest: Path) -> Path:
+    """The repository's tracked files, copied into ``dest`` (for real DVC/git repos)."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True,
+                           text=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    return dest
