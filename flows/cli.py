@@ -19,40 +19,65 @@ Run from the project root (where params.yaml and dvc.yaml live)."""
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="transferops", description=DESCRIPTION)
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
-                        help="params file (default: %(default)s)")
+    parser.add_argument(
+        "--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: %(default)s)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser("train", help="run the training flow (DVC snapshot + dvc repro)",
-                                description="Snapshot the data with DVC, run `dvc repro` "
-                                "(or `dvc exp run` with -S), push to the DVC remote.")
+    train = commands.add_parser(
+        "train",
+        help="run the training flow (DVC snapshot + dvc repro)",
+        description="Snapshot the data with DVC, run `dvc repro` "
+        "(or `dvc exp run` with -S), push to the DVC remote.",
+    )
     train.add_argument("--dataset", help="a labelled ImageFolder to add as a new data drop")
     _add_overrides(train)
 
-    monitor = commands.add_parser("monitor", help="run the monitoring flow (drift check)",
-                                  description="Compare the latest traffic window with the "
-                                  "serving model's reference; retrain on drift.")
-    monitor.add_argument("--no-retrain", action="store_true",
-                         help="only report; never start the training flow")
+    monitor = commands.add_parser(
+        "monitor",
+        help="run the monitoring flow (drift check)",
+        description="Compare the latest traffic window with the "
+        "serving model's reference; retrain on drift.",
+    )
+    monitor.add_argument(
+        "--no-retrain", action="store_true", help="only report; never start the training flow"
+    )
     monitor.add_argument("--new-data", help="labelled ImageFolder the retraining run adds")
     _add_overrides(monitor)
 
-    serve = commands.add_parser("serve", help="serve the newest model with `bentoml serve`",
-                                description="Start the BentoML prediction service on "
-                                "localhost (a thin wrapper over `bentoml serve`).")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the newest model with `bentoml serve`",
+        description="Start the BentoML prediction service on "
+        "localhost (a thin wrapper over `bentoml serve`).",
+    )
     serve.add_argument("--port", type=int, default=3000, help="port (default: %(default)s)")
 
-    demo = commands.add_parser("demo", help="the whole loop on the bundled Fashion-MNIST",
-                               description="Train, serve, send normal then shifted traffic, "
-                               "detect drift, retrain, serve the new model; print a summary.")
-    demo.add_argument("--shift", choices=SHIFTS, default="blur",
-                      help="how production traffic changes (default: %(default)s)")
+    demo = commands.add_parser(
+        "demo",
+        help="the whole loop on the bundled Fashion-MNIST",
+        description="Train, serve, send normal then shifted traffic, "
+        "detect drift, retrain, serve the new model; print a summary.",
+    )
+    demo.add_argument(
+        "--shift",
+        choices=SHIFTS,
+        default="blur",
+        help="how production traffic changes (default: %(default)s)",
+    )
     return parser
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a param, e.g. -S train.lr=0.01")
+    parser.add_argument(
+        "-S",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param, e.g. -S train.lr=0.01",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,8 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "monitor":
         from flows.monitoring import monitoring_flow
 
-        result = monitoring_flow(retrain=not args.no_retrain, new_data=args.new_data,
-                                 overrides=args.overrides)
+        result = monitoring_flow(
+            retrain=not args.no_retrain, new_data=args.new_data, overrides=args.overrides
+        )
     else:
         from flows.demo import DemoSettings, run_demo
 

@@ -50,15 +50,17 @@ class DemoSettings:
     labelled_drop: int = 600  # shifted images that "annotators" label for retraining
 
 
-def run_demo(params: Params, settings: DemoSettings | None = None,
-             console: Console | None = None) -> dict:
+def run_demo(
+    params: Params, settings: DemoSettings | None = None, console: Console | None = None
+) -> dict:
     """Run the whole loop once; return what happened (also printed as a table)."""
     settings, console = settings or DemoSettings(), console or Console()
     started, runs = time.monotonic(), Path(params.paths.reports) / "demo"
     runs.mkdir(parents=True, exist_ok=True)
     if params.data.format != "fashion_mnist":
-        raise ValueError("the demo simulates traffic from Fashion-MNIST: "
-                         "set data.format = fashion_mnist")
+        raise ValueError(
+            "the demo simulates traffic from Fashion-MNIST: set data.format = fashion_mnist"
+        )
 
     for old in clear_demo_drops(Path(params.paths.incoming)):
         console.print(f"removed earlier demo drop {old} (its versions stay in the DVC cache)")
@@ -73,18 +75,20 @@ def run_demo(params: Params, settings: DemoSettings | None = None,
         summary["normal_accuracy"] = send(url, pool.take(settings.window))
         summary["normal"] = monitoring_flow(retrain=False)["verdict"]
         console.rule(f"4. shifted traffic ({settings.shift})")
-        summary["shifted_accuracy_before"] = send(url, pool.take(settings.window,
-                                                                 settings.shift))
-    drop = write_labelled_drop(pool.take(settings.labelled_drop, settings.shift),
-                               runs / f"{DEMO_DROP}{settings.shift}-{int(time.time())}")
+        summary["shifted_accuracy_before"] = send(url, pool.take(settings.window, settings.shift))
+    drop = write_labelled_drop(
+        pool.take(settings.labelled_drop, settings.shift),
+        runs / f"{DEMO_DROP}{settings.shift}-{int(time.time())}",
+    )
     shifted_run = monitoring_flow(retrain=True, new_data=str(drop))
     summary["shifted"], summary["retrained"] = shifted_run["verdict"], shifted_run["retrained"]
 
     if summary["retrained"]:
         console.rule(f"5. serving the retrained {summary['retrained']['model_tag']}")
         with running_service(log_file=runs / "serve-2.log") as url:
-            summary["shifted_accuracy_after"] = send(url, pool.take(settings.window,
-                                                                     settings.shift))
+            summary["shifted_accuracy_after"] = send(
+                url, pool.take(settings.window, settings.shift)
+            )
     summary["shift"] = settings.shift
     summary["minutes"] = (time.monotonic() - started) / 60
     (runs / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -98,23 +102,33 @@ def summary_table(summary: dict, params: Params) -> Table:
         table.add_column(column, overflow="fold")
     first, retrained = summary["first_model"], summary.get("retrained")
     normal, shifted = summary["normal"], summary["shifted"]
-    table.add_row("first model", f"{first['model_tag']}\ntest accuracy {first['accuracy']:.3f}",
-                  f"{params.paths.evaluation}/metrics.json, confusion.png")
-    table.add_row("in-distribution traffic",
-                  f"served accuracy {summary['normal_accuracy']:.3f}\n"
-                  f"verdict: {normal['status'].upper()}", str(normal.get("report_dir")))
-    table.add_row(f"shifted traffic ({summary['shift']})",
-                  f"served accuracy {summary['shifted_accuracy_before']:.3f}\n"
-                  f"verdict: {shifted['status'].upper()}\n" + "\n".join(shifted["reasons"]),
-                  str(shifted.get("report_dir")))
+    table.add_row(
+        "first model",
+        f"{first['model_tag']}\ntest accuracy {first['accuracy']:.3f}",
+        f"{params.paths.evaluation}/metrics.json, confusion.png",
+    )
+    table.add_row(
+        "in-distribution traffic",
+        f"served accuracy {summary['normal_accuracy']:.3f}\nverdict: {normal['status'].upper()}",
+        str(normal.get("report_dir")),
+    )
+    table.add_row(
+        f"shifted traffic ({summary['shift']})",
+        f"served accuracy {summary['shifted_accuracy_before']:.3f}\n"
+        f"verdict: {shifted['status'].upper()}\n" + "\n".join(shifted["reasons"]),
+        str(shifted.get("report_dir")),
+    )
     if retrained:
-        table.add_row("retraining (triggered by drift)",
-                      f"{retrained['model_tag']}\ntest accuracy {retrained['accuracy']:.3f}\n"
-                      f"shifted traffic accuracy now "
-                      f"{summary.get('shifted_accuracy_after', float('nan')):.3f}",
-                      f"data version {retrained['data_version']}")
-    table.add_row("validation", "Great Expectations Data Docs",
-                  f"{params.paths.validation}/docs/index.html")
+        table.add_row(
+            "retraining (triggered by drift)",
+            f"{retrained['model_tag']}\ntest accuracy {retrained['accuracy']:.3f}\n"
+            f"shifted traffic accuracy now "
+            f"{summary.get('shifted_accuracy_after', float('nan')):.3f}",
+            f"data version {retrained['data_version']}",
+        )
+    table.add_row(
+        "validation", "Great Expectations Data Docs", f"{params.paths.validation}/docs/index.html"
+    )
     table.add_row("training curves", "dvc plots show", f"{params.paths.train_log}/plots")
     table.add_row("total time", f"{summary['minutes']:.1f} min", f"{params.paths.reports}/demo")
     return table

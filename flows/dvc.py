@@ -21,8 +21,7 @@ class DvcError(RuntimeError):
     """A DVC command exited non-zero; the message holds its last output lines."""
 
 
-def run_dvc(args: list[str], repo: Path, logger: logging.Logger | logging.LoggerAdapter
-            ) -> str:
+def run_dvc(args: list[str], repo: Path, logger: logging.Logger | logging.LoggerAdapter) -> str:
     """Run ``dvc ARGS`` in ``repo``, streaming its output to ``logger``."""
     command = [sys.executable, "-m", "dvc", *args]
     # Stage commands say `python -m pipelines...`: make that our interpreter,
@@ -31,8 +30,9 @@ def run_dvc(args: list[str], repo: Path, logger: logging.Logger | logging.Logger
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     lines: list[str] = []
     with _DVC_LOCK:
-        process = subprocess.Popen(command, cwd=repo, stdout=subprocess.PIPE, env=env,
-                                   stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            command, cwd=repo, stdout=subprocess.PIPE, env=env, stderr=subprocess.STDOUT, text=True
+        )
         assert process.stdout is not None
         for line in process.stdout:
             line = line.rstrip()

@@ -20,8 +20,9 @@ def drift_check(overrides: list[str]) -> dict:
 
 
 @flow(name="transferops-monitoring", log_prints=True)
-def monitoring_flow(retrain: bool = True, new_data: str | None = None,
-                    overrides: list[str] | None = None) -> dict:
+def monitoring_flow(
+    retrain: bool = True, new_data: str | None = None, overrides: list[str] | None = None
+) -> dict:
     """Check the latest traffic window; retrain when it has drifted.
 
     Args:

@@ -44,14 +44,20 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 120) -> Non
 
 
 @contextmanager
-def running_service(port: int | None = None, log_file: Path | None = None,
-                    env: dict[str, str] | None = None) -> Iterator[str]:
+def running_service(
+    port: int | None = None, log_file: Path | None = None, env: dict[str, str] | None = None
+) -> Iterator[str]:
     """Run the service on localhost for the duration of the block; yield its URL."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-    process = subprocess.Popen(bentoml_command(port), stdout=out, stderr=subprocess.STDOUT,
-                               env={**os.environ, **(env or {})}, start_new_session=True)
+    process = subprocess.Popen(
+        bentoml_command(port),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
     try:
         wait_ready(url, process)
         yield url

@@ -34,8 +34,11 @@ class HeldOutPool:
 
     def __init__(self, source: Path, prepared: Path, seed: int) -> None:
         self.images, self.labels = load_fashion_mnist(source, "t10k")
-        used = {int(s.rsplit(":", 1)[1]) for s in read_manifest(prepared)["source"]
-                if str(s).startswith("fashion_mnist:t10k:")}
+        used = {
+            int(s.rsplit(":", 1)[1])
+            for s in read_manifest(prepared)["source"]
+            if str(s).startswith("fashion_mnist:t10k:")
+        }
         free = np.array([i for i in range(len(self.labels)) if i not in used])
         self.order = np.random.default_rng(seed).permutation(free)
         self.position = 0
@@ -43,12 +46,19 @@ class HeldOutPool:
     def take(self, count: int, shift: str = "none") -> list[tuple[Image.Image, str]]:
         """The next ``count`` unused images (never repeated), shifted, with labels."""
         if self.position + count > len(self.order):
-            raise ValueError(f"held-out pool has {len(self.order) - self.position} images "
-                             f"left, {count} asked for")
+            raise ValueError(
+                f"held-out pool has {len(self.order) - self.position} images "
+                f"left, {count} asked for"
+            )
         picked = self.order[self.position : self.position + count]
         self.position += count
-        return [(apply_shift(Image.fromarray(self.images[i]), shift),
-                 FASHION_MNIST_CLASSES[self.labels[i]]) for i in picked]
+        return [
+            (
+                apply_shift(Image.fromarray(self.images[i]), shift),
+                FASHION_MNIST_CLASSES[self.labels[i]],
+            )
+            for i in picked
+        ]
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -69,12 +79,15 @@ def send(url: str, items: list[tuple[Image.Image, str]], batch_size: int = 16) -
     correct = 0
     with httpx.Client(base_url=url, timeout=60) as client:
         for chunk in batches(items, batch_size):
-            files = [("images", (f"{i}.png", png_bytes(image), "image/png"))
-                     for i, (image, _) in enumerate(chunk)]
+            files = [
+                ("images", (f"{i}.png", png_bytes(image), "image/png"))
+                for i, (image, _) in enumerate(chunk)
+            ]
             response = client.post("/classify", files=files)
             response.raise_for_status()
-            correct += sum(r["label"] == label for r, (_, label)
-                           in zip(response.json(), chunk, strict=True))
+            correct += sum(
+                r["label"] == label for r, (_, label) in zip(response.json(), chunk, strict=True)
+            )
     return correct / max(len(items), 1)
 
 

@@ -68,8 +68,12 @@ def push_to_remote() -> None:
 def training_outcome(params: Params) -> dict:
     package = json.loads((Path(params.paths.package) / PACKAGE_RECORD).read_text())
     metrics = json.loads((Path(params.paths.evaluation) / METRICS).read_text())
-    return {"model_tag": package["tag"], "data_version": package["labels"]["data_version"],
-            "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+    return {
+        "model_tag": package["tag"],
+        "data_version": package["labels"]["data_version"],
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+    }
 
 
 @flow(name="transferops-training", log_prints=True)
@@ -86,6 +90,10 @@ def training_flow(dataset: str | None = None, overrides: list[str] | None = None
     reproduce(overrides)
     push_to_remote()
     outcome = training_outcome(params) | {"drops": drops}
-    get_run_logger().info("trained %s: accuracy %.3f (data %s)", outcome["model_tag"],
-                          outcome["accuracy"], outcome["data_version"])
+    get_run_logger().info(
+        "trained %s: accuracy %.3f (data %s)",
+        outcome["model_tag"],
+        outcome["accuracy"],
+        outcome["data_version"],
+    )
     return outcome

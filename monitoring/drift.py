@@ -63,12 +63,12 @@ def load_reference(model_tag: str) -> Reference:
     model_dir = Path(bentoml.models.get(model_tag).path)
     classes = ClassifierConfig.from_json((model_dir / CONFIG).read_text()).classes
     with np.load(model_dir / REFERENCE) as data:
-        return Reference(data["embeddings"],
-                         [classes[i] for i in data["predictions"]])
+        return Reference(data["embeddings"], [classes[i] for i in data["predictions"]])
 
 
-def calibrate_mmd_threshold(reference: np.ndarray, window: int, p_value: float,
-                            draws: int, seed: int) -> float:
+def calibrate_mmd_threshold(
+    reference: np.ndarray, window: int, p_value: float, draws: int, seed: int
+) -> float:
     """The (1 - p_value) quantile of MMD between in-distribution splits of the reference.
 
     Each draw holds out ``window`` reference rows as a pseudo-window and
@@ -90,37 +90,64 @@ def check_drift(params: Params) -> DriftVerdict:
     cfg = params.monitor
     logged = read_predictions(params.paths.prediction_log)
     if logged.empty:
-        return _record(params, DriftVerdict("insufficient_data", None, 0,
-                                            reasons=["no predictions logged yet"]))
+        return _record(
+            params,
+            DriftVerdict("insufficient_data", None, 0, reasons=["no predictions logged yet"]),
+        )
     tag = logged["model_tag"].iloc[-1]
     window = logged[logged["model_tag"] == tag].tail(cfg.window)
     if len(window) < cfg.min_window:
-        return _record(params, DriftVerdict(
-            "insufficient_data", tag, len(window),
-            reasons=[f"{len(window)} predictions < monitor.min_window = {cfg.min_window}"]))
+        return _record(
+            params,
+            DriftVerdict(
+                "insufficient_data",
+                tag,
+                len(window),
+                reasons=[f"{len(window)} predictions < monitor.min_window = {cfg.min_window}"],
+            ),
+        )
     reference = load_reference(tag)
     pca = PCA(n_components=cfg.embedding_components, random_state=params.seed)
     ref_z = pca.fit_transform(reference.embeddings)
     cur_z = pca.transform(np.stack(window["embedding"].to_numpy()))
-    threshold = calibrate_mmd_threshold(ref_z, len(window), cfg.p_value,
-                                        cfg.calibration_draws, params.seed)
-    report_dir = Path(params.paths.reports) / "drift" / datetime.now(UTC).strftime(
-        "%Y%m%dT%H%M%S%fZ")
-    scores = run_drift_report(embedding_frame(ref_z, reference.predictions),
-                              embedding_frame(cur_z, window["label"].tolist()),
-                              mmd_threshold=threshold, p_value=cfg.p_value, out_dir=report_dir)
+    threshold = calibrate_mmd_threshold(
+        ref_z, len(window), cfg.p_value, cfg.calibration_draws, params.seed
+    )
+    report_dir = (
+        Path(params.paths.reports) / "drift" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    )
+    scores = run_drift_report(
+        embedding_frame(ref_z, reference.predictions),
+        embedding_frame(cur_z, window["label"].tolist()),
+        mmd_threshold=threshold,
+        p_value=cfg.p_value,
+        out_dir=report_dir,
+    )
     reasons = []
     if scores.embedding_mmd > threshold:
-        reasons.append(f"embedding MMD {scores.embedding_mmd:.4f} > calibrated "
-                       f"threshold {threshold:.4f}")
+        reasons.append(
+            f"embedding MMD {scores.embedding_mmd:.4f} > calibrated threshold {threshold:.4f}"
+        )
     if scores.prediction_p_value < cfg.p_value:
-        reasons.append(f"predicted-class distribution changed (chi-square p = "
-                       f"{scores.prediction_p_value:.2g} < {cfg.p_value})")
-    return _record(params, DriftVerdict(
-        "drift" if reasons else "no_drift", tag, len(window), len(ref_z),
-        embedding_mmd=scores.embedding_mmd, mmd_threshold=threshold,
-        prediction_p_value=scores.prediction_p_value, p_value=cfg.p_value,
-        reasons=reasons, report_dir=str(report_dir)))
+        reasons.append(
+            f"predicted-class distribution changed (chi-square p = "
+            f"{scores.prediction_p_value:.2g} < {cfg.p_value})"
+        )
+    return _record(
+        params,
+        DriftVerdict(
+            "drift" if reasons else "no_drift",
+            tag,
+            len(window),
+            len(ref_z),
+            embedding_mmd=scores.embedding_mmd,
+            mmd_threshold=threshold,
+            prediction_p_value=scores.prediction_p_value,
+            p_value=cfg.p_value,
+            reasons=reasons,
+            report_dir=str(report_dir),
+        ),
+    )
 
 
 def _record(params: Params, verdict: DriftVerdict) -> DriftVerdict:
@@ -132,8 +159,13 @@ def _record(params: Params, verdict: DriftVerdict) -> DriftVerdict:
         (Path(verdict.report_dir) / "summary.json").write_text(line)
     with open(drift_dir / HISTORY, "a", encoding="utf-8") as handle:
         handle.write(line + "\n")
-    log.info("drift check: %s (%d predictions of %s) %s", verdict.status,
-             verdict.window_size, verdict.model_tag, "; ".join(verdict.reasons))
+    log.info(
+        "drift check: %s (%d predictions of %s) %s",
+        verdict.status,
+        verdict.window_size,
+        verdict.model_tag,
+        "; ".join(verdict.reasons),
+    )
     return verdict
 
 

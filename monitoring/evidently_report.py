@@ -32,13 +32,18 @@ def mmd_score(current: np.ndarray, reference: np.ndarray) -> float:
     """Evidently's MMD statistic (RBF kernel, median heuristic) on two samples."""
     from evidently.metrics.embeddings import MMDDriftMethod
 
-    score, _, _ = MMDDriftMethod(threshold=np.inf)(pd.DataFrame(current),
-                                                    pd.DataFrame(reference))
+    score, _, _ = MMDDriftMethod(threshold=np.inf)(pd.DataFrame(current), pd.DataFrame(reference))
     return float(score)
 
 
-def run_drift_report(reference: pd.DataFrame, current: pd.DataFrame, *,
-                     mmd_threshold: float, p_value: float, out_dir: Path) -> DriftScores:
+def run_drift_report(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    *,
+    mmd_threshold: float,
+    p_value: float,
+    out_dir: Path,
+) -> DriftScores:
     """Embedding drift (MMD) and predicted-class drift (chi-square) in one report.
 
     Writes ``report.html`` and ``report.json`` to ``out_dir``.
@@ -48,16 +53,23 @@ def run_drift_report(reference: pd.DataFrame, current: pd.DataFrame, *,
     from evidently.metrics.embeddings import MMDDriftMethod
 
     embedding_columns = [c for c in reference.columns if c.startswith("emb_")]
-    definition = DataDefinition(numerical_columns=embedding_columns,
-                                categorical_columns=[PREDICTION],
-                                embeddings={"embedding": embedding_columns})
-    report = Report([
-        EmbeddingsDrift(embeddings_name="embedding",
-                        drift_method=MMDDriftMethod(threshold=mmd_threshold)),
-        ValueDrift(column=PREDICTION, method="chisquare", threshold=p_value),
-    ])
-    snapshot = report.run(Dataset.from_pandas(current, data_definition=definition),
-                          Dataset.from_pandas(reference, data_definition=definition))
+    definition = DataDefinition(
+        numerical_columns=embedding_columns,
+        categorical_columns=[PREDICTION],
+        embeddings={"embedding": embedding_columns},
+    )
+    report = Report(
+        [
+            EmbeddingsDrift(
+                embeddings_name="embedding", drift_method=MMDDriftMethod(threshold=mmd_threshold)
+            ),
+            ValueDrift(column=PREDICTION, method="chisquare", threshold=p_value),
+        ]
+    )
+    snapshot = report.run(
+        Dataset.from_pandas(current, data_definition=definition),
+        Dataset.from_pandas(reference, data_definition=definition),
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     # save_* take a str: a pathlib.Path is silently ignored (ENVIRONMENT.md).
     snapshot.save_html(str(out_dir / "report.html"))

@@ -42,14 +42,29 @@ OFFLINE_WEIGHTS: dict[str, tuple[str, str, str]] = {
 }
 
 # Top-level tensors: the lukemelas-style names -> timm's.
-_STEM_AND_HEAD = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",
-                  "_bn1": "bn2", "_fc": "classifier"}
+_STEM_AND_HEAD = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
 # Inside a block the names depend on its type: the first block has no expansion
 # (timm's DepthwiseSeparableConv), the rest are inverted residuals.
-_SEPARABLE_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1",
-                    "_project_conv": "conv_pw", "_bn2": "bn2"}
-_INVERTED_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
-                   "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_SEPARABLE_BLOCK = {
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}
+_INVERTED_BLOCK = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 _BLOCK_KEY = re.compile(r"^_blocks\.(\d+)\.(_[a-z0-9_]+)\.(.+)$")
 
 
@@ -76,10 +91,10 @@ def map_lite_state_dict(source: dict[str, torch.Tensor], model: torch.nn.Module)
     The flat block index N is placed into timm's (stage, block) grid by walking
     ``model.blocks`` in order, so the mapping is explicit, not positional zipping.
     """
-    grid = [(stage, index) for stage, blocks in enumerate(model.blocks)
-            for index in range(len(blocks))]
-    separable = {n for n, (s, i) in enumerate(grid)
-                 if not hasattr(model.blocks[s][i], "conv_pwl")}
+    grid = [
+        (stage, index) for stage, blocks in enumerate(model.blocks) for index in range(len(blocks))
+    ]
+    separable = {n for n, (s, i) in enumerate(grid) if not hasattr(model.blocks[s][i], "conv_pwl")}
     mapped: dict[str, torch.Tensor] = {}
     for key, tensor in source.items():
         match = _BLOCK_KEY.match(key)

@@ -34,20 +34,23 @@ class ClassifierConfig:
 
     def to_json(self) -> str:
         config = asdict(self)
-        config["data_config"] = {k: list(v) if isinstance(v, tuple) else v
-                                 for k, v in self.data_config.items()}
+        config["data_config"] = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()
+        }
         return json.dumps(config, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> ClassifierConfig:
         config = json.loads(text)
-        config["data_config"] = {k: tuple(v) if isinstance(v, list) else v
-                                 for k, v in config["data_config"].items()}
+        config["data_config"] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in config["data_config"].items()
+        }
         return cls(**config)
 
 
-def build_classifier(backbone: torch.nn.Module, name: str, num_classes: int,
-                     weight: torch.Tensor, bias: torch.Tensor) -> torch.nn.Module:
+def build_classifier(
+    backbone: torch.nn.Module, name: str, num_classes: int, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.nn.Module:
     """Put a trained linear head on top of the pretrained backbone."""
     model = timm.create_model(name, pretrained=False, num_classes=num_classes)
     state = {k: v for k, v in backbone.state_dict().items() if not k.startswith("classifier.")}
@@ -78,8 +81,9 @@ def eval_transform(config: ClassifierConfig):
 
 
 @torch.inference_mode()
-def embed_and_classify(model: torch.nn.Module, batch: torch.Tensor
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def embed_and_classify(
+    model: torch.nn.Module, batch: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
     """Penultimate embeddings and class probabilities for a batch of inputs."""
     pooled = model.forward_head(model.forward_features(batch), pre_logits=True)
     probabilities = model.get_classifier()(pooled).softmax(dim=-1)

@@ -8,7 +8,7 @@ DVC's form, ``-S section.key=value``, with the value parsed as YAML.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -177,7 +177,6 @@ def format_validation_error(err: ValidationError, path: Path) -> str:
         else:
             lines.append(f"  {path}: {key} = {item['input']!r}: {item['msg']}")
     return "\n".join(lines)
-
 
 
 def to_flat_dict(params: Params) -> dict[str, Any]:

@@ -25,8 +25,16 @@ SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 FASHION_MNIST_CLASSES = [
-    "t-shirt_top", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle_boot",
+    "t-shirt_top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
 ]
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -79,7 +87,8 @@ def scan_image_folder(root: Path) -> pd.DataFrame:
     rows = [
         {"file": path, "label": path.relative_to(root).parts[0]}
         for path in sorted(root.rglob("*"))
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+        if path.is_file()
+        and path.suffix.lower() in IMAGE_SUFFIXES
         and len(path.relative_to(root).parts) > 1
     ]
     if not rows:
@@ -115,8 +124,9 @@ def load_rgb(path: Path) -> Image.Image:
 class ManifestImages(torch.utils.data.Dataset):
     """Images of one split of a prepared dataset, transformed, with label indices."""
 
-    def __init__(self, frame: pd.DataFrame, root: Path, classes: list[str],
-                 transform: Callable) -> None:
+    def __init__(
+        self, frame: pd.DataFrame, root: Path, classes: list[str], transform: Callable
+    ) -> None:
         self.paths = [Path(root) / p for p in frame["path"]]
         index = {name: i for i, name in enumerate(classes)}
         self.targets = [index[label] for label in frame["label"]]

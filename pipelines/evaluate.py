@@ -37,28 +37,33 @@ log = logging.getLogger(__name__)
 METRICS, CONFUSION, REFERENCE = "metrics.json", "confusion.png", "reference.npz"
 
 
-def classification_metrics(labels: np.ndarray, predictions: np.ndarray,
-                           classes: list[str]) -> dict:
+def classification_metrics(labels: np.ndarray, predictions: np.ndarray, classes: list[str]) -> dict:
     """Headline and per-class metrics as plain floats."""
     indices = list(range(len(classes)))
     precision, recall, _, support = precision_recall_fscore_support(
-        labels, predictions, labels=indices, zero_division=0)
+        labels, predictions, labels=indices, zero_division=0
+    )
     return {
         "accuracy": float(accuracy_score(labels, predictions)),
-        "macro_f1": float(f1_score(labels, predictions, labels=indices, average="macro",
-                                   zero_division=0)),
+        "macro_f1": float(
+            f1_score(labels, predictions, labels=indices, average="macro", zero_division=0)
+        ),
         "n": len(labels),
-        "per_class": {name: {"precision": float(p), "recall": float(r), "support": int(s)}
-                      for name, p, r, s in zip(classes, precision, recall, support, strict=True)},
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "support": int(s)}
+            for name, p, r, s in zip(classes, precision, recall, support, strict=True)
+        },
     }
 
 
-def plot_confusion(labels: np.ndarray, predictions: np.ndarray, classes: list[str],
-                   path: Path) -> None:
+def plot_confusion(
+    labels: np.ndarray, predictions: np.ndarray, classes: list[str], path: Path
+) -> None:
     matrix = confusion_matrix(labels, predictions, labels=list(range(len(classes))))
     figure, axes = plt.subplots(figsize=(8, 7))
     ConfusionMatrixDisplay(matrix, display_labels=classes).plot(
-        ax=axes, xticks_rotation=45, colorbar=False, cmap="Blues")
+        ax=axes, xticks_rotation=45, colorbar=False, cmap="Blues"
+    )
     axes.set_title("Confusion matrix (test split)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -73,11 +78,19 @@ def evaluate(params: Params) -> dict:
     model, config = load_classifier(paths.model)
     model.to(device)
     manifest = read_manifest(paths.prepared)
-    dataset = ManifestImages(manifest[manifest["split"] == "test"], paths.prepared,
-                             config.classes, eval_transform(config))
+    dataset = ManifestImages(
+        manifest[manifest["split"] == "test"],
+        paths.prepared,
+        config.classes,
+        eval_transform(config),
+    )
     embeddings, probabilities = [], []
-    for images, _ in tqdm(loader_for(dataset, params.features.batch_size, device),
-                          desc="evaluate", unit="batch", disable=None):
+    for images, _ in tqdm(
+        loader_for(dataset, params.features.batch_size, device),
+        desc="evaluate",
+        unit="batch",
+        disable=None,
+    ):
         emb, prob = embed_and_classify(model, images.to(device))
         embeddings.append(emb)
         probabilities.append(prob)
@@ -88,10 +101,19 @@ def evaluate(params: Params) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / METRICS).write_text(json.dumps(metrics, indent=2))
     plot_confusion(labels, predictions, config.classes, out_dir / CONFUSION)
-    np.savez(out_dir / REFERENCE, embeddings=np.concatenate(embeddings), probabilities=probs,
-             labels=labels, predictions=predictions)
-    log.info("test accuracy %.3f, macro-F1 %.3f on %d images", metrics["accuracy"],
-             metrics["macro_f1"], metrics["n"])
+    np.savez(
+        out_dir / REFERENCE,
+        embeddings=np.concatenate(embeddings),
+        probabilities=probs,
+        labels=labels,
+        predictions=predictions,
+    )
+    log.info(
+        "test accuracy %.3f, macro-F1 %.3f on %d images",
+        metrics["accuracy"],
+        metrics["macro_f1"],
+        metrics["n"],
+    )
     return metrics
 
 

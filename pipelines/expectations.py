@@ -41,7 +41,6 @@ def validate_tables(checks: list[TableCheck], docs_dir: Path) -> list[CheckOutco
     """
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
-
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
@@ -52,8 +51,10 @@ def validate_tables(checks: list[TableCheck], docs_dir: Path) -> list[CheckOutco
         site_name="transferops",
         site_config={
             "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                              "base_directory": str(Path(docs_dir).resolve())},
+            "store_backend": {
+                "class_name": "TupleFilesystemStoreBackend",
+                "base_directory": str(Path(docs_dir).resolve()),
+            },
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         },
     )
@@ -61,17 +62,22 @@ def validate_tables(checks: list[TableCheck], docs_dir: Path) -> list[CheckOutco
     outcomes: list[CheckOutcome] = []
     for check in checks:
         batch = source.add_dataframe_asset(check.name).add_batch_definition_whole_dataframe(
-            check.name)
+            check.name
+        )
         suite = context.suites.add(gx.ExpectationSuite(name=check.name))
         for expectation in check.expectations:
             suite.add_expectation(expectation)
         definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=check.name, data=batch, suite=suite))
-        checkpoint = context.checkpoints.add(gx.Checkpoint(
-            name=check.name, validation_definitions=[definition],
-            actions=[UpdateDataDocsAction(name="docs", site_names=["transferops"])],
-            result_format={"result_format": "SUMMARY", "partial_unexpected_count": 10},
-        ))
+            gx.ValidationDefinition(name=check.name, data=batch, suite=suite)
+        )
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=check.name,
+                validation_definitions=[definition],
+                actions=[UpdateDataDocsAction(name="docs", site_names=["transferops"])],
+                result_format={"result_format": "SUMMARY", "partial_unexpected_count": 10},
+            )
+        )
         result = checkpoint.run(batch_parameters={"dataframe": check.frame})
         for run in result.run_results.values():
             outcomes.extend(_outcome(check.name, item) for item in run.results)
@@ -87,5 +93,10 @@ def _outcome(table: str, item: Any) -> CheckOutcome:
         sample = found.get("partial_unexpected_list") or found.get("observed_value")
         count = found.get("unexpected_count")
         detail = f"{count} unexpected, e.g. {sample}" if count else f"observed {sample}"
-    return CheckOutcome(table=table, expectation=config.type, column=kwargs.get("column"),
-                        success=bool(item.success), detail=detail)
+    return CheckOutcome(
+        table=table,
+        expectation=config.type,
+        column=kwargs.get("column"),
+        success=bool(item.success),
+        detail=detail,
+    )

@@ -23,17 +23,20 @@ from pipelines.stage import run_stage
 log = logging.getLogger(__name__)
 
 
-def loader_for(dataset: torch.utils.data.Dataset, batch_size: int,
-               device: str) -> torch.utils.data.DataLoader:
+def loader_for(
+    dataset: torch.utils.data.Dataset, batch_size: int, device: str
+) -> torch.utils.data.DataLoader:
     """Batches for inference; on CUDA, worker processes and pinned memory."""
     cuda = device == "cuda"
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                       num_workers=4 if cuda else 0, pin_memory=cuda)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=4 if cuda else 0, pin_memory=cuda
+    )
 
 
 @torch.inference_mode()
-def extract_features(backbone: Backbone, loader: torch.utils.data.DataLoader,
-                     device: str, desc: str = "features") -> np.ndarray:
+def extract_features(
+    backbone: Backbone, loader: torch.utils.data.DataLoader, device: str, desc: str = "features"
+) -> np.ndarray:
     """Pooled pre-logit features for every image the loader yields, in order."""
     model = backbone.model.to(device)
     if device == "cuda":
@@ -60,10 +63,10 @@ def compute_features(params: Params) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for split in SPLITS:
-        dataset = ManifestImages(manifest[manifest["split"] == split], prepared, classes,
-                                 transform)
-        features = extract_features(backbone, loader_for(dataset, params.features.batch_size,
-                                                         device), device, desc=split)
+        dataset = ManifestImages(manifest[manifest["split"] == split], prepared, classes, transform)
+        features = extract_features(
+            backbone, loader_for(dataset, params.features.batch_size, device), device, desc=split
+        )
         written[split] = out_dir / f"{split}.npz"
         np.savez(written[split], features=features, labels=np.asarray(dataset.targets))
         log.info("%s: %d x %d features", split, *features.shape)

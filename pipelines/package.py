@@ -44,20 +44,24 @@ def package(params: Params) -> str:
         # BentoML metadata takes no None values: params travel as one JSON string.
         "params_json": json.dumps(to_flat_dict(params), sort_keys=True),
     }
-    files = [Path(paths.model) / WEIGHTS, Path(paths.model) / CONFIG,
-             Path(paths.evaluation) / METRICS, Path(paths.evaluation) / REFERENCE]
-    with bentoml.models.create(params.package.model_name, labels=labels,
-                               metadata=metadata) as model:
+    files = [
+        Path(paths.model) / WEIGHTS,
+        Path(paths.model) / CONFIG,
+        Path(paths.evaluation) / METRICS,
+        Path(paths.evaluation) / REFERENCE,
+    ]
+    with bentoml.models.create(
+        params.package.model_name, labels=labels, metadata=metadata
+    ) as model:
         for file in files:
             shutil.copy2(file, Path(model.path) / file.name)
     tag = str(model.tag)
     out_dir = Path(paths.package)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / PACKAGE_RECORD).write_text(json.dumps({"tag": tag, "labels": labels,
-                                                       "accuracy": metrics["accuracy"]},
-                                                      indent=2))
-    log.info("packaged %s (data %s, git %s)", tag, labels["data_version"],
-             labels["git_revision"])
+    (out_dir / PACKAGE_RECORD).write_text(
+        json.dumps({"tag": tag, "labels": labels, "accuracy": metrics["accuracy"]}, indent=2)
+    )
+    log.info("packaged %s (data %s, git %s)", tag, labels["data_version"], labels["git_revision"])
     return tag
 
 

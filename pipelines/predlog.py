@@ -33,12 +33,17 @@ class PredictionRecord:
 
     def to_json(self) -> str:
         embedding = base64.b64encode(self.embedding.astype("<f4").tobytes()).decode("ascii")
-        return json.dumps({
-            "request_id": self.request_id, "time": self.time, "model_tag": self.model_tag,
-            "label": self.label, "confidence": round(self.confidence, 6),
-            "probabilities": [round(p, 6) for p in self.probabilities],
-            "embedding_f32": embedding,
-        })
+        return json.dumps(
+            {
+                "request_id": self.request_id,
+                "time": self.time,
+                "model_tag": self.model_tag,
+                "label": self.label,
+                "confidence": round(self.confidence, 6),
+                "probabilities": [round(p, 6) for p in self.probabilities],
+                "embedding_f32": embedding,
+            }
+        )
 
 
 def utc_now() -> str:
@@ -85,13 +90,21 @@ def read_predictions(directory: Path, last: int | None = None) -> pd.DataFrame:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError:
                     continue
-    columns = ["request_id", "time", "model_tag", "label", "confidence", "probabilities",
-               "embedding"]
+    columns = [
+        "request_id",
+        "time",
+        "model_tag",
+        "label",
+        "confidence",
+        "probabilities",
+        "embedding",
+    ]
     if not rows:
         return pd.DataFrame(columns=columns)
     frame = pd.DataFrame(rows)
-    frame["embedding"] = [np.frombuffer(base64.b64decode(e), dtype="<f4")
-                          for e in frame.pop("embedding_f32")]
+    frame["embedding"] = [
+        np.frombuffer(base64.b64decode(e), dtype="<f4") for e in frame.pop("embedding_f32")
+    ]
     frame["time"] = pd.to_datetime(frame["time"], utc=True)
     frame = frame.sort_values("time", kind="stable").reset_index(drop=True)
     return frame[columns] if last is None else frame[columns].tail(last).reset_index(drop=True)

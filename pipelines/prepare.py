@@ -42,18 +42,21 @@ def stratified_pick(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     """Indices of a seeded subset of ``size`` with the label mix of the whole."""
     if size >= len(labels):
         return np.arange(len(labels))
-    picked, _ = train_test_split(np.arange(len(labels)), train_size=size,
-                                 stratify=labels, random_state=seed)
+    picked, _ = train_test_split(
+        np.arange(len(labels)), train_size=size, stratify=labels, random_state=seed
+    )
     return np.sort(picked)
 
 
-def split_fashion_mnist(source: Path, *, train_size: int, val_size: int, test_size: int,
-                        seed: int) -> list[dict]:
+def split_fashion_mnist(
+    source: Path, *, train_size: int, val_size: int, test_size: int, seed: int
+) -> list[dict]:
     """Train and val from the 60k training part, test from the 10k test part."""
     images, labels = load_fashion_mnist(source, "train")
     pool = stratified_pick(labels, train_size + val_size, seed)
-    train, val = train_test_split(pool, test_size=val_size, stratify=labels[pool],
-                                  random_state=seed)
+    train, val = train_test_split(
+        pool, test_size=val_size, stratify=labels[pool], random_state=seed
+    )
     test_images, test_labels = load_fashion_mnist(source, "t10k")
     test = stratified_pick(test_labels, test_size, seed)
     items = []
@@ -63,27 +66,36 @@ def split_fashion_mnist(source: Path, *, train_size: int, val_size: int, test_si
         ("test", "t10k", test, test_images, test_labels),
     ):
         for i in indices:
-            items.append({"split": split, "label": FASHION_MNIST_CLASSES[labs[i]],
-                          "source": f"fashion_mnist:{part}:{i}", "pixels": imgs[i]})
+            items.append(
+                {
+                    "split": split,
+                    "label": FASHION_MNIST_CLASSES[labs[i]],
+                    "source": f"fashion_mnist:{part}:{i}",
+                    "pixels": imgs[i],
+                }
+            )
     return items
 
 
-def split_image_folder(root: Path, fractions: tuple[float, float, float],
-                       seed: int) -> list[dict]:
+def split_image_folder(root: Path, fractions: tuple[float, float, float], seed: int) -> list[dict]:
     """A seeded split of an ImageFolder, stratified by label."""
     files = scan_image_folder(root)
     train_frac, val_frac, _ = fractions
     assigned = pd.Series("test", index=files.index)
     stratify = files["label"] if files["label"].value_counts().min() >= 3 else None
-    train, rest = train_test_split(files.index, train_size=train_frac, stratify=stratify,
-                                   random_state=seed)
+    train, rest = train_test_split(
+        files.index, train_size=train_frac, stratify=stratify, random_state=seed
+    )
     assigned[train] = "train"
     rest_stratify = files.loc[rest, "label"] if stratify is not None else None
-    val, _ = train_test_split(rest, train_size=val_frac / (1 - train_frac),
-                              stratify=rest_stratify, random_state=seed)
+    val, _ = train_test_split(
+        rest, train_size=val_frac / (1 - train_frac), stratify=rest_stratify, random_state=seed
+    )
     assigned[val] = "val"
-    return [{"split": assigned[i], "label": row.label, "source": str(row.file),
-             "file": row.file} for i, row in files.iterrows()]
+    return [
+        {"split": assigned[i], "label": row.label, "source": str(row.file), "file": row.file}
+        for i, row in files.iterrows()
+    ]
 
 
 def encode(item: dict) -> tuple[bytes, str, int, int]:
@@ -97,7 +109,7 @@ def encode(item: dict) -> tuple[bytes, str, int, int]:
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
-    except Exception as err:  # noqa: BLE001 - any decoder error means "not an image"
+    except Exception as err:
         raise DataSourceError(f"{item['source']}: cannot read as an image ({err})") from err
     return data, suffix, width, height
 
@@ -114,9 +126,17 @@ def write_dataset(items: list[dict], out_dir: Path) -> pd.DataFrame:
         relative = Path("images") / item["split"] / item["label"] / f"{digest[:16]}{suffix}"
         (staging / relative).parent.mkdir(parents=True, exist_ok=True)
         (staging / relative).write_bytes(data)
-        rows.append({"path": relative.as_posix(), "label": item["label"], "split": item["split"],
-                     "sha256": digest, "width": width, "height": height,
-                     "source": item["source"]})
+        rows.append(
+            {
+                "path": relative.as_posix(),
+                "label": item["label"],
+                "split": item["split"],
+                "sha256": digest,
+                "width": width,
+                "height": height,
+                "source": item["source"],
+            }
+        )
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     manifest.to_csv(staging / MANIFEST, index=False)
     classes = sorted(manifest["label"].unique())
@@ -142,16 +162,24 @@ def prepare(params: Params) -> pd.DataFrame:
     """Collect every source's items and write the prepared dataset."""
     data = params.data
     if data.format == "fashion_mnist":
-        items = split_fashion_mnist(data.source, train_size=data.train_size,
-                                    val_size=data.val_size, test_size=data.test_size,
-                                    seed=params.seed)
+        items = split_fashion_mnist(
+            data.source,
+            train_size=data.train_size,
+            val_size=data.val_size,
+            test_size=data.test_size,
+            seed=params.seed,
+        )
     else:
         items = split_image_folder(data.source, data.holdout_fraction, params.seed)
     for drop in incoming_drops(params.paths.incoming):
         items += split_image_folder(drop, data.holdout_fraction, params.seed)
     manifest = write_dataset(items, params.paths.prepared)
-    log.info("prepared %d images in %s: %s", len(manifest), params.paths.prepared,
-             manifest["split"].value_counts().to_dict())
+    log.info(
+        "prepared %d images in %s: %s",
+        len(manifest),
+        params.paths.prepared,
+        manifest["split"].value_counts().to_dict(),
+    )
     return manifest
 
 

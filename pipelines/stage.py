@@ -16,14 +16,23 @@ log = logging.getLogger(__name__)
 
 def add_params_options(parser: argparse.ArgumentParser) -> None:
     """``--params FILE`` and DVC-style ``-S key=value`` overrides."""
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
-                        help="params file (default: %(default)s)")
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a param, e.g. -S train.lr=0.01")
+    parser.add_argument(
+        "--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: %(default)s)"
+    )
+    parser.add_argument(
+        "-S",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param, e.g. -S train.lr=0.01",
+    )
 
 
-def run_stage(description: str, stage: Callable[[Params], object],
-              argv: Sequence[str] | None = None) -> int:
+def run_stage(
+    description: str, stage: Callable[[Params], object], argv: Sequence[str] | None = None
+) -> int:
     """Parse options, load params, run ``stage``; report expected failures in one line.
 
     Returns the process exit code: 0 on success, 1 when the stage reports a

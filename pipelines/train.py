@@ -27,10 +27,20 @@ from pipelines.stage import run_stage
 log = logging.getLogger(__name__)
 
 
-def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
-                     val_y: np.ndarray, *, num_classes: int, epochs: int, lr: float,
-                     weight_decay: float, batch_size: int, seed: int, live=None
-                     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+def fit_linear_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    *,
+    num_classes: int,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    seed: int,
+    live=None,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """Train softmax regression; return (weight, bias) on raw features and best metrics.
 
     With ``epochs == 0`` the head stays at its (seeded) initialisation: an
@@ -88,20 +98,33 @@ def train(params: Params) -> dict[str, float]:
     with Live(dir=str(paths.train_log), save_dvc_exp=False, dvcyaml=None) as live:
         live.log_params({"strategy": cfg.strategy, "lr": cfg.lr, "epochs": cfg.epochs})
         weight, bias, best = fit_linear_probe(
-            train_x, train_y, val_x, val_y, num_classes=len(classes), epochs=cfg.epochs,
-            lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-            seed=params.seed, live=live)
+            train_x,
+            train_y,
+            val_x,
+            val_y,
+            num_classes=len(classes),
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            batch_size=cfg.batch_size,
+            seed=params.seed,
+            live=live,
+        )
         live.summary["best/val_accuracy"] = best["val_accuracy"]
         live.summary["best/epoch"] = best["epoch"]
     backbone = load_backbone(params.model.backbone, params.model.weights)
     model = build_classifier(backbone.model, backbone.name, len(classes), weight, bias)
     config = ClassifierConfig(
-        backbone=backbone.name, classes=classes, strategy=cfg.strategy,
+        backbone=backbone.name,
+        classes=classes,
+        strategy=cfg.strategy,
         data_config=data_config_for(backbone, params.model.image_size),
-        extra={"weights": params.model.weights, "best_epoch": best["epoch"]})
+        extra={"weights": params.model.weights, "best_epoch": best["epoch"]},
+    )
     save_classifier(model, config, Path(paths.model))
-    log.info("linear probe: best val accuracy %.3f at epoch %d", best["val_accuracy"],
-             best["epoch"])
+    log.info(
+        "linear probe: best val accuracy %.3f at epoch %d", best["val_accuracy"], best["epoch"]
+    )
     return best
 
 

@@ -35,20 +35,30 @@ def build_checks(manifest: pd.DataFrame, labels: list[str], min_per_class: int) 
     import great_expectations as gx
 
     ex = gx.expectations
-    not_null = [ex.ExpectColumnValuesToNotBeNull(column=c)
-                for c in ("path", "label", "split", "sha256", "width", "height")]
+    not_null = [
+        ex.ExpectColumnValuesToNotBeNull(column=c)
+        for c in ("path", "label", "split", "sha256", "width", "height")
+    ]
     return [
-        TableCheck("manifest", manifest, [
-            *not_null,
-            ex.ExpectColumnValuesToBeInSet(column="label", value_set=labels),
-            ex.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
-            ex.ExpectColumnValuesToMatchRegex(column="sha256", regex=r"^[0-9a-f]{64}$"),
-            ex.ExpectColumnValuesToBeBetween(column="width", min_value=1),
-            ex.ExpectColumnValuesToBeBetween(column="height", min_value=1),
-        ]),
-        TableCheck("class_counts", class_counts(manifest, labels), [
-            ex.ExpectColumnValuesToBeBetween(column="count", min_value=min_per_class),
-        ]),
+        TableCheck(
+            "manifest",
+            manifest,
+            [
+                *not_null,
+                ex.ExpectColumnValuesToBeInSet(column="label", value_set=labels),
+                ex.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
+                ex.ExpectColumnValuesToMatchRegex(column="sha256", regex=r"^[0-9a-f]{64}$"),
+                ex.ExpectColumnValuesToBeBetween(column="width", min_value=1),
+                ex.ExpectColumnValuesToBeBetween(column="height", min_value=1),
+            ],
+        ),
+        TableCheck(
+            "class_counts",
+            class_counts(manifest, labels),
+            [
+                ex.ExpectColumnValuesToBeBetween(column="count", min_value=min_per_class),
+            ],
+        ),
     ]
 
 
@@ -57,8 +67,9 @@ def validate(params: Params) -> list[CheckOutcome]:
     prepared, out_dir = params.paths.prepared, Path(params.paths.validation)
     manifest = read_manifest(prepared)
     labels = params.validate_.expected_labels or read_classes(prepared)
-    outcomes = validate_tables(build_checks(manifest, labels, params.validate_.min_per_class),
-                               out_dir / "docs")
+    outcomes = validate_tables(
+        build_checks(manifest, labels, params.validate_.min_per_class), out_dir / "docs"
+    )
     failures = [o for o in outcomes if not o.success]
     counts = class_counts(manifest, labels)
     underfilled = counts[counts["count"] < params.validate_.min_per_class]
@@ -74,14 +85,22 @@ def validate(params: Params) -> list[CheckOutcome]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / RESULT).write_text(json.dumps(summary, indent=2))
     for failure in failures:
-        log.error("%s: %s on %s: %s", failure.table, failure.expectation, failure.column,
-                  failure.detail)
+        log.error(
+            "%s: %s on %s: %s", failure.table, failure.expectation, failure.column, failure.detail
+        )
     for row in underfilled.itertuples():
-        log.error("split %r, class %r: %d images, fewer than validate.min_per_class = %d",
-                  row.split, row.label, row.count, params.validate_.min_per_class)
+        log.error(
+            "split %r, class %r: %d images, fewer than validate.min_per_class = %d",
+            row.split,
+            row.label,
+            row.count,
+            params.validate_.min_per_class,
+        )
     if failures and params.validate_.fail_on_error:
-        raise StageFailed(f"{len(failures)} of {len(outcomes)} data checks failed; see "
-                          f"{out_dir / RESULT} and {summary['data_docs']}")
+        raise StageFailed(
+            f"{len(failures)} of {len(outcomes)} data checks failed; see "
+            f"{out_dir / RESULT} and {summary['data_docs']}"
+        )
     log.info("validation: %d checks, %d failed", len(outcomes), len(failures))
     return outcomes
 

@@ -43,8 +43,11 @@ class Classifier:
         self.top_k = min(PARAMS.serve.top_k, len(self.config.classes))
         self.log = PredictionLog(PARAMS.paths.prediction_log)
 
-    @bentoml.api(batchable=True, max_batch_size=PARAMS.serve.max_batch_size,
-                 max_latency_ms=PARAMS.serve.max_latency_ms)
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=PARAMS.serve.max_batch_size,
+        max_latency_ms=PARAMS.serve.max_latency_ms,
+    )
     def classify(self, images: list[Image.Image]) -> list[dict]:
         """Top-k labels and probabilities for each image, with a request id."""
         batch = torch.stack([self.transform(image.convert("RGB")) for image in images])
@@ -54,15 +57,28 @@ class Classifier:
             order = probs.argsort()[::-1][: self.top_k]
             request_id = uuid.uuid4().hex
             label = self.config.classes[order[0]]
-            results.append({
-                "request_id": request_id, "model": self.tag, "label": label,
-                "top_k": [{"label": self.config.classes[i], "probability": float(probs[i])}
-                          for i in order],
-            })
-            records.append(PredictionRecord(
-                request_id=request_id, time=now, model_tag=self.tag, label=label,
-                confidence=float(probs[order[0]]), probabilities=probs.tolist(),
-                embedding=embedding))
+            results.append(
+                {
+                    "request_id": request_id,
+                    "model": self.tag,
+                    "label": label,
+                    "top_k": [
+                        {"label": self.config.classes[i], "probability": float(probs[i])}
+                        for i in order
+                    ],
+                }
+            )
+            records.append(
+                PredictionRecord(
+                    request_id=request_id,
+                    time=now,
+                    model_tag=self.tag,
+                    label=label,
+                    confidence=float(probs[order[0]]),
+                    probabilities=probs.tolist(),
+                    embedding=embedding,
+                )
+            )
         self.log.append(records)
         return results
 
@@ -70,5 +86,9 @@ class Classifier:
     def metadata(self) -> dict:
         """The serving model's tag, classes and lineage."""
         info = self.model_ref.info
-        return {"model": self.tag, "classes": self.config.classes,
-                "labels": dict(info.labels), "metadata": dict(info.metadata)}
+        return {
+            "model": self.tag,
+            "classes": self.config.classes,
+            "labels": dict(info.labels),
+            "metadata": dict(info.metadata),
+        }

@@ -42,8 +42,7 @@ TINY = {
 }
 
 
-def write_params(path: Path, changes: dict[str, object], base: Path = ROOT / "params.yaml"
-                 ) -> Path:
+def write_params(path: Path, changes: dict[str, object], base: Path = ROOT / "params.yaml") -> Path:
     """Copy the real params.yaml to ``path`` with dotted-key ``changes`` applied."""
     raw = yaml.safe_load(base.read_text())
     for key, value in changes.items():
@@ -80,17 +79,40 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("project")
     params = write_params(root / "params.yaml", TINY | absolute_paths(root))
     for stage in ("prepare", "validate", "features", "train", "evaluate", "package"):
-        subprocess.run([sys.executable, "-m", f"pipelines.{stage}", "--params", str(params)],
-                       cwd=root, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", f"pipelines.{stage}", "--params", str(params)],
+            cwd=root,
+            check=True,
+            capture_output=True,
+        )
     return params
 
 
 def copy_project(dest: Path) -> Path:
     """The repository's tracked files, copied into ``dest`` (for real DVC/git repos)."""
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True,
-                           text=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.split()
     for name in files:
         if (ROOT / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, dest / name)
     return dest
+
+
+@pytest.fixture(scope="session")
+def service_client(trained_project: Path):
+    """The real BentoML service app, in-process, on the tiny trained model.
+
+    One per session: BentoML registers its Prometheus metrics globally, so a
+    second app in the same process would collide.
+    """
+    import importlib
+
+    from starlette.testclient import TestClient
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRANSFEROPS_PARAMS", str(trained_project))
+        service = importlib.reload(importlib.import_module("services.service"))
+        with TestClient(service.Classifier.to_asgi()) as client:
+            yield client

@@ -1,0 +1,45 @@
+"""Every command answers --help; bad params stop with a named error."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_params
+
+COMMANDS = [
+    ["transferops"],
+    ["transferops", "train"],
+    ["transferops", "monitor"],
+    ["transferops", "serve"],
+    ["transferops", "demo"],
+    *[["stage", s] for s in ("prepare", "validate", "features", "train", "evaluate", "package")],
+    ["module", "monitoring.drift"],
+]
+
+
+def command_line(words: list[str]) -> list[str]:
+    if words[0] == "transferops":
+        return [sys.executable, "-m", "flows.cli", *words[1:]]
+    if words[0] == "stage":
+        return [sys.executable, "-m", f"pipelines.{words[1]}"]
+    return [sys.executable, "-m", words[1]]
+
+
+@pytest.mark.parametrize("words", COMMANDS, ids=" ".join)
+def test_help(words: list[str]) -> None:
+    result = subprocess.run([*command_line(words), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+
+
+def test_bad_params_value_is_named(tmp_path: Path) -> None:
+    bad = write_params(tmp_path / "params.yaml", {"serve.top_k": 0})
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "--params", str(bad), "train"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert f"{bad}: serve.top_k = 0" in result.stderr

@@ -1,0 +1,70 @@
+"""The typed params loader: the real file loads; bad values are named precisely."""
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import ParamsError, load_params
+from tests.conftest import ROOT, write_params
+
+
+def test_real_params_file_loads() -> None:
+    params = load_params(ROOT / "params.yaml")
+    assert params.model.backbone == "tf_efficientnet_lite0"
+    assert params.model.weights == "offline", "the default must work without network"
+
+
+def test_override_in_dvc_form_changes_the_value() -> None:
+    params = load_params(ROOT / "params.yaml", ["train.lr=0.01", "data.train_size=10"])
+    assert params.train.lr == 0.01
+    assert params.data.train_size == 10
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("train.lr", -1, "train.lr = -1"),
+        ("train.epochs", "many", "train.epochs = 'many'"),
+        ("device", "tpu", "device = 'tpu'"),
+        ("monitor.p_value", 1.5, "monitor.p_value = 1.5"),
+    ],
+)
+def test_bad_value_names_key_value_and_file(
+    tmp_path: Path, key: str, value: object, expected: str
+) -> None:
+    path = write_params(tmp_path / "bad.yaml", {key: value})
+    with pytest.raises(ParamsError) as caught:
+        load_params(path)
+    message = str(caught.value)
+    assert str(path) in message, message
+    assert expected in message, message
+
+
+def test_unknown_key_is_refused_with_its_name(tmp_path: Path) -> None:
+    path = write_params(tmp_path / "p.yaml", {"train.learning_rate": 0.1})
+    with pytest.raises(ParamsError, match=r"unknown key 'train.learning_rate'"):
+        load_params(path)
+
+
+def test_bad_override_is_named() -> None:
+    with pytest.raises(ParamsError, match=r"train\.lr = 'fast'"):
+        load_params(ROOT / "params.yaml", ["train.lr=fast"])
+    with pytest.raises(ParamsError, match="not of the form"):
+        load_params(ROOT / "params.yaml", ["train.lr"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "none.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(broken)
+
+
+def test_stage_exits_2_with_the_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from pipelines.prepare import main
+
+    path = write_params(tmp_path / "bad.yaml", {"data.val_size": 0})
+    assert main(["--params", str(path)]) == 2
+    assert "data.val_size = 0" in capsys.readouterr().err

@@ -1,0 +1,93 @@
+"""The skeleton loop for real: a git+DVC repo, Prefect runs, `bentoml serve` on localhost.
+
+Train through the Prefect training flow (`dvc repro` inside), check that a
+second `dvc repro` has nothing to do, serve the model with a real
+`bentoml serve`, send in-distribution then blurred traffic, and let the
+monitoring flow find drift and retrain with a labelled drop of shifted images.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.serving import running_service
+from flows.traffic import HeldOutPool, send, write_labelled_drop
+from tests.conftest import TINY, copy_project, write_params
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = copy_project(tmp_path_factory.mktemp("repo"))
+    write_params(root / "params.yaml", TINY, base=root / "params.yaml")
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "snapshot of transferops for the integration test")
+    return root
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    # First start on a fresh PREFECT_HOME runs migrations: allow for it.
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+def dvc(repo: Path, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=repo, text=True, capture_output=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_train_serve_detect_drift_and_retrain(
+    repo: Path, prefect_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.monitoring import monitoring_flow
+    from flows.training import training_flow
+    from pipelines.config import load_params
+
+    monkeypatch.chdir(repo)
+    params = load_params(repo / "params.yaml")
+
+    first = training_flow()
+    lock = (repo / "dvc.lock").read_text()
+    assert first["data_version"].endswith(".dir") and first["data_version"] in lock, (
+        "the model's data version is DVC's hash of the prepared dataset"
+    )
+    assert "Data and pipelines are up to date" in dvc(repo, "repro")
+    assert any((repo / ".dvcstore").rglob("*")), "dvc push filled the local remote"
+
+    pool = HeldOutPool(params.data.source, params.paths.prepared, params.seed)
+    with running_service(log_file=repo / "serve.log") as url:
+        assert send(url, pool.take(params.monitor.window)) > 0.3
+        normal = monitoring_flow(retrain=False)
+        send(url, pool.take(params.monitor.window, "blur"))
+    assert normal["verdict"]["status"] == "no_drift", normal["verdict"]["reasons"]
+    assert normal["retrained"] is None
+
+    drop = write_labelled_drop(pool.take(100, "blur"), repo.parent / "labelled-blur")
+    shifted = monitoring_flow(retrain=True, new_data=str(drop))
+    assert shifted["verdict"]["status"] == "drift"
+    retrained = shifted["retrained"]
+    assert retrained["model_tag"] != first["model_tag"]
+    assert retrained["data_version"] != first["data_version"]
+    assert (repo / "data" / "incoming" / "labelled-blur.dvc").is_file(), "drop snapshotted"
+    record = json.loads((params.paths.package / "bento_model.json").read_text())
+    assert record["tag"] == retrained["model_tag"]
