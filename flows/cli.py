@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         from flows.demo import DemoSettings, run_demo
 
-        result = run_demo(params, DemoSettings(shift=args.shift))
+        result = run_demo(Path.cwd(), DemoSettings(shift=args.shift))
     if args.command != "demo":
         print(json.dumps(result, indent=2, default=str))
     return 0

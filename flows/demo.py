@@ -1,5 +1,8 @@
 """The end-to-end demo on the bundled Fashion-MNIST.
 
+It runs in ``demo-workspace/``, a fresh git + DVC copy of the project made at
+each start, so the checkout stays clean and every demo starts from the default.
+
 1. The training flow trains and packages the first model.
 2. ``bentoml serve`` serves it on localhost.
 3. In-distribution traffic; the monitoring flow finds no drift.
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,22 +28,10 @@ from flows.monitoring import monitoring_flow
 from flows.serving import running_service
 from flows.traffic import HeldOutPool, send, write_labelled_drop
 from flows.training import training_flow
-from pipelines.config import Params
+from flows.workspace import create_workspace
+from pipelines.config import Params, load_params
 
 log = logging.getLogger(__name__)
-DEMO_DROP = "demo-labelled-"
-
-
-def clear_demo_drops(incoming: Path) -> list[Path]:
-    """Remove drops an earlier demo added, so each demo starts from the default data."""
-    removed = []
-    for drop in sorted(incoming.glob(f"{DEMO_DROP}*")):
-        if drop.is_dir():
-            shutil.rmtree(drop)
-        else:  # the drop's .dvc file
-            drop.unlink()
-        removed.append(drop)
-    return removed
 
 
 @dataclass
@@ -48,22 +39,29 @@ class DemoSettings:
     shift: str = "blur"  # see flows.traffic.SHIFTS
     window: int = 200  # images per traffic phase
     labelled_drop: int = 600  # shifted images that "annotators" label for retraining
+    workspace: Path = Path("demo-workspace")
 
 
 def run_demo(
-    params: Params, settings: DemoSettings | None = None, console: Console | None = None
+    root: Path, settings: DemoSettings | None = None, console: Console | None = None
 ) -> dict:
-    """Run the whole loop once; return what happened (also printed as a table)."""
+    """Run the whole loop once in a fresh workspace; return what happened.
+
+    The outcome is also printed as a table and saved as JSON.
+    """
     settings, console = settings or DemoSettings(), console or Console()
-    started, runs = time.monotonic(), Path(params.paths.reports) / "demo"
-    runs.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    workspace = create_workspace(Path(root), Path(settings.workspace).resolve())
+    console.print(f"demo workspace: {workspace} (a fresh git + DVC copy of the project)")
+    os.chdir(workspace)
+    params = load_params(workspace / "params.yaml")
     if params.data.format != "fashion_mnist":
         raise ValueError(
             "the demo simulates traffic from Fashion-MNIST: set data.format = fashion_mnist"
         )
+    runs = Path(params.paths.reports) / "demo"
+    runs.mkdir(parents=True, exist_ok=True)
 
-    for old in clear_demo_drops(Path(params.paths.incoming)):
-        console.print(f"removed earlier demo drop {old} (its versions stay in the DVC cache)")
     console.rule("1. train the first model (Prefect flow -> dvc repro)")
     first = training_flow()
     pool = HeldOutPool(params.data.source, params.paths.prepared, params.seed)
@@ -78,7 +76,7 @@ def run_demo(
         summary["shifted_accuracy_before"] = send(url, pool.take(settings.window, settings.shift))
     drop = write_labelled_drop(
         pool.take(settings.labelled_drop, settings.shift),
-        runs / f"{DEMO_DROP}{settings.shift}-{int(time.time())}",
+        runs / f"labelled-{settings.shift}",
     )
     shifted_run = monitoring_flow(retrain=True, new_data=str(drop))
     summary["shifted"], summary["retrained"] = shifted_run["verdict"], shifted_run["retrained"]
@@ -92,12 +90,12 @@ def run_demo(
     summary["shift"] = settings.shift
     summary["minutes"] = (time.monotonic() - started) / 60
     (runs / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    console.print(summary_table(summary, params))
+    console.print(summary_table(summary, params, workspace))
     return summary
 
 
-def summary_table(summary: dict, params: Params) -> Table:
-    table = Table(title="transferops demo", show_lines=True)
+def summary_table(summary: dict, params: Params, workspace: Path) -> Table:
+    table = Table(title=f"transferops demo (paths under {workspace})", show_lines=True)
     for column in ("step", "result", "where"):
         table.add_column(column, overflow="fold")
     first, retrained = summary["first_model"], summary.get("retrained")

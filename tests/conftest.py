@@ -7,7 +7,6 @@ temporary store, set here before any test imports it.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,18 +85,6 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
             capture_output=True,
         )
     return params
-
-
-def copy_project(dest: Path) -> Path:
-    """The repository's tracked files, copied into ``dest`` (for real DVC/git repos)."""
-    files = subprocess.run(
-        ["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout.split()
-    for name in files:
-        if (ROOT / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)
-    return dest
 
 
 @pytest.fixture(scope="session")

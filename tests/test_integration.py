@@ -15,7 +15,8 @@ import pytest
 
 from flows.serving import running_service
 from flows.traffic import HeldOutPool, send, write_labelled_drop
-from tests.conftest import TINY, copy_project, write_params
+from flows.workspace import create_workspace
+from tests.conftest import ROOT, TINY, write_params
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -31,11 +32,8 @@ def git(repo: Path, *args: str) -> None:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = copy_project(tmp_path_factory.mktemp("repo"))
+    root = create_workspace(ROOT, tmp_path_factory.mktemp("repo") / "project")
     write_params(root / "params.yaml", TINY, base=root / "params.yaml")
-    git(root, "init", "-q")
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "snapshot of transferops for the integration test")
     return root
 
 

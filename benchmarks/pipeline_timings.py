@@ -1,0 +1,106 @@
+"""Time the DVC pipeline as a user runs it, and print a table.
+
+In a fresh temporary copy of the project (git + DVC), with the default
+params: a full `dvc repro` (each stage timed from DVC's own output), then a
+second `dvc repro` with nothing changed. Usage:
+
+    .venv/bin/python benchmarks/pipeline_timings.py [-S key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from flows.workspace import create_workspace  # noqa: E402
+from pipelines.runtime import TELEMETRY_OFF  # noqa: E402
+
+STAGE_START = re.compile(r"^Running stage '([a-z_]+)'")
+
+
+def timed_repro(repo: Path, env: dict[str, str]) -> tuple[float, dict[str, float], str]:
+    """Run `dvc repro`; return total seconds, seconds per stage, and the output."""
+    command = [sys.executable, "-m", "dvc", "repro"]
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    stages: dict[str, float] = {}
+    current, mark, lines = None, started, []
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line)
+        match = STAGE_START.match(line)
+        if match:
+            now = time.perf_counter()
+            if current:
+                stages[current] = now - mark
+            current, mark = match[1], now
+    if process.wait() != 0:
+        raise SystemExit("dvc repro failed:\n" + "".join(lines[-20:]))
+    end = time.perf_counter()
+    if current:
+        stages[current] = end - mark
+    return end - started, stages, "".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "-S",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="params override for the timed run",
+    )
+    args = parser.parse_args()
+    import os
+
+    env = {
+        **os.environ,
+        **TELEMETRY_OFF,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    with tempfile.TemporaryDirectory(prefix="transferops-bench-") as tmp:
+        repo = create_workspace(ROOT, Path(tmp) / "project")
+        env["BENTOML_HOME"] = str(repo / ".bentoml")
+        if args.overrides:
+            from tests.conftest import write_params
+
+            write_params(
+                repo / "params.yaml",
+                {k: v for k, _, v in (o.partition("=") for o in args.overrides)},
+                base=repo / "params.yaml",
+            )
+        total, stages, _ = timed_repro(repo, env)
+        again, _, output = timed_repro(repo, env)
+    table = Table(
+        title=f"dvc repro, default params ({platform.node()}, "
+        f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')})"
+    )
+    table.add_column("step")
+    table.add_column("seconds", justify="right")
+    for stage, seconds in stages.items():
+        table.add_row(f"stage {stage}", f"{seconds:.1f}")
+    table.add_row("full dvc repro", f"{total:.1f}")
+    up_to_date = "up to date" in output
+    table.add_row(f"second dvc repro (up to date: {up_to_date})", f"{again:.1f}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
