@@ -128,5 +128,6 @@ def summary_table(summary: dict, params: Params, workspace: Path) -> Table:
         "validation", "Great Expectations Data Docs", f"{params.paths.validation}/docs/index.html"
     )
     table.add_row("training curves", "dvc plots show", f"{params.paths.train_log}/plots")
+    table.add_row("models", "bentoml models list", os.environ.get("BENTOML_HOME", ""))
     table.add_row("total time", f"{summary['minutes']:.1f} min", f"{params.paths.reports}/demo")
     return table

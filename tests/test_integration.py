@@ -89,3 +89,15 @@ def test_train_serve_detect_drift_and_retrain(
     assert (repo / "data" / "incoming" / "labelled-blur.dvc").is_file(), "drop snapshotted"
     record = json.loads((params.paths.package / "bento_model.json").read_text())
     assert record["tag"] == retrained["model_tag"]
+
+
+def test_override_runs_a_dvc_experiment(
+    repo: Path, prefect_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.training import training_flow
+
+    monkeypatch.chdir(repo)
+    before = json.loads((repo / "artifacts/package/bento_model.json").read_text())["tag"]
+    outcome = training_flow(overrides=["train.epochs=3"])
+    assert "epochs: 3" in (repo / "params.yaml").read_text(), "dvc exp run -S applied it"
+    assert outcome["model_tag"] != before
