@@ -11,7 +11,6 @@ random windows. Run from a project (or demo) workspace after training:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +19,16 @@ from rich.console import Console
 from rich.table import Table
 from sklearn.decomposition import PCA
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from flows.traffic import HeldOutPool  # noqa: E402
-from monitoring.drift import calibrate_mmd_threshold, load_reference  # noqa: E402
-from monitoring.evidently_report import mmd_score  # noqa: E402
-from pipelines.classifier import (  # noqa: E402
+from flows.traffic import HeldOutPool
+from monitoring.drift import calibrate_mmd_threshold, load_reference
+from monitoring.evidently_report import mmd_score
+from pipelines.classifier import (
     embed_and_classify,
     eval_transform,
     load_classifier,
 )
-from pipelines.config import load_params  # noqa: E402
-from pipelines.runtime import configure_runtime  # noqa: E402
+from pipelines.config import load_params
+from pipelines.runtime import configure_runtime
 
 SHIFTS = ("none", "invert", "blur")
 
@@ -47,8 +44,9 @@ def main() -> None:
     configure_runtime(params.paths.bentoml_home)
     import bentoml
 
-    models = sorted(bentoml.models.list(params.package.model_name),
-                    key=lambda m: m.info.creation_time)
+    models = sorted(
+        bentoml.models.list(params.package.model_name), key=lambda m: m.info.creation_time
+    )
     model_ref = bentoml.models.get(args.tag) if args.tag else models[-1]
     model, config = load_classifier(Path(model_ref.path))
     transform = eval_transform(config)
@@ -60,23 +58,35 @@ def main() -> None:
         batch = torch.stack([transform(image.convert("RGB")) for image, _ in items])
         embedded[shift] = embed_and_classify(model, batch)[0]
     rng = np.random.default_rng(0)
-    table = Table(title=f"embedding drift, {model_ref.tag}, windows of {args.window}, "
-                        f"p_value {params.monitor.p_value}")
-    for column in ("PCA dims", "threshold", *[f"{s}: alarms (median/threshold)"
-                                                for s in SHIFTS]):
+    table = Table(
+        title=f"embedding drift, {model_ref.tag}, windows of {args.window}, "
+        f"p_value {params.monitor.p_value}"
+    )
+    for column in ("PCA dims", "threshold", *[f"{s}: alarms (median/threshold)" for s in SHIFTS]):
         table.add_column(column, justify="right")
     for dims in args.dims:
         pca = PCA(dims, random_state=params.seed).fit(reference)
         ref_z = pca.transform(reference)
-        threshold = calibrate_mmd_threshold(ref_z, args.window, params.monitor.p_value,
-                                            params.monitor.calibration_draws, params.seed)
+        threshold = calibrate_mmd_threshold(
+            ref_z,
+            args.window,
+            params.monitor.p_value,
+            params.monitor.calibration_draws,
+            params.seed,
+        )
         cells = []
         for shift in SHIFTS:
             z = pca.transform(embedded[shift])
-            scores = np.array([mmd_score(z[rng.choice(len(z), args.window, replace=False)],
-                                         ref_z) for _ in range(args.windows)])
-            cells.append(f"{int((scores > threshold).sum())}/{args.windows} "
-                         f"({np.median(scores) / threshold:.2f})")
+            scores = np.array(
+                [
+                    mmd_score(z[rng.choice(len(z), args.window, replace=False)], ref_z)
+                    for _ in range(args.windows)
+                ]
+            )
+            cells.append(
+                f"{int((scores > threshold).sum())}/{args.windows} "
+                f"({np.median(scores) / threshold:.2f})"
+            )
         table.add_row(str(dims), f"{threshold:.4f}", *cells)
     Console().print(table)
 

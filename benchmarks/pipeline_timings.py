@@ -10,6 +10,7 @@ second `dvc repro` with nothing changed. Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import re
 import subprocess
@@ -18,14 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from flows.workspace import create_workspace
+from pipelines.config import apply_override
+from pipelines.runtime import TELEMETRY_OFF
 
-from flows.workspace import create_workspace  # noqa: E402
-from pipelines.runtime import TELEMETRY_OFF  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 STAGE_START = re.compile(r"^Running stage '([a-z_]+)'")
 
@@ -68,8 +70,6 @@ def main() -> None:
         help="params override for the timed run",
     )
     args = parser.parse_args()
-    import os
-
     env = {
         **os.environ,
         **TELEMETRY_OFF,
@@ -79,13 +79,10 @@ def main() -> None:
         repo = create_workspace(ROOT, Path(tmp) / "project")
         env["BENTOML_HOME"] = str(repo / ".bentoml")
         if args.overrides:
-            from tests.conftest import write_params
-
-            write_params(
-                repo / "params.yaml",
-                {k: v for k, _, v in (o.partition("=") for o in args.overrides)},
-                base=repo / "params.yaml",
-            )
+            raw = yaml.safe_load((repo / "params.yaml").read_text())
+            for override in args.overrides:
+                apply_override(raw, override, source=repo / "params.yaml")
+            (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         total, stages, _ = timed_repro(repo, env)
         again, _, output = timed_repro(repo, env)
     table = Table(
