@@ -26,6 +26,7 @@ from rich.table import Table
 from flows.workspace import create_workspace
 from pipelines.config import apply_override
 from pipelines.runtime import TELEMETRY_OFF
+from pipelines.stage import add_override_option
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,15 +61,7 @@ def timed_repro(repo: Path, env: dict[str, str]) -> tuple[float, dict[str, float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "-S",
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="params override for the timed run",
-    )
+    add_override_option(parser)
     args = parser.parse_args()
     env = {
         **os.environ,

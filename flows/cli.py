@@ -12,6 +12,7 @@ from pathlib import Path
 from flows.traffic import SHIFTS
 from pipelines.config import DEFAULT_PARAMS, ParamsError, load_params
 from pipelines.runtime import configure_runtime
+from pipelines.stage import add_override_option
 
 DESCRIPTION = """Continuous training for transfer learning of image classifiers.
 Run from the project root (where params.yaml and dvc.yaml live)."""
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(or `dvc exp run` with -S), push to the DVC remote.",
     )
     train.add_argument("--dataset", help="a labelled ImageFolder to add as a new data drop")
-    _add_overrides(train)
+    add_override_option(train)
 
     monitor = commands.add_parser(
         "monitor",
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-retrain", action="store_true", help="only report; never start the training flow"
     )
     monitor.add_argument("--new-data", help="labelled ImageFolder the retraining run adds")
-    _add_overrides(monitor)
+    add_override_option(monitor)
 
     serve = commands.add_parser(
         "serve",
@@ -66,18 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="how production traffic changes (default: %(default)s)",
     )
     return parser
-
-
-def _add_overrides(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-S",
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a param, e.g. -S train.lr=0.01",
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,11 @@ def add_params_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: %(default)s)"
     )
+    add_override_option(parser)
+
+
+def add_override_option(parser: argparse.ArgumentParser) -> None:
+    """Repeatable DVC-style ``-S key.sub=value`` into ``args.overrides``."""
     parser.add_argument(
         "-S",
         "--set",
