@@ -46,6 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("--new-data", help="labelled ImageFolder the retraining run adds")
     add_override_option(monitor)
 
+    check = commands.add_parser(
+        "check",
+        help="validate an ImageFolder or manifest without training",
+        description="Run the data checks on PATH (an ImageFolder or a CSV/Parquet manifest). "
+        "Exit 0 when clean, 1 with a list of problems naming the files. Writes "
+        "result.json, problems.txt and Data Docs HTML.",
+    )
+    check.add_argument("path", type=Path, help="ImageFolder directory or manifest file")
+    check.add_argument("--out", type=Path, help="report folder (default: reports/check/<name>)")
+    add_override_option(check)
+
     serve = commands.add_parser(
         "serve",
         help="serve the newest model with `bentoml serve`",
@@ -81,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from flows.serving import bentoml_command
 
         os.execv(bentoml_command(args.port)[0], bentoml_command(args.port))
+    if args.command == "check":
+        return run_check(args.path, params, args.out)
     if args.command == "train":
         from flows.training import training_flow
 
@@ -98,6 +111,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "demo":
         print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+def run_check(path: Path, params, out: Path | None) -> int:
+    from pipelines.datacheck import check_source
+    from pipelines.datasets import DataSourceError
+
+    out = out or Path(params.paths.reports) / "check" / Path(path).resolve().name
+    try:
+        report = check_source(path, params.validate_, out)
+    except DataSourceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    verdict = "clean" if report.success else f"{len(report.problems)} problem(s)"
+    print(f"{path}: {report.images} images, {report.classes} classes: {verdict}")
+    if report.problems:
+        print(report.text())
+    print(f"report: {out / 'result.json'}, {out / 'problems.txt'}, {out / 'docs' / 'index.html'}")
+    return 0 if report.success else 1
 
 
 if __name__ == "__main__":

@@ -16,10 +16,11 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.dvc import run_dvc
 from pipelines.config import Params, load_params
-from pipelines.datasets import DataSourceError, scan_image_folder
+from pipelines.datasets import DataSourceError
 from pipelines.evaluate import METRICS
 from pipelines.package import PACKAGE_RECORD
 from pipelines.prepare import incoming_drops
+from pipelines.sources import list_source
 
 REPO = Path()
 
@@ -27,7 +28,7 @@ REPO = Path()
 def import_drop(source: Path, incoming: Path) -> Path:
     """Copy a labelled ImageFolder into ``incoming`` (the source is only read)."""
     source = Path(source).resolve()
-    scan_image_folder(source)  # refuses a folder without labelled images, naming it
+    list_source(source)  # refuses a folder without labelled images, naming it
     target = Path(incoming) / source.name
     if target.exists():
         raise DataSourceError(f"{target} already exists: give the new drop another name")

@@ -27,10 +27,17 @@ PROJECT_FILES = (
 
 
 def project_files(root: Path) -> list[str]:
-    """The files git tracks under ``root``, or :data:`PROJECT_FILES` outside git."""
+    """Files git tracks or would track (not ignored) under ``root``; else :data:`PROJECT_FILES`.
+
+    Untracked, not-ignored files count: a developer's uncommitted work runs too.
+    """
     try:
         listed = subprocess.run(
-            ["git", "ls-files"], cwd=root, check=True, capture_output=True, text=True
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+            cwd=root,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         listed = []

@@ -58,7 +58,14 @@ class DataParams(Section):
 class ValidateParams(Section):
     min_per_class: Annotated[int, Field(ge=1)]
     expected_labels: list[str] | None = None
-    fail_on_error: bool = True
+    on_error: Literal["fail", "quarantine"] = "fail"
+    min_side: Annotated[int, Field(ge=1)] = 8
+    max_side: Annotated[int, Field(ge=1)] = 8192
+    max_pixels: Annotated[int, Field(ge=1)] = 40_000_000
+    allowed_modes: list[str] = ["1", "L", "LA", "P", "RGB", "RGBA"]
+    max_imbalance: Annotated[float, Field(ge=1)] = 10.0
+    require_group: bool = False
+    min_per_group: Annotated[int, Field(ge=1)] = 20
 
 
 class ModelParams(Section):

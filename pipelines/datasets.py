@@ -20,7 +20,9 @@ from PIL import Image
 
 MANIFEST = "manifest.csv"
 CLASSES = "classes.json"
-MANIFEST_COLUMNS = ["path", "label", "split", "sha256", "width", "height", "source"]
+REFUSED = "refused.csv"  # rows prepare would not read (escaping paths, missing files)
+ACCEPTED = "accepted.csv"  # the manifest rows that passed validation: what trains
+MANIFEST_COLUMNS = ["path", "label", "split", "group", "sha256", "width", "height", "source"]
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -79,37 +81,25 @@ def load_fashion_mnist(source: Path, part: str) -> tuple[np.ndarray, np.ndarray]
     return images, labels
 
 
-def scan_image_folder(root: Path) -> pd.DataFrame:
-    """List ``(file, label)`` for an ImageFolder: the label is the top-level folder."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataSourceError(f"data.source: {root} is not a folder")
-    rows = [
-        {"file": path, "label": path.relative_to(root).parts[0]}
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-        and path.suffix.lower() in IMAGE_SUFFIXES
-        and len(path.relative_to(root).parts) > 1
-    ]
-    if not rows:
-        raise DataSourceError(f"{root}: no images in class folders (expected ROOT/<label>/*.png)")
-    return pd.DataFrame(rows)
-
-
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_manifest(prepared: Path) -> pd.DataFrame:
-    """The manifest of a prepared dataset, with its schema checked."""
-    path = Path(prepared) / MANIFEST
+def read_manifest(prepared: Path, name: str = MANIFEST) -> pd.DataFrame:
+    """A manifest (``manifest.csv`` of a prepared dataset by default), schema checked."""
+    path = Path(prepared) / name
     if not path.is_file():
-        raise DataSourceError(f"{path}: manifest not found; run the prepare stage first")
-    frame = pd.read_csv(path, dtype={"label": str, "split": str})
+        raise DataSourceError(f"{path}: manifest not found; run the pipeline stage first")
+    frame = pd.read_csv(path, dtype={"label": str, "split": str, "group": str})
     missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
     if missing:
         raise DataSourceError(f"{path}: missing column(s) {missing}")
     return frame
+
+
+def read_accepted(validation: Path) -> pd.DataFrame:
+    """The rows of the prepared manifest that passed validation (what trains)."""
+    return read_manifest(validation, ACCEPTED)
 
 
 def read_classes(prepared: Path) -> list[str]:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from pipelines.classifier import embed_and_classify, eval_transform, load_classifier
 from pipelines.config import Params
-from pipelines.datasets import ManifestImages, read_manifest
+from pipelines.datasets import ManifestImages, read_accepted
 from pipelines.features import loader_for
 from pipelines.runtime import select_device, set_threads
 from pipelines.stage import run_stage
@@ -77,7 +77,7 @@ def evaluate(params: Params) -> dict:
     paths = params.paths
     model, config = load_classifier(paths.model)
     model.to(device)
-    manifest = read_manifest(paths.prepared)
+    manifest = read_accepted(paths.validation)
     dataset = ManifestImages(
         manifest[manifest["split"] == "test"],
         paths.prepared,

@@ -1,7 +1,8 @@
 """The one place that speaks Great Expectations (1.x API).
 
 GX changes its API often; everything else in transferops calls
-:func:`validate_tables` with plain pandas frames and gets plain dicts back.
+:func:`validate_tables` with plain pandas frames and gets plain values back:
+one outcome per expectation, with the failing rows named by an index column.
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TableCheck:
-    """A named frame and the expectations (GX expectation objects) to hold on it."""
+    """A named frame and the expectations (GX expectation objects) to hold on it.
+
+    ``index_column`` names the rows GX reports as failing (e.g. ``path``).
+    """
 
     name: str
     frame: pd.DataFrame
     expectations: list[Any] = field(default_factory=list)
+    index_column: str | None = None
 
 
 @dataclass(frozen=True)
@@ -32,13 +37,11 @@ class CheckOutcome:
     column: str | None
     success: bool
     detail: str
+    rows: list[dict] = field(default_factory=list)  # failing rows: index column + values
 
 
 def validate_tables(checks: list[TableCheck], docs_dir: Path) -> list[CheckOutcome]:
-    """Run each table's suite in GX and build Data Docs HTML under ``docs_dir``.
-
-    Returns one outcome per expectation, failures with a readable detail.
-    """
+    """Run each table's suite in GX and build Data Docs HTML under ``docs_dir``."""
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -75,7 +78,7 @@ def validate_tables(checks: list[TableCheck], docs_dir: Path) -> list[CheckOutco
                 name=check.name,
                 validation_definitions=[definition],
                 actions=[UpdateDataDocsAction(name="docs", site_names=["transferops"])],
-                result_format={"result_format": "SUMMARY", "partial_unexpected_count": 10},
+                result_format=_result_format(check.index_column),
             )
         )
         result = checkpoint.run(batch_parameters={"dataframe": check.frame})
@@ -84,19 +87,40 @@ def validate_tables(checks: list[TableCheck], docs_dir: Path) -> list[CheckOutco
     return outcomes
 
 
+def _result_format(index_column: str | None) -> dict:
+    if index_column is None:
+        return {"result_format": "SUMMARY", "partial_unexpected_count": 10}
+    return {"result_format": "COMPLETE", "unexpected_index_column_names": [index_column]}
+
+
 def _outcome(table: str, item: Any) -> CheckOutcome:
     config = item.expectation_config
     kwargs = config.kwargs
-    detail = ""
+    detail, rows = "", []
     if not item.success:
         found = item.result or {}
-        sample = found.get("partial_unexpected_list") or found.get("observed_value")
+        sample = (
+            found.get("partial_unexpected_list")
+            or found.get("unexpected_list")
+            or found.get("observed_value")
+        )
         count = found.get("unexpected_count")
-        detail = f"{count} unexpected, e.g. {sample}" if count else f"observed {sample}"
+        detail = f"{count} unexpected, e.g. {list(sample)[:5]}" if count else f"observed {sample}"
+        rows = [
+            {key: _plain(value) for key, value in row.items()}
+            for row in found.get("unexpected_index_list") or []
+        ]
+    column = kwargs.get("column") or ",".join(kwargs.get("column_list") or []) or None
     return CheckOutcome(
         table=table,
         expectation=config.type,
-        column=kwargs.get("column"),
+        column=column,
         success=bool(item.success),
         detail=detail,
+        rows=rows,
     )
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars to Python values, so outcomes serialise to JSON."""
+    return value.item() if hasattr(value, "item") else value

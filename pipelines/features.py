@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from pipelines.backbones import Backbone, build_transform, data_config_for, load_backbone
 from pipelines.config import Params
-from pipelines.datasets import SPLITS, ManifestImages, read_classes, read_manifest
+from pipelines.datasets import SPLITS, ManifestImages, read_accepted, read_classes
 from pipelines.runtime import select_device, set_threads
 from pipelines.stage import run_stage
 
@@ -57,7 +57,7 @@ def compute_features(params: Params) -> dict[str, Path]:
     set_threads(params.threads)
     device = select_device(params.device)
     prepared, out_dir = Path(params.paths.prepared), Path(params.paths.features)
-    manifest, classes = read_manifest(prepared), read_classes(prepared)
+    manifest, classes = read_accepted(params.paths.validation), read_classes(prepared)
     backbone = load_backbone(params.model.backbone, params.model.weights)
     transform = build_transform(data_config_for(backbone, params.model.image_size))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,13 @@
 """Stage ``prepare``: a source of labelled images -> images on disk + manifest.
 
-Sources: the built-in Fashion-MNIST (a seeded, stratified subset) or an
-ImageFolder; every labelled drop under ``paths.incoming`` (one ImageFolder
-per drop, e.g. labelled production images) is merged in. Source files
-are only read, never modified; the output is written to a temporary folder
-and swapped in at the end, so a failed run leaves the last dataset intact.
+Sources: the built-in Fashion-MNIST (a seeded, stratified subset), an
+ImageFolder, or a CSV/Parquet manifest (``path,label[,split,group]``); every
+labelled drop under ``paths.incoming`` is merged in. Splits are kept when
+given, otherwise drawn seeded and stratified by label (and group). Files are
+copied byte for byte, never decoded or modified: judging them is the validate
+stage's job. Rows that may not be read (paths escaping the root, missing
+files) go to ``refused.csv``. The output is written to a staging folder and
+swapped in at the end, so a failed run leaves the last dataset intact.
 """
 
 from __future__ import annotations
@@ -28,11 +31,11 @@ from pipelines.datasets import (
     FASHION_MNIST_CLASSES,
     MANIFEST,
     MANIFEST_COLUMNS,
-    DataSourceError,
+    REFUSED,
     load_fashion_mnist,
-    scan_image_folder,
     sha256_bytes,
 )
+from pipelines.sources import Listing, list_source
 from pipelines.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,7 @@ def split_fashion_mnist(
                 {
                     "split": split,
                     "label": FASHION_MNIST_CLASSES[labs[i]],
+                    "group": None,
                     "source": f"fashion_mnist:{part}:{i}",
                     "pixels": imgs[i],
                 }
@@ -77,44 +81,65 @@ def split_fashion_mnist(
     return items
 
 
-def split_image_folder(root: Path, fractions: tuple[float, float, float], seed: int) -> list[dict]:
-    """A seeded split of an ImageFolder, stratified by label."""
-    files = scan_image_folder(root)
+def assign_splits(
+    rows: pd.DataFrame, fractions: tuple[float, float, float], seed: int
+) -> pd.Series:
+    """Keep given splits; draw the others seeded, stratified by label and group."""
+    splits = rows["split"].copy()
+    todo = rows[splits.isna()]
+    if todo.empty:
+        return splits
+    strata = todo["label"] + "|" + todo["group"].fillna("")
+    if strata.value_counts().min() < 3:  # too few per stratum: label alone, or none
+        strata = todo["label"] if todo["label"].value_counts().min() >= 3 else None
     train_frac, val_frac, _ = fractions
-    assigned = pd.Series("test", index=files.index)
-    stratify = files["label"] if files["label"].value_counts().min() >= 3 else None
     train, rest = train_test_split(
-        files.index, train_size=train_frac, stratify=stratify, random_state=seed
+        todo.index, train_size=train_frac, stratify=strata, random_state=seed
     )
-    assigned[train] = "train"
-    rest_stratify = files.loc[rest, "label"] if stratify is not None else None
-    val, _ = train_test_split(
-        rest, train_size=val_frac / (1 - train_frac), stratify=rest_stratify, random_state=seed
+    rest_strata = strata.loc[rest] if strata is not None else None
+    val, test = train_test_split(
+        rest, train_size=val_frac / (1 - train_frac), stratify=rest_strata, random_state=seed
     )
-    assigned[val] = "val"
-    return [
-        {"split": assigned[i], "label": row.label, "source": str(row.file), "file": row.file}
-        for i, row in files.iterrows()
+    splits.loc[train], splits.loc[val], splits.loc[test] = "train", "val", "test"
+    return splits
+
+
+def listing_items(
+    listing: Listing, fractions: tuple[float, float, float], seed: int
+) -> tuple[list[dict], pd.DataFrame]:
+    """Items to copy, and the refused rows (never read)."""
+    rows = listing.rows
+    usable = rows[rows["problem"].isna()].copy()
+    usable["split"] = assign_splits(usable, fractions, seed)
+    items = [
+        {
+            "split": r.split,
+            "label": r.label,
+            "group": r.group,
+            "source": str(listing.root / r.path),
+            "file": r.file,
+        }
+        for r in usable.itertuples()
     ]
+    return items, rows[rows["problem"].notna()]
 
 
-def encode(item: dict) -> tuple[bytes, str, int, int]:
-    """The image's bytes, file suffix and size; arrays become PNG, files are copied."""
+def encode(item: dict) -> tuple[bytes, str, int | None, int | None]:
+    """The image's bytes, suffix and header size; arrays become PNG, files are copied."""
     if "pixels" in item:
         buffer = io.BytesIO()
         Image.fromarray(item["pixels"]).save(buffer, format="PNG")
         data, suffix = buffer.getvalue(), ".png"
     else:
         data, suffix = Path(item["file"]).read_bytes(), Path(item["file"]).suffix.lower()
-    try:
+    try:  # the header only: pixels are never decoded here
         with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except Exception as err:
-        raise DataSourceError(f"{item['source']}: cannot read as an image ({err})") from err
-    return data, suffix, width, height
+            return data, suffix, image.width, image.height
+    except Exception:
+        return data, suffix, None, None
 
 
-def write_dataset(items: list[dict], out_dir: Path) -> pd.DataFrame:
+def write_dataset(items: list[dict], refused: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
     """Write images and the manifest to a fresh folder, then swap it in atomically."""
     out_dir = Path(out_dir)
     staging = out_dir.with_name(out_dir.name + ".tmp")
@@ -131,14 +156,17 @@ def write_dataset(items: list[dict], out_dir: Path) -> pd.DataFrame:
                 "path": relative.as_posix(),
                 "label": item["label"],
                 "split": item["split"],
+                "group": item["group"],
                 "sha256": digest,
                 "width": width,
                 "height": height,
                 "source": item["source"],
             }
         )
+    staging.mkdir(parents=True, exist_ok=True)
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     manifest.to_csv(staging / MANIFEST, index=False)
+    refused.to_csv(staging / REFUSED, index=False)
     classes = sorted(manifest["label"].unique())
     (staging / CLASSES).write_text(json.dumps(classes, indent=1))
     backup = out_dir.with_name(out_dir.name + ".old")
@@ -161,6 +189,7 @@ def incoming_drops(incoming: Path) -> list[Path]:
 def prepare(params: Params) -> pd.DataFrame:
     """Collect every source's items and write the prepared dataset."""
     data = params.data
+    refused = []
     if data.format == "fashion_mnist":
         items = split_fashion_mnist(
             data.source,
@@ -169,16 +198,25 @@ def prepare(params: Params) -> pd.DataFrame:
             test_size=data.test_size,
             seed=params.seed,
         )
+        sources = []
     else:
-        items = split_image_folder(data.source, data.holdout_fraction, params.seed)
-    for drop in incoming_drops(params.paths.incoming):
-        items += split_image_folder(drop, data.holdout_fraction, params.seed)
-    manifest = write_dataset(items, params.paths.prepared)
+        items, sources = [], [data.source]
+    for source in [*sources, *incoming_drops(params.paths.incoming)]:
+        more, bad = listing_items(list_source(source), data.holdout_fraction, params.seed)
+        items += more
+        refused.append(bad.drop(columns=["file"]))
+    refused_rows = (
+        pd.concat(refused)
+        if refused
+        else pd.DataFrame(columns=["path", "label", "split", "group", "problem"])
+    )
+    manifest = write_dataset(items, refused_rows, params.paths.prepared)
     log.info(
-        "prepared %d images in %s: %s",
+        "prepared %d images in %s: %s; %d refused",
         len(manifest),
         params.paths.prepared,
         manifest["split"].value_counts().to_dict(),
+        len(refused_rows),
     )
     return manifest
 

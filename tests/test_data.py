@@ -12,7 +12,6 @@ from pipelines.datasets import DataSourceError, read_idx, read_manifest
 from pipelines.prepare import prepare
 from pipelines.stage import StageFailed
 from pipelines.validate import validate
-from tests.conftest import write_params
 
 
 def make_image_folder(root: Path, per_class: int = 12) -> Path:
@@ -62,10 +61,32 @@ def test_failed_prepare_keeps_the_last_good_dataset(tmp_path: Path, tiny_params_
     source = make_image_folder(tmp_path / "raw")
     params = load_params(tiny_params_file, ["data.format=imagefolder", f"data.source={source}"])
     good = prepare(params)
-    (source / "cat" / "broken.png").write_bytes(b"not really a png")
-    with pytest.raises(DataSourceError, match=r"broken\.png"):
-        prepare(params)
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("path,category\ncat/nested/0.png,cat\n")
+    broken = load_params(tiny_params_file, ["data.format=imagefolder", f"data.source={manifest}"])
+    with pytest.raises(DataSourceError, match=r"labels\.csv: missing column\(s\) \['label'\]"):
+        prepare(broken)
     assert read_manifest(params.paths.prepared).equals(good)
+
+
+def test_a_bad_image_is_copied_untouched_then_named_by_validate(
+    tmp_path: Path, tiny_params_file: Path
+) -> None:
+    source = make_image_folder(tmp_path / "raw")
+    (source / "cat" / "broken.png").write_bytes(b"not really a png")
+    params = load_params(
+        tiny_params_file,
+        ["data.format=imagefolder", f"data.source={source}", "validate.min_per_class=1"],
+    )
+    prepare(params)
+    assert (source / "cat" / "broken.png").read_bytes() == b"not really a png"
+    with pytest.raises(StageFailed, match="data problem"):
+        validate(params)
+    result = json.loads((params.paths.validation / "result.json").read_text())
+    (bad,) = [p for p in result["problems"] if p["check"] == "bad file"]
+    assert bad["detail"].startswith("not an image") and bad["files"][0].endswith(".png")
+    accepted = read_manifest(params.paths.validation, "accepted.csv")
+    assert len(accepted) == 36, "the accepted list holds only the files that passed"
 
 
 def test_missing_fashion_mnist_says_what_to_install(tmp_path: Path, tiny_params_file: Path) -> None:
@@ -84,8 +105,9 @@ def test_read_idx_rejects_a_file_that_is_not_idx(tmp_path: Path) -> None:
 def test_validation_passes_on_clean_data_and_writes_docs(tiny_params_file: Path) -> None:
     params = load_params(tiny_params_file)
     prepare(params)
-    outcomes = validate(params)
-    assert all(o.success for o in outcomes)
+    report = validate(params)
+    assert report.success and not report.problems, report.text()
+    assert all(o.success for o in report.outcomes)
     result = json.loads((params.paths.validation / "result.json").read_text())
     assert result["success"] is True
     assert (params.paths.validation / "docs" / "index.html").is_file()
@@ -95,33 +117,19 @@ def test_validation_names_the_underfilled_class(tmp_path: Path, tiny_params_file
     params = load_params(tiny_params_file)
     prepare(params)
     strict = load_params(tiny_params_file, ["validate.min_per_class=5"])
-    with pytest.raises(StageFailed, match="data checks failed"):
+    with pytest.raises(StageFailed, match="data problem"):
         validate(strict)
     result = json.loads((params.paths.validation / "result.json").read_text())
     assert result["success"] is False
-    assert {"split": "val", "label": "bag", "count": 4} in result["underfilled_classes"]
+    details = [p["detail"] for p in result["problems"] if p["check"] == "class too small"]
+    assert "val/bag: 4 usable images < validate.min_per_class = 5" in details
 
 
-def test_validation_catches_labels_outside_the_expected_set(tmp_path: Path) -> None:
-    params_file = write_params(
-        tmp_path / "p.yaml",
-        {
-            "validate.expected_labels": ["t-shirt_top", "trouser"],
-            "data.train_size": 100,
-            "data.val_size": 40,
-            "data.test_size": 120,
-            "validate.min_per_class": 1,
-            "validate.fail_on_error": False,
-            "paths.prepared": str(tmp_path / "prepared"),
-            "paths.validation": str(tmp_path / "validation"),
-        },
-    )
-    params = load_params(params_file)
+def test_validation_catches_labels_outside_the_expected_set(tiny_params_file: Path) -> None:
+    params = load_params(tiny_params_file, ["validate.expected_labels=[t-shirt_top, trouser]"])
     prepare(params)
-    failed = [o for o in validate(params) if not o.success]
-    assert any(
-        o.expectation == "expect_column_values_to_be_in_set"
-        and o.column == "label"
-        and "pullover" in o.detail
-        for o in failed
-    ), failed
+    with pytest.raises(StageFailed):
+        validate(params)
+    result = json.loads((params.paths.validation / "result.json").read_text())
+    unexpected = [p for p in result["problems"] if p["check"] == "unexpected label"]
+    assert any("'pullover'" in p["detail"] and p["files"] for p in unexpected), unexpected

@@ -1,0 +1,123 @@
+"""Listing a labelled image source: an ImageFolder or a CSV/Parquet manifest.
+
+A listing has one row per image: ``path`` (as written, relative to the root),
+``file`` (resolved, or None when refused), ``label``, ``split``, ``group``
+(None when not given) and ``problem`` (why the row was refused: a path that
+escapes the root, an absolute path, a missing file). ``empty_classes`` lists
+class folders of an ImageFolder that hold no image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.datasets import IMAGE_SUFFIXES, DataSourceError
+
+LISTING_COLUMNS = ["path", "file", "label", "split", "group", "problem"]
+MANIFEST_SUFFIXES = {".csv", ".parquet"}
+
+
+@dataclass
+class Listing:
+    root: Path
+    rows: pd.DataFrame
+    empty_classes: list[str] = field(default_factory=list)
+
+
+def list_source(source: Path) -> Listing:
+    """A listing of an ImageFolder (a folder) or a manifest (a .csv/.parquet file)."""
+    source = Path(source)
+    if source.is_dir():
+        return list_image_folder(source)
+    if source.is_file() and source.suffix.lower() in MANIFEST_SUFFIXES:
+        return list_manifest(source)
+    raise DataSourceError(
+        f"{source}: expected an ImageFolder directory or a .csv/.parquet manifest"
+    )
+
+
+def contained(root: Path, path: Path) -> str | None:
+    """Why ``path`` may not be used under ``root`` (None when it may)."""
+    if not path.exists():
+        return "file not found"
+    if not path.resolve().is_relative_to(root.resolve()):
+        return f"path escapes the dataset root (resolves to {path.resolve()})"
+    return None
+
+
+def list_image_folder(root: Path) -> Listing:
+    """``ROOT/<label>/.../<image>``: the top-level folder names the label."""
+    root = Path(root)
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    rows = []
+    for class_dir in class_dirs:
+        for path in sorted(class_dir.rglob("*")):
+            if path.suffix.lower() in IMAGE_SUFFIXES and (path.is_file() or path.is_symlink()):
+                problem = contained(root, path)
+                rows.append(
+                    {
+                        "path": path.relative_to(root).as_posix(),
+                        "file": None if problem else str(path.resolve()),
+                        "label": class_dir.name,
+                        "split": None,
+                        "group": None,
+                        "problem": problem,
+                    }
+                )
+    listing = pd.DataFrame(rows, columns=LISTING_COLUMNS)
+    empty = sorted(set(d.name for d in class_dirs) - set(listing["label"]))
+    if not class_dirs:
+        raise DataSourceError(f"{root}: no class folders (expected ROOT/<label>/<image>)")
+    return Listing(root, listing, empty)
+
+
+def list_manifest(manifest: Path) -> Listing:
+    """A table with ``path`` and ``label`` (optional ``split``, ``group``).
+
+    Paths are relative to the manifest's folder; absolute ones and ones that
+    escape the folder are refused (listed with a problem, never read).
+    """
+    manifest = Path(manifest)
+    try:
+        table = (
+            pd.read_parquet(manifest)
+            if manifest.suffix.lower() == ".parquet"
+            else pd.read_csv(manifest, dtype=str, keep_default_na=False)
+        )
+    except (OSError, ValueError) as err:
+        raise DataSourceError(f"{manifest}: cannot read manifest: {err}") from err
+    missing = [c for c in ("path", "label") if c not in table.columns]
+    if missing:
+        raise DataSourceError(
+            f"{manifest}: missing column(s) {missing}; found {list(table.columns)}"
+        )
+    root = manifest.parent
+    rows = []
+    for record in table.to_dict(orient="records"):
+        written = str(record["path"])
+        path = Path(written)
+        problem = (
+            "absolute path refused: paths must be relative to the manifest's folder"
+            if path.is_absolute()
+            else contained(root, root / path)
+        )
+        rows.append(
+            {
+                "path": written,
+                "file": None if problem else str((root / path).resolve()),
+                "label": str(record["label"]),
+                "split": _optional(record.get("split")),
+                "group": _optional(record.get("group")),
+                "problem": problem,
+            }
+        )
+    return Listing(root, pd.DataFrame(rows, columns=LISTING_COLUMNS))
+
+
+def _optional(value: object) -> str | None:
+    if value is None or (isinstance(value, float) and pd.isna(value)) or value == "":
+        return None
+    return str(value)
