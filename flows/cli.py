@@ -57,6 +57,34 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--out", type=Path, help="report folder (default: reports/check/<name>)")
     add_override_option(check)
 
+    data = commands.add_parser(
+        "data",
+        help="dataset versions: add (check + DVC snapshot + push), list",
+        description="Manage labelled data drops, each versioned with DVC.",
+    )
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    add = data_commands.add_parser(
+        "add",
+        help="check PATH; if clean, snapshot it with DVC as a drop and push it",
+        description="Check an ImageFolder or manifest; when it passes, copy it under "
+        "paths.incoming, `dvc add` and `dvc push` it, and record its version. A dataset that "
+        "fails is recorded as failed and never reaches training.",
+    )
+    add.add_argument("path", type=Path, help="ImageFolder directory or manifest file")
+    add.add_argument("--name", help="drop name (default: the folder or file name)")
+    checkout = data_commands.add_parser(
+        "checkout",
+        help="restore a dataset version (e.g. a model's data_version) with DVC",
+        description="Materialise the DVC-tracked folder with hash VERSION into a new folder.",
+    )
+    checkout.add_argument("version", help="DVC hash, e.g. 9aafb477f5aa4198c50a23a1017c2d21.dir")
+    checkout.add_argument("--to", type=Path, required=True, help="new folder to restore into")
+    data_commands.add_parser(
+        "list",
+        help="show recorded dataset versions",
+        description="Every `data add`: name, DVC version, images, classes, size, status.",
+    )
+
     serve = commands.add_parser(
         "serve",
         help="serve the newest model with `bentoml serve`",
@@ -92,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from flows.serving import bentoml_command
 
         os.execv(bentoml_command(args.port)[0], bentoml_command(args.port))
+    if args.command == "data":
+        return run_data(args, params)
     if args.command == "check":
         return run_check(args.path, params, args.out)
     if args.command == "train":
@@ -110,6 +140,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_demo(Path.cwd(), DemoSettings(shift=args.shift))
     if args.command != "demo":
         print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def run_data(args: argparse.Namespace, params) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from flows.data import add_dataset, checkout_version, list_versions
+    from pipelines.datasets import DataSourceError
+
+    if args.data_command == "checkout":
+        print(checkout_version(args.version, args.to))
+        return 0
+    if args.data_command == "add":
+        try:
+            record = add_dataset(args.path, params, args.name)
+        except DataSourceError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(json.dumps(record.__dict__, indent=2))
+        return 0 if record.status == "passed" else 1
+    table = Table(title=f"dataset versions ({params.paths.registry})")
+    for column in ("name", "version", "images", "classes", "MB", "status", "added"):
+        table.add_column(column)
+    for v in list_versions(params.paths.registry):
+        table.add_row(
+            v.name,
+            (v.version or "-")[:12],
+            str(v.images),
+            str(v.classes),
+            f"{v.bytes / 1e6:.1f}",
+            v.status,
+            v.added_at,
+        )
+    Console().print(table)
     return 0
 
 

@@ -8,41 +8,33 @@ by DVC, so re-running the flow on unchanged data costs seconds.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.data import add_dataset, require_passed
 from flows.dvc import run_dvc
 from pipelines.config import Params, load_params
-from pipelines.datasets import DataSourceError
 from pipelines.evaluate import METRICS
 from pipelines.package import PACKAGE_RECORD
 from pipelines.prepare import incoming_drops
-from pipelines.sources import list_source
 
 REPO = Path()
 
 
-def import_drop(source: Path, incoming: Path) -> Path:
-    """Copy a labelled ImageFolder into ``incoming`` (the source is only read)."""
-    source = Path(source).resolve()
-    list_source(source)  # refuses a folder without labelled images, naming it
-    target = Path(incoming) / source.name
-    if target.exists():
-        raise DataSourceError(f"{target} already exists: give the new drop another name")
-    shutil.copytree(source, target)
-    return target
-
-
 @task(cache_policy=NO_CACHE)
 def snapshot_data(params: Params, dataset: str | None) -> list[str]:
-    """Track every labelled drop with DVC (``dvc add``), after importing ``dataset``."""
+    """Track every labelled drop with DVC (``dvc add``), after adding ``dataset``.
+
+    ``dataset`` is checked first (``transferops data add``): one that fails
+    stops the run here, so it never reaches training.
+    """
     logger = get_run_logger()
     incoming = Path(params.paths.incoming)
     if dataset:
-        logger.info("imported %s", import_drop(Path(dataset), incoming))
+        added = require_passed(add_dataset(Path(dataset), params))
+        logger.info("added %s as drop %s (version %s)", dataset, added.name, added.version)
     drops = incoming_drops(incoming)
     for drop in drops:
         run_dvc(["add", str(drop)], REPO, logger)

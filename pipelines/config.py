@@ -27,6 +27,7 @@ class Section(BaseModel):
 
 class PathsParams(Section):
     incoming: Path
+    registry: Path
     prepared: Path
     validation: Path
     features: Path

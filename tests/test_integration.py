@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from flows.data import checkout_version
 from flows.serving import running_service
 from flows.traffic import HeldOutPool, send, write_labelled_drop
 from flows.workspace import create_workspace
+from pipelines.datasets import read_manifest
 from tests.conftest import ROOT, TINY, write_params
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -89,6 +91,10 @@ def test_train_serve_detect_drift_and_retrain(
     assert (repo / "data" / "incoming" / "labelled-blur.dvc").is_file(), "drop snapshotted"
     record = json.loads((params.paths.package / "bento_model.json").read_text())
     assert record["tag"] == retrained["model_tag"]
+
+    # The first model's data version can be checked out again with DVC.
+    restored = checkout_version(first["data_version"], Path("restored"))
+    assert len(read_manifest(restored)) == 260, "the first dataset: 100 + 40 + 120 images"
 
 
 def test_override_runs_a_dvc_experiment(

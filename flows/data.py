@@ -1,0 +1,140 @@
+"""Dataset versions: check, snapshot with DVC, push, and keep a registry.
+
+``add_dataset`` checks a labelled ImageFolder or manifest first; only one
+that passes is copied under ``paths.incoming`` (the source is only read),
+tracked with ``dvc add`` and pushed to the DVC remote, so a failed check
+never changes what trains. Every attempt, passed or failed, is recorded in
+``paths.registry`` (JSON Lines) with its DVC hash, size, classes and status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from flows.dvc import run_dvc
+from pipelines.config import Params
+from pipelines.datacheck import check_source
+from pipelines.datasets import DataSourceError
+from pipelines.sources import list_source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DatasetVersion:
+    name: str
+    status: str  # "passed" | "failed"
+    version: str | None  # DVC's md5 of the snapshot; None when not snapshotted
+    images: int
+    classes: int
+    bytes: int
+    problems: int
+    quarantined: int
+    report: str
+    source: str
+    added_at: str
+
+
+def add_dataset(
+    source: Path, params: Params, name: str | None = None, repo: Path = Path()
+) -> DatasetVersion:
+    """Check ``source``; when it passes, snapshot it as drop ``name`` and push it."""
+    source = Path(source).resolve()
+    name = name or source.stem
+    report_dir = Path(params.paths.reports) / "data" / name
+    report = check_source(source, params.validate_, report_dir)
+    record = DatasetVersion(
+        name=name,
+        status="passed" if report.success else "failed",
+        version=None,
+        images=report.images - len(report.quarantined),
+        classes=report.classes,
+        bytes=0,
+        problems=len(report.problems),
+        quarantined=len(report.quarantined),
+        report=str(report_dir / "problems.txt"),
+        source=str(source),
+        added_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    if report.success:
+        drop = copy_drop(source, Path(params.paths.incoming) / name, set(report.quarantined))
+        run_dvc(["add", str(drop)], repo, log)
+        run_dvc(["push", f"{drop}.dvc"], repo, log)
+        record.version, record.bytes = dvc_hash(Path(f"{drop}.dvc"))
+    with open(params.paths.registry, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(asdict(record)) + "\n")
+    return record
+
+
+def copy_drop(source: Path, target: Path, excluded: set[str]) -> Path:
+    """Copy the source's images (not the quarantined ones) into an ImageFolder drop.
+
+    The copy is staged and swapped in, so a new version replaces the old one
+    whole (the old one stays in the DVC cache and remote).
+    """
+    listing = list_source(source)
+    staging = target.with_name(target.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    for row in listing.rows.itertuples():
+        if row.problem is None and row.path not in excluded:
+            relative = Path(row.path)
+            # A manifest's folder layout need not name the label: file it under it.
+            destination = staging / (
+                relative if source.is_dir() else Path(row.label) / relative.name
+            )
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(row.file, destination)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return target
+
+
+def dvc_hash(dvc_file: Path) -> tuple[str, int]:
+    """The md5 and size DVC recorded for a tracked folder."""
+    out = yaml.safe_load(dvc_file.read_text())["outs"][0]
+    return out["md5"], int(out.get("size", 0))
+
+
+def list_versions(registry: Path) -> list[DatasetVersion]:
+    """Every recorded attempt, oldest first."""
+    if not Path(registry).is_file():
+        return []
+    lines = Path(registry).read_text(encoding="utf-8").splitlines()
+    return [DatasetVersion(**json.loads(line)) for line in lines if line.strip()]
+
+
+def require_passed(record: DatasetVersion) -> DatasetVersion:
+    if record.status != "passed":
+        raise DataSourceError(
+            f"{record.source}: {record.problems} data problem(s), not added; see {record.report}"
+        )
+    return record
+
+
+def checkout_version(version: str, dest: Path, repo: Path = Path()) -> Path:
+    """Materialise any DVC-tracked folder version (e.g. a model's ``data_version``).
+
+    Writes ``<dest>.dvc`` pointing at that hash and runs ``dvc checkout`` on it,
+    fetching from the DVC remote first when the local cache lacks it.
+    """
+    dest = Path(dest)
+    if dest.exists():
+        raise DataSourceError(f"{dest} already exists: choose a new folder")
+    pointer = dest.with_name(dest.name + ".dvc")
+    pointer.write_text(
+        yaml.safe_dump({"outs": [{"md5": version, "path": dest.name, "hash": "md5"}]})
+    )
+    try:
+        run_dvc(["fetch", str(pointer)], repo, log)
+    except RuntimeError:
+        log.info("no remote copy of %s; using the local cache", version)
+    run_dvc(["checkout", str(pointer)], repo, log)
+    return dest
