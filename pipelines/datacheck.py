@@ -78,6 +78,10 @@ def file_table(listing: Listing, max_pixels: int, cache_file: Path | None) -> pd
 def hash_table(table: pd.DataFrame) -> pd.DataFrame:
     """Per content hash seen more than once: how many splits and labels it spans."""
     hashed = table[table["sha256"].notna()]
+    hashed = hashed[hashed["sha256"].duplicated(keep=False)]  # only repeated content matters
+    columns = ["sha256", "files", "n_splits", "n_labels", "paths", "splits", "labels"]
+    if hashed.empty:
+        return pd.DataFrame(columns=columns).astype({"n_splits": int, "n_labels": int})
     grouped = hashed.groupby("sha256")
     summary = pd.DataFrame(
         {

@@ -12,10 +12,10 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 
 MANIFEST = "manifest.csv"
@@ -25,6 +25,9 @@ ACCEPTED = "accepted.csv"  # the manifest rows that passed validation: what trai
 MANIFEST_COLUMNS = ["path", "label", "split", "group", "sha256", "width", "height", "source"]
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+if TYPE_CHECKING:
+    import torch
 
 FASHION_MNIST_CLASSES = [
     "t-shirt_top",
@@ -111,8 +114,13 @@ def load_rgb(path: Path) -> Image.Image:
         return image.convert("RGB")
 
 
-class ManifestImages(torch.utils.data.Dataset):
-    """Images of one split of a prepared dataset, transformed, with label indices."""
+class ManifestImages:
+    """Images of one split of a prepared dataset, transformed, with label indices.
+
+    A map-style dataset for ``torch.utils.data.DataLoader`` (``__len__`` and
+    ``__getitem__``); it does not import torch, so commands that only read
+    manifests stay quick to start.
+    """
 
     def __init__(
         self, frame: pd.DataFrame, root: Path, classes: list[str], transform: Callable

@@ -126,7 +126,7 @@ def inspect_files(
     The updated cache is written back (atomically) when ``cache_file`` is given.
     """
     Image.MAX_IMAGE_PIXELS = None  # our own guard (max_pixels) applies, from the header
-    names = [str(Path(f).resolve()) for f in files]
+    names = [os.fspath(f) for f in files]  # callers pass resolved paths
     cached = _load_cache(cache_file)
     fresh, stale = [], []
     for name in names:

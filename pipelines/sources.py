@@ -9,6 +9,7 @@ class folders of an ImageFolder that hold no image.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,29 +50,63 @@ def contained(root: Path, path: Path) -> str | None:
 
 
 def list_image_folder(root: Path) -> Listing:
-    """``ROOT/<label>/.../<image>``: the top-level folder names the label."""
-    root = Path(root)
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    rows = []
-    for class_dir in class_dirs:
-        for path in sorted(class_dir.rglob("*")):
-            if path.suffix.lower() in IMAGE_SUFFIXES and (path.is_file() or path.is_symlink()):
-                problem = contained(root, path)
-                rows.append(
-                    {
-                        "path": path.relative_to(root).as_posix(),
-                        "file": None if problem else str(path.resolve()),
-                        "label": class_dir.name,
-                        "split": None,
-                        "group": None,
-                        "problem": problem,
-                    }
-                )
-    listing = pd.DataFrame(rows, columns=LISTING_COLUMNS)
-    empty = sorted(set(d.name for d in class_dirs) - set(listing["label"]))
+    """``ROOT/<label>/.../<image>``: the top-level folder names the label.
+
+    Symlinks are followed, but anything that resolves outside the root is
+    refused. Only symlinks are resolved: a plain entry inside a contained
+    folder is contained, which keeps a 70,000-file listing fast.
+    """
+    real_root = Path(root).resolve()
+    class_dirs = sorted(
+        p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
     if not class_dirs:
         raise DataSourceError(f"{root}: no class folders (expected ROOT/<label>/<image>)")
-    return Listing(root, listing, empty)
+    rows = []
+    for class_dir in class_dirs:
+        rows += _walk_class(Path(root), real_root, class_dir)
+    listing = pd.DataFrame(rows, columns=LISTING_COLUMNS)
+    empty = sorted(set(d.name for d in class_dirs) - set(listing["label"]))
+    return Listing(Path(root), listing, empty)
+
+
+def _walk_class(root: Path, real_root: Path, class_dir: Path) -> list[dict]:
+    rows = []
+    escaped: dict[str, str] = {}  # folder -> where it resolves, for folders outside the root
+    for folder, dirs, files in os.walk(class_dir, followlinks=True):
+        dirs.sort()
+        parent = escaped.get(os.path.dirname(folder))
+        if parent is None and os.path.islink(folder):
+            target = os.path.realpath(folder)
+            if not Path(target).is_relative_to(real_root):
+                parent = target
+        if parent is not None:
+            escaped[folder] = parent
+        for name in sorted(files):
+            if os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES:
+                continue
+            path = os.path.join(folder, name)
+            relative = os.path.relpath(path, root)
+            problem = _escape_problem(path, real_root, parent)
+            rows.append(
+                {
+                    "path": Path(relative).as_posix(),
+                    "file": None if problem else os.path.join(real_root, relative),
+                    "label": class_dir.name,
+                    "split": None,
+                    "group": None,
+                    "problem": problem,
+                }
+            )
+    return rows
+
+
+def _escape_problem(path: str, real_root: Path, escaped_folder: str | None) -> str | None:
+    if escaped_folder is not None:
+        return f"path escapes the dataset root (folder resolves to {escaped_folder})"
+    if os.path.islink(path):
+        return contained(real_root, Path(path))
+    return None
 
 
 def list_manifest(manifest: Path) -> Listing:
