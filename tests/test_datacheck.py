@@ -1,10 +1,8 @@
 """Every data fault the checks must catch, built as real files, and named in the report."""
 
 import io
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,48 +15,12 @@ from pipelines.config import load_params
 from pipelines.datacheck import check_source
 from pipelines.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
 from tests.conftest import FASHION_MNIST, ROOT
-
-RNG = np.random.default_rng(0)
+from tests.imagefiles import RNG, bomb_header, clean_folder, png
 
 
 def settings(*overrides: str):
     base = ["validate.min_per_class=2", "validate.max_imbalance=3", "validate.min_side=8"]
     return load_params(ROOT / "params.yaml", [*base, *overrides]).validate_
-
-
-def png(path: Path, size: tuple[int, int] = (16, 16), mode: str = "RGB") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
-    Image.fromarray(RNG.integers(0, 255, shape, dtype=np.uint8)).convert(mode).save(path)
-    return path
-
-
-def bomb_header(path: Path, side: int = 50_000) -> Path:
-    """A PNG whose header claims side x side pixels, with almost no pixel data.
-
-    Decoding it would fail as truncated: a "decompression bomb" verdict proves
-    the checker stopped at the header.
-    """
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + chunk(b"IEND", b"")
-    )
-    return path
-
-
-def clean_folder(root: Path, per_class: int = 4) -> Path:
-    for label in ("cat", "dog", "fox"):
-        for i in range(per_class):
-            png(root / label / f"{i}.png")
-    return root
 
 
 def problems_by_check(report) -> dict[str, list]:
@@ -244,9 +206,22 @@ def test_check_command_on_an_unseen_folder_names_every_planted_fault(tmp_path: P
     for name, data in planted.items():
         (root / name).write_bytes(data)
     (root / "fox" / "copy.png").write_bytes((root / "fox" / "0.png").read_bytes())
+    (root / "dog" / "relabelled.png").write_bytes((root / "cat" / "1.png").read_bytes())
+    bomb_header(root / "cat" / "huge.png")
+    png(root / "fox" / "thumb.png", size=(3, 3))
+    Image.new("CMYK", (16, 16)).save(root / "dog" / "print.jpg")
+    planted_files = [
+        *planted,
+        "fox/copy.png",
+        "fox/0.png",
+        "dog/relabelled.png",
+        "cat/huge.png",
+        "fox/thumb.png",
+        "dog/print.jpg",
+    ]
     result = run_check_cli(root, tmp_path / "out")
     assert result.returncode == 1, result.stdout + result.stderr
-    for name in [*planted, "fox/copy.png", "fox/0.png"]:
+    for name in planted_files:
         assert name in result.stdout, f"{name} not named:\n{result.stdout}"
     assert (tmp_path / "out" / "problems.txt").read_text().strip()
 

@@ -1,0 +1,45 @@
+"""Real image files for tests: valid PNGs, class folders, a decompression-bomb header."""
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+RNG = np.random.default_rng(0)
+
+
+def png(path: Path, size: tuple[int, int] = (16, 16), mode: str = "RGB") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    Image.fromarray(RNG.integers(0, 255, shape, dtype=np.uint8)).convert(mode).save(path)
+    return path
+
+
+def bomb_header(path: Path, side: int = 50_000) -> Path:
+    """A PNG whose header claims side x side pixels, with almost no pixel data.
+
+    Decoding it would fail as truncated: a "decompression bomb" verdict proves
+    the checker stopped at the header.
+    """
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def clean_folder(root: Path, per_class: int = 4) -> Path:
+    for label in ("cat", "dog", "fox"):
+        for i in range(per_class):
+            png(root / label / f"{i}.png")
+    return root

@@ -1,0 +1,91 @@
+"""Dataset versions with real DVC: add (check first), list, splits from manifests."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flows.data import add_dataset, list_versions
+from flows.workspace import create_workspace
+from pipelines.config import load_params
+from pipelines.prepare import assign_splits, prepare
+from tests.conftest import ROOT, TINY, write_params
+from tests.imagefiles import clean_folder, png
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    repo = create_workspace(ROOT, tmp_path / "project")
+    write_params(
+        repo / "params.yaml", TINY | {"validate.min_per_class": 1}, base=repo / "params.yaml"
+    )
+    monkeypatch.chdir(repo)
+    return repo
+
+
+def test_add_snapshots_a_clean_dataset_and_refuses_a_bad_one(
+    workspace: Path, tmp_path: Path
+) -> None:
+    params = load_params(workspace / "params.yaml")
+    good = add_dataset(clean_folder(tmp_path / "labelled"), params)
+    assert good.status == "passed" and good.version.endswith(".dir")
+    assert good.images == 12 and good.classes == 3
+    assert (workspace / "data/incoming/labelled.dvc").is_file()
+    assert any((workspace / ".dvcstore").rglob("*")), "pushed to the DVC remote"
+
+    bad_source = clean_folder(tmp_path / "messy")
+    (bad_source / "cat" / "broken.png").write_bytes(b"")
+    bad = add_dataset(bad_source, params)
+    assert bad.status == "failed" and bad.version is None
+    assert not (workspace / "data/incoming/messy").exists(), "failed data never trains"
+    assert "empty file" in Path(bad.report).read_text()
+
+    versions = list_versions(params.paths.registry)
+    assert [(v.name, v.status) for v in versions] == [("labelled", "passed"), ("messy", "failed")]
+    listed = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "data", "list"],
+        capture_output=True,
+        text=True,
+        cwd=workspace,
+    )
+    assert "labelled" in listed.stdout and "failed" in listed.stdout
+
+
+def test_given_splits_are_kept_and_missing_ones_stratified_by_group() -> None:
+    rows = pd.DataFrame(
+        {
+            "label": ["a", "b"] * 40,
+            "group": ["x"] * 40 + ["y"] * 40,
+            "split": ["test"] * 4 + [None] * 76,
+        }
+    )
+    splits = assign_splits(rows, (0.5, 0.25, 0.25), seed=0)
+    assert (splits[:4] == "test").all(), "given splits are kept"
+    drawn = rows[4:].assign(split=splits[4:])
+    train = drawn[drawn["split"] == "train"]
+    assert abs((train["group"] == "x").mean() - 0.5) < 0.1, "train keeps the group mix"
+    assert abs((train["label"] == "a").mean() - 0.5) < 0.1, "and the label mix"
+
+
+def test_parquet_manifest_with_splits_and_groups(tmp_path: Path, tiny_params_file: Path) -> None:
+    root = tmp_path / "data"
+    records = []
+    for split in ("train", "val", "test"):
+        for label in ("cat", "dog"):
+            for i in range(2):
+                path = f"pics/{split}-{label}-{i}.png"
+                png(root / path)
+                records.append({"path": path, "label": label, "split": split, "group": f"site{i}"})
+    pd.DataFrame(records).to_parquet(root / "labels.parquet")
+    params = load_params(
+        tiny_params_file, ["data.format=imagefolder", f"data.source={root / 'labels.parquet'}"]
+    )
+    manifest = prepare(params)
+    assert manifest.groupby("split").size().to_dict() == {"test": 4, "train": 4, "val": 4}
+    assert set(manifest["group"]) == {"site0", "site1"}
+    assert json.loads((params.paths.prepared / "classes.json").read_text()) == ["cat", "dog"]
