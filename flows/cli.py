@@ -85,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Every `data add`: name, DVC version, images, classes, size, status.",
     )
 
+    prof = commands.add_parser(
+        "profile",
+        help="measure transferability and print the freeze decision for any dataset",
+        description="Profile an ImageFolder or manifest on the configured backbone (LogME, "
+        "LEEP, k-NN probe, BatchNorm domain distance) and print the decision record, "
+        "without training. Writes profile.json, decision.json, decision.txt, strategy.png.",
+    )
+    prof.add_argument("path", type=Path, help="ImageFolder directory or manifest file")
+    prof.add_argument("--out", type=Path, help="output folder (default: reports/profile/<name>)")
+    add_override_option(prof)
+
     serve = commands.add_parser(
         "serve",
         help="serve the newest model with `bentoml serve`",
@@ -122,6 +133,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.execv(bentoml_command(args.port)[0], bentoml_command(args.port))
     if args.command == "data":
         return run_data(args, params)
+    if args.command == "profile":
+        from pipelines.strategy import profile_source
+
+        out = args.out or Path(params.paths.reports) / "profile" / args.path.resolve().name
+        decision = profile_source(args.path, params, out)
+        print(decision.reason)
+        print(
+            json.dumps(
+                {
+                    "strategy": decision.strategy,
+                    "numbers": decision.numbers,
+                    "learning_rates": decision.learning_rates,
+                },
+                indent=2,
+            )
+        )
+        print(f"record: {out / 'decision.json'}; picture: {out / 'strategy.png'}")
+        return 0
     if args.command == "check":
         return run_check(args.path, params, args.out)
     if args.command == "train":

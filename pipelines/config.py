@@ -33,6 +33,7 @@ class PathsParams(Section):
     features: Path
     model: Path
     train_log: Path
+    profile: Path
     evaluation: Path
     package: Path
     bentoml_home: Path
@@ -79,6 +80,20 @@ class FeaturesParams(Section):
     batch_size: PositiveInt
 
 
+class ProfileParams(Section):
+    bn_images: Annotated[int, Field(ge=8)] = 256
+    max_per_class: Annotated[int, Field(ge=2)] = 500
+
+
+class StrategyParams(Section):
+    force: Literal["linear_probe", "top_blocks", "most_blocks", "full"] | None = None
+    small_per_class: Annotated[int, Field(ge=1)] = 50
+    large_per_class: Annotated[int, Field(ge=1)] = 500
+    similar_knn: Annotated[float, Field(ge=0, le=1)] = 0.6
+    layer_decay: Annotated[float, Field(gt=0, le=1)] = 0.7
+    probe_epochs: Annotated[int, Field(ge=0)] = 5
+
+
 class TrainParams(Section):
     strategy: Literal["linear_probe"]
     epochs: Annotated[int, Field(ge=0)]
@@ -118,6 +133,8 @@ class Params(Section):
     validate_: ValidateParams = Field(alias="validate")
     model: ModelParams
     features: FeaturesParams
+    profile: ProfileParams
+    strategy: StrategyParams
     train: TrainParams
     evaluate: EvaluateParams
     package: PackageParams

@@ -19,6 +19,7 @@ from pipelines.config import Params, to_flat_dict
 from pipelines.evaluate import METRICS, REFERENCE
 from pipelines.lineage import data_version, git_revision
 from pipelines.stage import run_stage
+from pipelines.strategy import DECISION
 
 log = logging.getLogger(__name__)
 PACKAGE_RECORD = "bento_model.json"
@@ -31,11 +32,15 @@ def package(params: Params) -> str:
     paths = params.paths
     config = ClassifierConfig.from_json((Path(paths.model) / CONFIG).read_text())
     metrics = json.loads((Path(paths.evaluation) / METRICS).read_text())
+    decision = json.loads((Path(paths.profile) / DECISION).read_text())
     labels = {
         "data_version": data_version(paths.prepared),
         "git_revision": git_revision(),
         "backbone": config.backbone,
         "strategy": config.strategy,
+        # What the selector recommends; `strategy` is what was trained (the
+        # engine for partial fine-tuning is issue 5).
+        "recommended_strategy": decision["strategy"],
     }
     metadata = {
         "classes": config.classes,
@@ -49,6 +54,7 @@ def package(params: Params) -> str:
         Path(paths.model) / CONFIG,
         Path(paths.evaluation) / METRICS,
         Path(paths.evaluation) / REFERENCE,
+        Path(paths.profile) / DECISION,
     ]
     with bentoml.models.create(
         params.package.model_name, labels=labels, metadata=metadata

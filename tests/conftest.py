@@ -77,7 +77,17 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.fail(f"{FASHION_MNIST} missing: run `make data` (Debian dataset-fashion-mnist)")
     root = tmp_path_factory.mktemp("project")
     params = write_params(root / "params.yaml", TINY | absolute_paths(root))
-    for stage in ("prepare", "validate", "features", "train", "evaluate", "package"):
+    stages = (
+        "prepare",
+        "validate",
+        "features",
+        "profile",
+        "strategy",
+        "train",
+        "evaluate",
+        "package",
+    )
+    for stage in stages:
         subprocess.run(
             [sys.executable, "-m", f"pipelines.{stage}", "--params", str(params)],
             cwd=root,

@@ -14,12 +14,25 @@ COMMANDS = [
     ["transferops", "monitor"],
     ["transferops", "serve"],
     ["transferops", "check"],
+    ["transferops", "profile"],
     ["transferops", "data"],
     ["transferops", "data", "add"],
     ["transferops", "data", "list"],
     ["transferops", "data", "checkout"],
     ["transferops", "demo"],
-    *[["stage", s] for s in ("prepare", "validate", "features", "train", "evaluate", "package")],
+    *[
+        ["stage", s]
+        for s in (
+            "prepare",
+            "validate",
+            "features",
+            "profile",
+            "strategy",
+            "train",
+            "evaluate",
+            "package",
+        )
+    ],
     ["module", "monitoring.drift"],
 ]
 

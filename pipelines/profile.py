@@ -1,0 +1,181 @@
+"""Stage ``profile``: how far the task is from what the pretrained network knows.
+
+On the cached frozen features (no image is re-read for them): dataset size,
+LogME, LEEP (from the backbone's own ImageNet head applied to the cached
+pre-logits), a k-NN probe; and, from a forward pass over a sample of training
+images, the per-stage BatchNorm domain distance, which says whether the shift
+sits early (input-level: colour, resolution, texture) or late (semantic).
+Writes ``profile.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipelines.backbones import Backbone, build_transform, data_config_for, load_backbone
+from pipelines.config import Params
+from pipelines.datasets import ManifestImages, read_accepted, read_classes
+from pipelines.features import load_split, loader_for
+from pipelines.runtime import select_device, set_threads
+from pipelines.stage import run_stage
+from pipelines.transferability import bn_domain_distance, knn_probe_accuracy, leep, logme
+
+log = logging.getLogger(__name__)
+PROFILE = "profile.json"
+
+
+def stage_name(module_name: str) -> str:
+    """timm EfficientNet module names -> stages: stem, block0..blockN, head."""
+    if module_name.startswith("blocks."):
+        return f"block{module_name.split('.')[1]}"
+    return "stem" if module_name == "bn1" else "head"
+
+
+@torch.inference_mode()
+def bn_statistics(model: torch.nn.Module, loader, device: str) -> tuple[dict, dict, dict]:
+    """Per BatchNorm layer: the target's input (mean, var), the source running stats, stages."""
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    sums: dict[str, list] = {name: [0, 0.0, 0.0] for name in layers}
+
+    def hook(name: str):
+        def record(_module, inputs) -> None:
+            x = inputs[0].float().transpose(0, 1).flatten(1)  # channels x (N*H*W)
+            sums[name][0] += x.shape[1]
+            sums[name][1] = sums[name][1] + x.sum(1).double().cpu()
+            sums[name][2] = sums[name][2] + (x * x).sum(1).double().cpu()
+
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
+    model.to(device).eval()
+    try:
+        for images, _ in loader:
+            model(images.to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    target, source = {}, {}
+    for name, module in layers.items():
+        count, total, squares = sums[name]
+        mean = (total / count).numpy()
+        target[name] = (mean, (squares / count).numpy() - mean**2)
+        source[name] = (
+            module.running_mean.double().cpu().numpy(),
+            module.running_var.double().cpu().numpy(),
+        )
+    return target, source, {name: stage_name(name) for name in layers}
+
+
+def shift_location(distance: dict[str, float]) -> str:
+    """``early`` when the first half of the stages is further from the source than the rest."""
+    values = list(distance.values())
+    half = len(values) // 2
+    return "early" if np.mean(values[:half]) > np.mean(values[half:]) else "late"
+
+
+def source_probabilities(backbone: Backbone, features: np.ndarray) -> np.ndarray:
+    """The pretrained (ImageNet) head's softmax on cached pre-logit features."""
+    with torch.inference_mode():
+        logits = backbone.model.get_classifier()(torch.from_numpy(features).float())
+    return logits.softmax(dim=-1).numpy()
+
+
+def profile_features(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    source_probs: np.ndarray,
+    num_classes: int,
+) -> dict:
+    """Size and similarity numbers from frozen features."""
+    (train_x, train_y), (val_x, val_y) = train, val
+    per_class = np.bincount(train_y, minlength=num_classes)
+    knn = knn_probe_accuracy(train_x, train_y, val_x, val_y)
+    chance = 1 / num_classes
+    return {
+        "images": len(train_y),
+        "classes": num_classes,
+        "per_class_min": int(per_class.min()),
+        "per_class_median": float(np.median(per_class)),
+        "logme": logme(train_x, train_y),
+        "leep": leep(source_probs, train_y),
+        "knn_accuracy": knn,
+        # 0 at chance, 1 when the nearest neighbours are always right.
+        "knn_similarity": (knn - chance) / (1 - chance),
+    }
+
+
+def measure(
+    backbone: Backbone,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    bn_loader,
+    num_classes: int,
+    device: str,
+) -> dict:
+    """Every profile number: size and similarity from features, BN distance from images."""
+    numbers = profile_features(train, val, source_probabilities(backbone, train[0]), num_classes)
+    distance = bn_domain_distance(*bn_statistics(backbone.model, bn_loader, device))
+    return numbers | {
+        "bn_distance": distance,
+        "shift_location": shift_location(distance),
+        "backbone": backbone.name,
+    }
+
+
+def write_profile(numbers: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / PROFILE).write_text(json.dumps(numbers, indent=2))
+    log.info(
+        "profile: %d images (min %d/class), LogME %.3f, LEEP %.3f, kNN %.3f, shift %s",
+        numbers["images"],
+        numbers["per_class_min"],
+        numbers["logme"],
+        numbers["leep"],
+        numbers["knn_accuracy"],
+        numbers["shift_location"],
+    )
+
+
+def profile(params: Params) -> dict:
+    """Profile the prepared dataset on the configured backbone; write profile.json."""
+    set_threads(params.threads)
+    device = select_device(params.device)
+    paths = params.paths
+    classes = read_classes(paths.prepared)
+    backbone = load_backbone(params.model.backbone, params.model.weights)
+    manifest = read_accepted(paths.validation)
+    train_rows = manifest[manifest["split"] == "train"]
+    sample = train_rows.sample(
+        n=min(params.profile.bn_images, len(train_rows)), random_state=params.seed
+    )
+    transform = build_transform(data_config_for(backbone, params.model.image_size))
+    loader = loader_for(
+        ManifestImages(sample, paths.prepared, classes, transform),
+        params.features.batch_size,
+        device,
+    )
+    numbers = measure(
+        backbone,
+        load_split(paths.features, "train"),
+        load_split(paths.features, "val"),
+        loader,
+        len(classes),
+        device,
+    )
+    numbers["image_size"] = params.model.image_size
+    write_profile(numbers, Path(paths.profile))
+    return numbers
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage(__doc__.splitlines()[0], profile, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The freeze-strategy selector: regions, forcing, layer-wise rates, and the CLI on real images."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipelines.config import load_params
+from pipelines.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
+from pipelines.strategy import decide, trainable_stages
+from tests.conftest import FASHION_MNIST, ROOT
+
+STAGES = ["stem", *[f"block{i}" for i in range(7)], "head"]
+
+
+def numbers(per_class: int, knn_similarity: float) -> dict:
+    return {
+        "images": per_class * 10,
+        "classes": 10,
+        "per_class_min": per_class,
+        "knn_accuracy": 0.1 + 0.9 * knn_similarity,
+        "knn_similarity": knn_similarity,
+        "logme": 0.1,
+        "leep": -1.0,
+        "backbone": "tf_efficientnet_lite0",
+        "bn_distance": dict.fromkeys(STAGES, 0.1) | {"stem": 0.9},
+        "shift_location": "early",
+    }
+
+
+def strategy_params(*overrides: str):
+    return load_params(ROOT / "params.yaml", list(overrides)).strategy
+
+
+@pytest.mark.parametrize(
+    ("per_class", "similarity", "expected"),
+    [
+        (10, 0.9, "linear_probe"),
+        (10, 0.2, "linear_probe"),
+        (100, 0.9, "top_blocks"),
+        (100, 0.2, "most_blocks"),
+        (1000, 0.9, "most_blocks"),
+        (1000, 0.2, "full"),
+    ],
+)
+def test_regions_of_the_size_similarity_plane(
+    per_class: int, similarity: float, expected: str
+) -> None:
+    decision = decide(numbers(per_class, similarity), STAGES, strategy_params(), 1e-3, 10)
+    assert decision.strategy == expected
+    assert expected in decision.reason and f"{per_class} per class" in decision.reason
+
+
+def test_few_and_many_labels_decide_differently_and_say_why() -> None:
+    few = decide(numbers(10, 0.75), STAGES, strategy_params(), 1e-3, 10)
+    many = decide(numbers(1000, 0.75), STAGES, strategy_params(), 1e-3, 10)
+    assert few.strategy != many.strategy
+    assert "small" in few.reason and "large" in many.reason
+    assert "input-level" in many.reason, "an early BN shift is named"
+
+
+def test_layer_wise_learning_rates_decay_away_from_the_head() -> None:
+    decision = decide(
+        numbers(1000, 0.2), STAGES, strategy_params("strategy.layer_decay=0.5"), 1e-3, 10
+    )
+    rates = decision.learning_rates
+    assert rates["classifier"] == 1e-3 and rates["head"] == 5e-4 and rates["block6"] == 2.5e-4
+    assert rates["stem"] == pytest.approx(1e-3 * 0.5**9)
+    assert [p["phase"] for p in decision.schedule] == ["linear_probe", "fine_tune"]
+
+
+def test_forced_strategy_wins_and_is_recorded() -> None:
+    decision = decide(numbers(10, 0.9), STAGES, strategy_params("strategy.force=full"), 1e-3, 3)
+    assert decision.strategy == "full" and decision.forced
+    assert "strategy.force" in decision.reason and "would choose linear_probe" in decision.reason
+    assert trainable_stages("full", STAGES) == [*STAGES, "classifier"]
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+def test_profile_command_on_an_unseen_image_folder(tmp_path: Path) -> None:
+    images, labels = load_fashion_mnist(FASHION_MNIST, "t10k")
+    for i in range(200):
+        path = tmp_path / "unseen" / FASHION_MNIST_CLASSES[labels[i]] / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(path)
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "--params",
+            str(ROOT / "params.yaml"),
+            "profile",
+            str(tmp_path / "unseen"),
+            "--out",
+            str(out),
+            "-S",
+            "model.image_size=32",
+            "-S",
+            "profile.bn_images=32",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads((out / "decision.json").read_text())
+    assert record["strategy"] == "linear_probe", "about 16 labels per class: small"
+    for key in (
+        "logme",
+        "leep",
+        "knn_accuracy",
+        "knn_similarity",
+        "per_class_min",
+        "bn_distance",
+        "shift_location",
+    ):
+        assert key in record["numbers"], key
+        assert key.split("_")[0].upper() in result.stdout.upper() or key in result.stdout
+    assert (out / "strategy.png").stat().st_size > 10_000
