@@ -208,23 +208,21 @@ def write_decision(d: Decision, cfg: StrategyParams, out_dir: Path) -> None:
     plot_plane(d, cfg, out_dir / "strategy.png")
 
 
-def model_stages(bn_distance: dict[str, float]) -> list[str]:
-    """Stages in input-to-head order, as the profile measured them."""
-    return list(bn_distance)
+def decide_and_record(numbers: dict, params: Params, out_dir: Path) -> Decision:
+    """Decide from profile numbers (stages in the order the profile measured them)
+    and write the record, paragraph and picture to ``out_dir``."""
+    decision = decide(
+        numbers, list(numbers["bn_distance"]), params.strategy, params.train.lr, params.train.epochs
+    )
+    write_decision(decision, params.strategy, out_dir)
+    return decision
 
 
 def strategy(params: Params) -> Decision:
     """Decide from the profile; write the decision record and picture."""
     out_dir = Path(params.paths.profile)
     numbers = json.loads((out_dir / PROFILE).read_text())
-    decision = decide(
-        numbers,
-        model_stages(numbers["bn_distance"]),
-        params.strategy,
-        params.train.lr,
-        params.train.epochs,
-    )
-    write_decision(decision, params.strategy, out_dir)
+    decision = decide_and_record(numbers, params, out_dir)
     log.info("%s", decision.reason)
     return decision
 
@@ -276,14 +274,7 @@ def profile_source(source: Path, params: Params, out_dir: Path) -> Decision:
     )
     numbers["image_size"] = params.model.image_size
     write_profile(numbers, out_dir)
-    decision = decide(
-        numbers,
-        model_stages(numbers["bn_distance"]),
-        params.strategy,
-        params.train.lr,
-        params.train.epochs,
-    )
-    write_decision(decision, params.strategy, out_dir)
+    decision = decide_and_record(numbers, params, out_dir)
     return decision
 
 

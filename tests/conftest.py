@@ -24,6 +24,9 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="transferops-prefe
 ROOT = Path(__file__).resolve().parents[1]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
+# Every DVC stage, in pipeline order.
+STAGES = ("prepare", "validate", "features", "profile", "strategy", "train", "evaluate", "package")
+
 # A dataset small enough for seconds on 2 CPU cores, big enough for every class.
 TINY = {
     "data.train_size": 100,
@@ -77,17 +80,7 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.fail(f"{FASHION_MNIST} missing: run `make data` (Debian dataset-fashion-mnist)")
     root = tmp_path_factory.mktemp("project")
     params = write_params(root / "params.yaml", TINY | absolute_paths(root))
-    stages = (
-        "prepare",
-        "validate",
-        "features",
-        "profile",
-        "strategy",
-        "train",
-        "evaluate",
-        "package",
-    )
-    for stage in stages:
+    for stage in STAGES:
         subprocess.run(
             [sys.executable, "-m", f"pipelines.{stage}", "--params", str(params)],
             cwd=root,

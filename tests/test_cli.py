@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_params
+from tests.conftest import STAGES, write_params
 
 COMMANDS = [
     ["transferops"],
@@ -20,19 +20,7 @@ COMMANDS = [
     ["transferops", "data", "list"],
     ["transferops", "data", "checkout"],
     ["transferops", "demo"],
-    *[
-        ["stage", s]
-        for s in (
-            "prepare",
-            "validate",
-            "features",
-            "profile",
-            "strategy",
-            "train",
-            "evaluate",
-            "package",
-        )
-    ],
+    *[["stage", s] for s in STAGES],
     ["module", "monitoring.drift"],
 ]
 
