@@ -43,3 +43,16 @@ def clean_folder(root: Path, per_class: int = 4) -> Path:
         for i in range(per_class):
             png(root / label / f"{i}.png")
     return root
+
+
+def fashion_mnist_folder(root: Path, count: int) -> Path:
+    """The first ``count`` Fashion-MNIST test images as a real ImageFolder of PNGs."""
+    from pipelines.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
+    from tests.conftest import FASHION_MNIST
+
+    images, labels = load_fashion_mnist(FASHION_MNIST, "t10k")
+    for i in range(count):
+        path = root / FASHION_MNIST_CLASSES[labels[i]] / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(path)
+    return root

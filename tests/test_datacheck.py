@@ -13,9 +13,8 @@ from PIL import Image
 import pipelines.imagecheck as imagecheck
 from pipelines.config import load_params
 from pipelines.datacheck import check_source
-from pipelines.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
 from tests.conftest import FASHION_MNIST, ROOT
-from tests.imagefiles import RNG, bomb_header, clean_folder, png
+from tests.imagefiles import RNG, bomb_header, clean_folder, fashion_mnist_folder, png
 
 
 def settings(*overrides: str):
@@ -228,11 +227,6 @@ def test_check_command_on_an_unseen_folder_names_every_planted_fault(tmp_path: P
 
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist")
 def test_check_command_passes_a_clean_real_image_folder(tmp_path: Path) -> None:
-    images, labels = load_fashion_mnist(FASHION_MNIST, "t10k")
-    for i in range(60):
-        png_path = tmp_path / "fmnist" / FASHION_MNIST_CLASSES[labels[i]] / f"{i}.png"
-        png_path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(images[i]).save(png_path)
-    result = run_check_cli(tmp_path / "fmnist", tmp_path / "out")
+    result = run_check_cli(fashion_mnist_folder(tmp_path / "fmnist", 60), tmp_path / "out")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "clean" in result.stdout

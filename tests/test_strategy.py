@@ -6,12 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from pipelines.config import load_params
-from pipelines.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
 from pipelines.strategy import decide, trainable_stages
 from tests.conftest import FASHION_MNIST, ROOT
+from tests.imagefiles import fashion_mnist_folder
 
 STAGES = ["stem", *[f"block{i}" for i in range(7)], "head"]
 
@@ -81,11 +80,7 @@ def test_forced_strategy_wins_and_is_recorded() -> None:
 
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist")
 def test_profile_command_on_an_unseen_image_folder(tmp_path: Path) -> None:
-    images, labels = load_fashion_mnist(FASHION_MNIST, "t10k")
-    for i in range(200):
-        path = tmp_path / "unseen" / FASHION_MNIST_CLASSES[labels[i]] / f"{i}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(images[i]).save(path)
+    unseen = fashion_mnist_folder(tmp_path / "unseen", 200)
     out = tmp_path / "out"
     result = subprocess.run(
         [
@@ -95,7 +90,7 @@ def test_profile_command_on_an_unseen_image_folder(tmp_path: Path) -> None:
             "--params",
             str(ROOT / "params.yaml"),
             "profile",
-            str(tmp_path / "unseen"),
+            str(unseen),
             "--out",
             str(out),
             "-S",
