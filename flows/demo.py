@@ -30,6 +30,7 @@ from flows.traffic import HeldOutPool, send, write_labelled_drop
 from flows.training import training_flow
 from flows.workspace import create_workspace
 from pipelines.config import Params, load_params
+from pipelines.strategy import DECISION
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,13 @@ def summary_table(summary: dict, params: Params, workspace: Path) -> Table:
             f"{summary.get('shifted_accuracy_after', float('nan')):.3f}",
             f"data version {retrained['data_version']}",
         )
+    decision = json.loads((Path(params.paths.profile) / DECISION).read_text())
+    table.add_row(
+        "freeze decision (recommended; the linear probe is what trains today)",
+        f"{decision['strategy']} ({decision['size']} data, "
+        f"{'similar' if decision['similar'] else 'different'} task)",
+        f"{params.paths.profile}/decision.txt, strategy.png",
+    )
     table.add_row(
         "validation", "Great Expectations Data Docs", f"{params.paths.validation}/docs/index.html"
     )
