@@ -92,8 +92,8 @@ def hash_table(table: pd.DataFrame) -> pd.DataFrame:
             "splits": grouped["split"].agg(lambda s: ", ".join(sorted(set(s)))),
             "labels": grouped["label"].agg(lambda s: ", ".join(sorted(set(s)))),
         }
-    ).reset_index()
-    return summary[summary["files"] > 1].reset_index(drop=True)
+    )
+    return summary.reset_index()
 
 
 def count_table(table: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
@@ -180,8 +180,13 @@ def build_checks(table: pd.DataFrame, labels: list[str], cfg: ValidateParams) ->
     return checks
 
 
-def problems_from(outcome: CheckOutcome, table: pd.DataFrame, cfg: ValidateParams) -> list[Problem]:
-    """Turn one failed expectation into problems that name files."""
+def problems_from(
+    outcome: CheckOutcome, frames: dict[str, pd.DataFrame], cfg: ValidateParams
+) -> list[Problem]:
+    """Turn one failed expectation into problems that name files.
+
+    ``frames`` are the tables the expectations ran on, by check name.
+    """
     rows, key = outcome.rows, (outcome.table, outcome.column)
     if key == ("files", "problem"):
         return [Problem("bad file", r["problem"], [r["path"]]) for r in rows]
@@ -232,7 +237,7 @@ def problems_from(outcome: CheckOutcome, table: pd.DataFrame, cfg: ValidateParam
             for r in rows
         ]
     if outcome.table == "duplicates":
-        hashes = hash_table(table).set_index("paths")
+        hashes = frames["duplicates"].set_index("paths")
         check, what = (
             ("leakage across splits", "splits")
             if outcome.column == "n_splits"
@@ -279,8 +284,10 @@ def problems_from(outcome: CheckOutcome, table: pd.DataFrame, cfg: ValidateParam
 def run_checks(
     table: pd.DataFrame, labels: list[str], cfg: ValidateParams, docs_dir: Path
 ) -> CheckReport:
-    outcomes = validate_tables(build_checks(table, labels, cfg), docs_dir)
-    problems = [p for o in outcomes if not o.success for p in problems_from(o, table, cfg)]
+    checks = build_checks(table, labels, cfg)
+    frames = {check.name: check.frame for check in checks}
+    outcomes = validate_tables(checks, docs_dir)
+    problems = [p for o in outcomes if not o.success for p in problems_from(o, frames, cfg)]
     return CheckReport(
         success=not problems,
         images=len(table),
@@ -291,15 +298,12 @@ def run_checks(
 
 
 def quarantine_set(problems: list[Problem]) -> set[str]:
-    """Files to drop: every file-level fault; of duplicates within a split, all but one."""
+    """Files to drop: every file a problem names (class-level problems name none),
+    except that of exact duplicates within a split one copy stays."""
     dropped: set[str] = set()
     for problem in problems:
-        if problem.check == "duplicate within split":
-            dropped.update(problem.files[1:])
-        elif problem.check in ("leakage across splits", "conflicting labels") or (
-            problem.files and problem.check not in ("class too small", "empty class")
-        ):
-            dropped.update(problem.files)
+        keep_one = problem.check == "duplicate within split"
+        dropped.update(problem.files[1:] if keep_one else problem.files)
     return dropped
 
 

@@ -1,8 +1,9 @@
-"""Reading image sources and the prepared manifest.
+"""Fashion-MNIST's IDX files, and the prepared dataset's manifests.
 
-Sources: Debian's Fashion-MNIST IDX files and ImageFolders (one folder per
-class, any depth below it). The prepared dataset is a folder of images plus
-``manifest.csv`` (path, label, split, sha256, width, height, source).
+The prepared dataset is a folder of images plus ``manifest.csv`` (path, label,
+split, group, sha256, width, height, source); validation writes the rows that
+passed as ``accepted.csv``. ImageFolders and CSV/Parquet sources are listed by
+``pipelines/sources.py``.
 """
 
 from __future__ import annotations

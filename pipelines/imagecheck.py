@@ -9,6 +9,7 @@ max_pixels): a file unchanged since the last check is not read again.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import warnings
@@ -66,7 +67,7 @@ def inspect_file(path: str, max_pixels: int) -> FileFacts:
     if not data:
         return FileFacts(**base, problem="empty file (0 bytes)")
     base["sha256"] = hashlib.sha256(data).hexdigest()
-    header = _read_header(path, base, data)
+    header = _read_header(base, data)
     if isinstance(header, FileFacts):
         return header
     pixels = header["width"] * header["height"]
@@ -79,15 +80,15 @@ def inspect_file(path: str, max_pixels: int) -> FileFacts:
                 f"> validate.max_pixels = {max_pixels:,} (not decoded)"
             ),
         )
-    return FileFacts(**base, **header, problem=_decode_problem(path))
+    return FileFacts(**base, **header, problem=_decode_problem(data))
 
 
-def _read_header(path: str, base: dict, data: bytes) -> dict | FileFacts:
+def _read_header(base: dict, data: bytes) -> dict | FileFacts:
     """Format, size and mode from the header alone (no pixel data is decoded)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(data)) as image:
                 return {
                     "format": image.format,
                     "width": image.width,
@@ -102,12 +103,12 @@ def _read_header(path: str, base: dict, data: bytes) -> dict | FileFacts:
             return FileFacts(**base, problem=f"unreadable image header: {err}")
 
 
-def _decode_problem(path: str) -> str | None:
-    """Decode every pixel; a truncated or corrupt file fails here."""
+def _decode_problem(data: bytes) -> str | None:
+    """Decode every pixel; a truncated or corrupt image fails here."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(data)) as image:
                 image.load()
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             return f"truncated or corrupt: {err}"

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from pipelines.backbones import Backbone, build_transform, data_config_for, load_backbone
@@ -117,6 +118,7 @@ def measure(
     bn_loader,
     num_classes: int,
     device: str,
+    image_size: int | None,
 ) -> dict:
     """Every profile number: size and similarity from features, BN distance from images."""
     numbers = profile_features(train, val, source_probabilities(backbone, train[0]), num_classes)
@@ -125,6 +127,7 @@ def measure(
         "bn_distance": distance,
         "shift_location": shift_location(distance),
         "backbone": backbone.name,
+        "image_size": image_size,
     }
 
 
@@ -142,6 +145,18 @@ def write_profile(numbers: dict, out_dir: Path) -> None:
     )
 
 
+def bn_sample_loader(
+    train_rows: pd.DataFrame, root: Path, classes: list[str], transform, params: Params, device: str
+):
+    """Batches of ``profile.bn_images`` seeded training images for the BatchNorm statistics."""
+    sample = train_rows.sample(
+        n=min(params.profile.bn_images, len(train_rows)), random_state=params.seed
+    )
+    return loader_for(
+        ManifestImages(sample, root, classes, transform), params.features.batch_size, device
+    )
+
+
 def profile(params: Params) -> dict:
     """Profile the prepared dataset on the configured backbone; write profile.json."""
     set_threads(params.threads)
@@ -150,15 +165,9 @@ def profile(params: Params) -> dict:
     classes = read_classes(paths.prepared)
     backbone = load_backbone(params.model.backbone, params.model.weights)
     manifest = read_accepted(paths.validation)
-    train_rows = manifest[manifest["split"] == "train"]
-    sample = train_rows.sample(
-        n=min(params.profile.bn_images, len(train_rows)), random_state=params.seed
-    )
     transform = build_transform(data_config_for(backbone, params.model.image_size))
-    loader = loader_for(
-        ManifestImages(sample, paths.prepared, classes, transform),
-        params.features.batch_size,
-        device,
+    loader = bn_sample_loader(
+        manifest[manifest["split"] == "train"], paths.prepared, classes, transform, params, device
     )
     numbers = measure(
         backbone,
@@ -167,8 +176,8 @@ def profile(params: Params) -> dict:
         loader,
         len(classes),
         device,
+        params.model.image_size,
     )
-    numbers["image_size"] = params.model.image_size
     write_profile(numbers, Path(paths.profile))
     return numbers
 

@@ -238,7 +238,7 @@ def profile_source(source: Path, params: Params, out_dir: Path) -> Decision:
     from pipelines.backbones import build_transform, data_config_for, load_backbone
     from pipelines.datasets import ManifestImages
     from pipelines.features import extract_features, loader_for
-    from pipelines.profile import measure, write_profile
+    from pipelines.profile import bn_sample_loader, measure, write_profile
     from pipelines.runtime import select_device, set_threads
     from pipelines.sources import list_source
 
@@ -263,19 +263,18 @@ def profile_source(source: Path, params: Params, out_dir: Path) -> Decision:
         loader = loader_for(data, params.features.batch_size, device)
         return extract_features(backbone, loader, device), np.asarray(data.targets)
 
-    sample = train_rows.sample(
-        n=min(params.profile.bn_images, len(train_rows)), random_state=params.seed
-    )
-    bn_loader = loader_for(
-        ManifestImages(sample, listing.root, classes, transform), params.features.batch_size, device
-    )
+    bn_loader = bn_sample_loader(train_rows, listing.root, classes, transform, params, device)
     numbers = measure(
-        backbone, features(train_rows), features(val_rows), bn_loader, len(classes), device
+        backbone,
+        features(train_rows),
+        features(val_rows),
+        bn_loader,
+        len(classes),
+        device,
+        params.model.image_size,
     )
-    numbers["image_size"] = params.model.image_size
     write_profile(numbers, out_dir)
-    decision = decide_and_record(numbers, params, out_dir)
-    return decision
+    return decide_and_record(numbers, params, out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

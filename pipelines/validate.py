@@ -28,27 +28,29 @@ log = logging.getLogger(__name__)
 FACTS_CACHE = "file_facts.parquet"
 
 
-def prepared_listing(prepared: Path) -> Listing:
+def prepared_listing(prepared: Path, manifest: pd.DataFrame) -> Listing:
     """The prepared manifest (and refused rows) as a listing for the checks."""
-    prepared = Path(prepared)
-    manifest = read_manifest(prepared)
-    rows = manifest.assign(
-        file=[str((prepared / p).resolve()) for p in manifest["path"]], problem=None
-    )[LISTING_COLUMNS]
-    refused_file = prepared / REFUSED
+    root = Path(prepared).resolve()  # prepare writes plain files: no per-file resolve
+    rows = manifest.assign(file=[str(root / p) for p in manifest["path"]], problem=None)[
+        LISTING_COLUMNS
+    ]
+    refused_file = root / REFUSED
     if refused_file.is_file() and refused_file.stat().st_size > 1:
         refused = pd.read_csv(refused_file, dtype=str).assign(file=None)
         rows = pd.concat([rows, refused[LISTING_COLUMNS]], ignore_index=True)
-    return Listing(prepared, rows)
+    return Listing(Path(prepared), rows)
 
 
 def validate(params: Params) -> CheckReport:
     """Check the prepared dataset; write accepted.csv; raise StageFailed on problems."""
     prepared, out_dir = Path(params.paths.prepared), Path(params.paths.validation)
-    report, accepted = check_listing(
-        prepared_listing(prepared), params.validate_, out_dir, cache_file=out_dir / FACTS_CACHE
-    )
     manifest = read_manifest(prepared)
+    report, accepted = check_listing(
+        prepared_listing(prepared, manifest),
+        params.validate_,
+        out_dir,
+        cache_file=out_dir / FACTS_CACHE,
+    )
     manifest[manifest["path"].isin(accepted["path"])].to_csv(out_dir / ACCEPTED, index=False)
     for problem in report.problems:
         log.error("%s: %s %s", problem.check, problem.detail, problem.files[:5])

@@ -63,8 +63,8 @@ def test_file_faults_are_named(tmp_path: Path) -> None:
 
 
 def test_bomb_is_refused_without_decoding(tmp_path: Path, monkeypatch) -> None:
-    def no_decoding(path: str) -> None:
-        raise AssertionError(f"{path} was decoded")
+    def no_decoding(data: bytes) -> None:
+        raise AssertionError(f"a {len(data)}-byte image was decoded")
 
     monkeypatch.setattr(imagecheck, "_decode_problem", no_decoding)
     facts = imagecheck.inspect_file(str(bomb_header(tmp_path / "b.png")), max_pixels=10**6)
