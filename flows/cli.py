@@ -11,6 +11,7 @@ from pathlib import Path
 
 from flows.traffic import SHIFTS
 from pipelines.config import DEFAULT_PARAMS, ParamsError, load_params
+from pipelines.datasets import DataSourceError
 from pipelines.runtime import configure_runtime
 from pipelines.stage import add_override_option
 
@@ -127,6 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     configure_runtime(params.paths.bentoml_home)
+    try:
+        return run_command(args, params)
+    except DataSourceError as err:  # a source that cannot be read: named, exit 2
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run_command(args: argparse.Namespace, params) -> int:
     if args.command == "serve":
         from flows.serving import bentoml_command
 
@@ -134,23 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "data":
         return run_data(args, params)
     if args.command == "profile":
-        from pipelines.strategy import profile_source
-
-        out = args.out or Path(params.paths.reports) / "profile" / args.path.resolve().name
-        decision = profile_source(args.path, params, out)
-        print(decision.reason)
-        print(
-            json.dumps(
-                {
-                    "strategy": decision.strategy,
-                    "numbers": decision.numbers,
-                    "learning_rates": decision.learning_rates,
-                },
-                indent=2,
-            )
-        )
-        print(f"record: {out / 'decision.json'}; picture: {out / 'strategy.png'}")
-        return 0
+        return run_profile(args.path, params, args.out)
     if args.command == "check":
         return run_check(args.path, params, args.out)
     if args.command == "train":
@@ -172,22 +165,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def run_profile(path: Path, params, out: Path | None) -> int:
+    from pipelines.strategy import profile_source
+
+    out = out or Path(params.paths.reports) / "profile" / Path(path).resolve().name
+    decision = profile_source(path, params, out)
+    print(decision.reason)
+    summary = {
+        "strategy": decision.strategy,
+        "numbers": decision.numbers,
+        "learning_rates": decision.learning_rates,
+    }
+    print(json.dumps(summary, indent=2))
+    print(f"record: {out / 'decision.json'}; picture: {out / 'strategy.png'}")
+    return 0
+
+
 def run_data(args: argparse.Namespace, params) -> int:
     from rich.console import Console
     from rich.table import Table
 
     from flows.data import add_dataset, checkout_version, list_versions
-    from pipelines.datasets import DataSourceError
 
     if args.data_command == "checkout":
         print(checkout_version(args.version, args.to))
         return 0
     if args.data_command == "add":
-        try:
-            record = add_dataset(args.path, params, args.name)
-        except DataSourceError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        record = add_dataset(args.path, params, args.name)
         print(json.dumps(record.__dict__, indent=2))
         return 0 if record.status == "passed" else 1
     table = Table(title=f"dataset versions ({params.paths.registry})")
@@ -209,14 +213,9 @@ def run_data(args: argparse.Namespace, params) -> int:
 
 def run_check(path: Path, params, out: Path | None) -> int:
     from pipelines.datacheck import check_source
-    from pipelines.datasets import DataSourceError
 
     out = out or Path(params.paths.reports) / "check" / Path(path).resolve().name
-    try:
-        report = check_source(path, params.validate_, out)
-    except DataSourceError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    report = check_source(path, params.validate_, out)
     verdict = "clean" if report.success else f"{len(report.problems)} problem(s)"
     print(f"{path}: {report.images} images, {report.classes} classes: {verdict}")
     if report.problems:

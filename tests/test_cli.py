@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import STAGES, write_params
+from tests.conftest import ROOT, STAGES, write_params
 
 COMMANDS = [
     ["transferops"],
@@ -49,3 +49,25 @@ def test_bad_params_value_is_named(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert f"{bad}: serve.top_k = 0" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["check"], ["profile"], ["data", "add"]], ids=" ".join)
+def test_unreadable_source_is_named_without_a_traceback(tmp_path: Path, command: list) -> None:
+    missing = tmp_path / "no-such-folder"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "--params",
+            str(ROOT / "params.yaml"),
+            *command,
+            str(missing),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"error: {missing}: expected an ImageFolder" in result.stderr
+    assert "Traceback" not in result.stderr
