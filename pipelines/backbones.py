@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,31 @@ def _read_state_dict(path: Path, model: torch.nn.Module) -> dict[str, torch.Tens
     return state
 
 
+def stage_namer(model: torch.nn.Module) -> Callable[[str], str]:
+    """Name the stage a parameter, buffer or module belongs to, from timm's own grouping.
+
+    timm's ``group_matcher(coarse=True)`` orders a model into a stem, numbered
+    block groups and (for EfficientNets) the final conv head; everything it does
+    not match is the classifier. Names: ``stem``, ``block0``..``blockN``,
+    ``head``, ``classifier``, from the input to the output.
+    """
+    matcher = model.group_matcher(coarse=True)
+    stem = re.compile(matcher["stem"])
+    groups = matcher["blocks"]
+    groups = [(groups, None)] if isinstance(groups, str) else groups
+    blocks = [(re.compile(pattern), ordinal) for pattern, ordinal in groups]
+
+    def name(key: str) -> str:
+        key = f"{key}." if not key.endswith((".weight", ".bias")) else key
+        for pattern, ordinal in blocks:
+            match = pattern.match(key)
+            if match:
+                return "head" if ordinal is not None else f"block{match.group(1)}"
+        return "stem" if stem.match(key) else "classifier"
+
+    return name
+
+
 def data_config_for(backbone: Backbone, image_size: int | None) -> dict[str, Any]:
     """The model's own data config, with the input side overridden when asked."""
     config = dict(backbone.data_config)
@@ -176,6 +202,9 @@ def data_config_for(backbone: Backbone, image_size: int | None) -> dict[str, Any
     return config
 
 
-def build_transform(data_config: dict[str, Any], *, training: bool = False):
-    """The one preprocessing function: training, evaluation and serving call it."""
-    return create_transform(**data_config, is_training=training)
+def build_transform(data_config: dict[str, Any], *, training: bool = False, **augment: Any):
+    """The one preprocessing function: training, evaluation and serving call it.
+
+    ``augment`` goes to timm's ``create_transform`` for training (``scale``, ``hflip``...).
+    """
+    return create_transform(**data_config, is_training=training, **(augment if training else {}))

@@ -136,3 +136,22 @@ class ManifestImages:
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
         return self.transform(load_rgb(self.paths[item])), self.targets[item]
+
+
+class ArrayImages:
+    """In-memory images (N, H, W) or (N, H, W, 3) uint8 with label indices, transformed.
+
+    The same contract as :class:`ManifestImages`, for data that never touches
+    disk: benchmark suites and tests.
+    """
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, transform: Callable) -> None:
+        self.images = images
+        self.targets = [int(t) for t in targets]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
+        return self.transform(Image.fromarray(self.images[item]).convert("RGB")), self.targets[item]

@@ -59,7 +59,7 @@ def compute_features(params: Params) -> dict[str, Path]:
     prepared, out_dir = Path(params.paths.prepared), Path(params.paths.features)
     manifest, classes = read_accepted(params.paths.validation), read_classes(prepared)
     backbone = load_backbone(params.model.backbone, params.model.weights)
-    transform = build_transform(data_config_for(backbone, params.model.image_size))
+    transform = build_transform(data_config_for(backbone, params.model.input_side(device)))
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for split in SPLITS:

@@ -19,7 +19,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipelines.backbones import Backbone, build_transform, data_config_for, load_backbone
+from pipelines.backbones import (
+    Backbone,
+    build_transform,
+    data_config_for,
+    load_backbone,
+    stage_namer,
+)
 from pipelines.config import Params
 from pipelines.datasets import ManifestImages, read_accepted, read_classes
 from pipelines.features import load_split, loader_for
@@ -29,13 +35,6 @@ from pipelines.transferability import bn_domain_distance, knn_probe_accuracy, le
 
 log = logging.getLogger(__name__)
 PROFILE = "profile.json"
-
-
-def stage_name(module_name: str) -> str:
-    """timm EfficientNet module names -> stages: stem, block0..blockN, head."""
-    if module_name.startswith("blocks."):
-        return f"block{module_name.split('.')[1]}"
-    return "stem" if module_name == "bn1" else "head"
 
 
 @torch.inference_mode()
@@ -70,7 +69,8 @@ def bn_statistics(model: torch.nn.Module, loader, device: str) -> tuple[dict, di
             module.running_mean.double().cpu().numpy(),
             module.running_var.double().cpu().numpy(),
         )
-    return target, source, {name: stage_name(name) for name in layers}
+    stage = stage_namer(model)
+    return target, source, {name: stage(name) for name in layers}
 
 
 def shift_location(distance: dict[str, float]) -> str:
@@ -165,7 +165,7 @@ def profile(params: Params) -> dict:
     classes = read_classes(paths.prepared)
     backbone = load_backbone(params.model.backbone, params.model.weights)
     manifest = read_accepted(paths.validation)
-    transform = build_transform(data_config_for(backbone, params.model.image_size))
+    transform = build_transform(data_config_for(backbone, params.model.input_side(device)))
     loader = bn_sample_loader(
         manifest[manifest["split"] == "train"], paths.prepared, classes, transform, params, device
     )
@@ -176,7 +176,7 @@ def profile(params: Params) -> dict:
         loader,
         len(classes),
         device,
-        params.model.image_size,
+        params.model.input_side(device),
     )
     write_profile(numbers, Path(paths.profile))
     return numbers

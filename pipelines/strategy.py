@@ -32,7 +32,7 @@ matplotlib.use("Agg")  # headless
 import matplotlib.pyplot as plt
 import numpy as np
 
-from pipelines.config import Params, StrategyParams
+from pipelines.config import Params, StrategyParams, TrainParams
 from pipelines.profile import PROFILE
 from pipelines.stage import run_stage
 
@@ -86,29 +86,31 @@ def learning_rates(trainable: list[str], head_lr: float, decay: float) -> dict[s
     return {stage: head_lr * decay**depth for depth, stage in enumerate(reversed(trainable))}
 
 
-def decide(
-    numbers: dict, stages: list[str], cfg: StrategyParams, head_lr: float, epochs: int
-) -> Decision:
+def decide(numbers: dict, stages: list[str], cfg: StrategyParams, train: TrainParams) -> Decision:
     """The decision record for a profiled dataset."""
     size = size_class(numbers["per_class_min"], cfg)
     similar = numbers["knn_similarity"] >= cfg.similar_knn
     strategy = cfg.force or REGIONS[(size, similar)]
     trainable = trainable_stages(strategy, stages)
-    schedule = (
-        [{"phase": "linear_probe", "epochs": epochs, "trainable": ["classifier"]}]
-        if strategy == "linear_probe"
-        else [
-            {"phase": "linear_probe", "epochs": cfg.probe_epochs, "trainable": ["classifier"]},
-            {"phase": "fine_tune", "epochs": epochs, "trainable": trainable},
-        ]
-    )
+    schedule = [
+        {"phase": "linear_probe", "epochs": train.probe_epochs, "trainable": ["classifier"]}
+    ]
+    if strategy != "linear_probe":
+        phase = {"phase": "fine_tune", "epochs": train.epochs, "trainable": trainable}
+        if train.gradual_unfreeze:
+            phase["gradual_unfreeze"] = "one more stage per epoch, from the top"
+        schedule.append(phase)
     decision = Decision(
         strategy=strategy,
         forced=cfg.force is not None,
         size=size,
         similar=similar,
         trainable_stages=trainable,
-        learning_rates=learning_rates(trainable, head_lr, cfg.layer_decay),
+        learning_rates=learning_rates(
+            trainable,
+            train.lr if strategy == "linear_probe" else train.finetune_lr,
+            cfg.layer_decay,
+        ),
         schedule=schedule,
         numbers=numbers,
         thresholds={
@@ -211,9 +213,7 @@ def write_decision(d: Decision, cfg: StrategyParams, out_dir: Path) -> None:
 def decide_and_record(numbers: dict, params: Params, out_dir: Path) -> Decision:
     """Decide from profile numbers (stages in the order the profile measured them)
     and write the record, paragraph and picture to ``out_dir``."""
-    decision = decide(
-        numbers, list(numbers["bn_distance"]), params.strategy, params.train.lr, params.train.epochs
-    )
+    decision = decide(numbers, list(numbers["bn_distance"]), params.strategy, params.train)
     write_decision(decision, params.strategy, out_dir)
     return decision
 
@@ -256,7 +256,7 @@ def profile_source(source: Path, params: Params, out_dir: Path) -> Decision:
             rows, test_size=0.2, stratify=rows["label"], random_state=params.seed
         )
     backbone = load_backbone(params.model.backbone, params.model.weights)
-    transform = build_transform(data_config_for(backbone, params.model.image_size))
+    transform = build_transform(data_config_for(backbone, params.model.input_side(device)))
 
     def features(frame) -> tuple:
         data = ManifestImages(frame, listing.root, classes, transform)
@@ -271,7 +271,7 @@ def profile_source(source: Path, params: Params, out_dir: Path) -> Decision:
         bn_loader,
         len(classes),
         device,
-        params.model.image_size,
+        params.model.input_side(device),
     )
     write_profile(numbers, out_dir)
     return decide_and_record(numbers, params, out_dir)

@@ -1,9 +1,14 @@
-"""Stage ``train``: a linear probe on the cached frozen features.
+"""Stage ``train``: LP-FT as the strategy stage's decision record says.
 
-Softmax regression on standardised features (AdamW, full-batch epochs in
-mini-batches); the epoch with the best validation accuracy is kept, and the
-standardisation is folded into the head so the saved model takes raw images.
-Metrics per epoch go to DVCLive.
+Phase 1, always: a linear probe (softmax regression on standardised features,
+AdamW) on the cached frozen features of the ``features`` stage; the epoch with
+the best validation accuracy is kept and the standardisation is folded into
+the head. Phase 2, for ``top_blocks``, ``most_blocks`` and ``full``: the
+fine-tuning engine (``pipelines/finetune.py``) trains the recorded stages at
+the recorded learning rates, starting from the probe's head, resuming from
+``paths.checkpoints`` after an interruption. Runs data-parallel under
+``torchrun``. Metrics and per-stage learning rates go to DVCLive; the model is
+saved as safetensors plus the JSON needed to rebuild it.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ import numpy as np
 import torch
 from tqdm import trange
 
-from pipelines.backbones import data_config_for, load_backbone
+from pipelines.backbones import build_transform, data_config_for, load_backbone
 from pipelines.classifier import ClassifierConfig, build_classifier, save_classifier
 from pipelines.config import Params
-from pipelines.datasets import read_classes
+from pipelines.datasets import ManifestImages, read_accepted, read_classes
 from pipelines.features import load_split
-from pipelines.runtime import set_threads
+from pipelines.finetune import FineTuneConfig, World, fine_tune, load_checkpoint
+from pipelines.runtime import select_device, set_threads
 from pipelines.stage import run_stage
+from pipelines.strategy import DECISION
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +74,9 @@ def fit_linear_probe(
             optimizer.step()
         val_acc = _accuracy(head, (vx - mean) / std, vy)
         if live is not None:
-            live.log_metric("train/loss", loss.item())
-            live.log_metric("val/accuracy", val_acc)
-            live.log_metric("lr/head", optimizer.param_groups[0]["lr"])
+            live.log_metric("probe/train_loss", loss.item())
+            live.log_metric("probe/val_accuracy", val_acc)
+            live.log_metric("lr/classifier", optimizer.param_groups[0]["lr"])
             live.next_step()
         if val_acc > best["val_accuracy"]:
             best = {"val_accuracy": val_acc, "epoch": epoch}
@@ -86,46 +93,119 @@ def _accuracy(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((head(x).argmax(1) == y).float().mean()) if len(y) else 0.0
 
 
+def fingerprint(params: Params, decision: dict, manifest) -> str:
+    """What a checkpoint must match to be resumed: params, decision and training data."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    digest.update(params.model_dump_json(include={"seed", "model", "train"}).encode())
+    digest.update(json.dumps([decision["trainable_stages"], decision["learning_rates"]]).encode())
+    digest.update(manifest[["path", "label", "split", "sha256"]].to_csv().encode())
+    return digest.hexdigest()
+
+
 def train(params: Params) -> dict[str, float]:
-    """Fit the probe on cached features and save the whole classifier."""
+    """Probe on cached features, fine-tune what the decision unfreezes, save the classifier."""
+    import json
+
     from dvclive import Live
 
     set_threads(params.threads)
+    device = select_device(params.device)
+    world = World.from_env(device)
     cfg, paths = params.train, params.paths
+    decision = json.loads((Path(paths.profile) / DECISION).read_text())
     classes = read_classes(paths.prepared)
     train_x, train_y = load_split(paths.features, "train")
     val_x, val_y = load_split(paths.features, "val")
-    with Live(dir=str(paths.train_log), save_dvc_exp=False, dvcyaml=None) as live:
-        live.log_params({"strategy": cfg.strategy, "lr": cfg.lr, "epochs": cfg.epochs})
-        weight, bias, best = fit_linear_probe(
-            train_x,
-            train_y,
-            val_x,
-            val_y,
-            num_classes=len(classes),
-            epochs=cfg.epochs,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            batch_size=cfg.batch_size,
-            seed=params.seed,
-            live=live,
-        )
-        live.summary["best/val_accuracy"] = best["val_accuracy"]
-        live.summary["best/epoch"] = best["epoch"]
+    fine_tuning = decision["strategy"] != "linear_probe" and cfg.epochs > 0
+    manifest = read_accepted(paths.validation) if fine_tuning else None
+    run_id = fingerprint(params, decision, manifest) if fine_tuning else ""
+    resuming = fine_tuning and load_checkpoint(paths.checkpoints, run_id) is not None
+    live = (
+        Live(dir=str(paths.train_log), save_dvc_exp=False, dvcyaml=None, resume=resuming)
+        if world.main
+        else None
+    )
+    if live is not None and not resuming:
+        live.log_params({"strategy": decision["strategy"], **cfg.model_dump(mode="json")})
+    weight, bias, best = fit_linear_probe(
+        train_x,
+        train_y,
+        val_x,
+        val_y,
+        num_classes=len(classes),
+        epochs=cfg.probe_epochs,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        batch_size=cfg.batch_size,
+        seed=params.seed,
+        live=None if resuming else live,
+    )
+    summary = {"probe": {"best_val_accuracy": best["val_accuracy"], "best_epoch": best["epoch"]}}
     backbone = load_backbone(params.model.backbone, params.model.weights)
     model = build_classifier(backbone.model, backbone.name, len(classes), weight, bias)
-    config = ClassifierConfig(
-        backbone=backbone.name,
-        classes=classes,
-        strategy=cfg.strategy,
-        data_config=data_config_for(backbone, params.model.image_size),
-        extra={"weights": params.model.weights, "best_epoch": best["epoch"]},
-    )
-    save_classifier(model, config, Path(paths.model))
-    log.info(
-        "linear probe: best val accuracy %.3f at epoch %d", best["val_accuracy"], best["epoch"]
-    )
-    return best
+    data_config = data_config_for(backbone, params.model.input_side(device))
+    if fine_tuning:
+        augment = {"scale": tuple(cfg.augment_scale), "hflip": cfg.hflip}
+        images = {
+            split: ManifestImages(
+                manifest[manifest["split"] == split],
+                paths.prepared,
+                classes,
+                build_transform(data_config, training=cfg.augment and split == "train", **augment),
+            )
+            for split in ("train", "val")
+        }
+        result = fine_tune(
+            model,
+            images["train"],
+            images["val"],
+            FineTuneConfig(
+                trainable=decision["trainable_stages"],
+                learning_rates=decision["learning_rates"],
+                epochs=cfg.epochs,
+                batch_size=cfg.batch_size,
+                weight_decay=cfg.weight_decay,
+                warmup=cfg.warmup,
+                gradual_unfreeze=cfg.gradual_unfreeze,
+                cache_mb=cfg.cache_mb,
+                cache_views=cfg.cache_views,
+                seed=params.seed,
+                device=device,
+                compile=cfg.compile,
+            ),
+            live=live,
+            checkpoint_dir=Path(paths.checkpoints),
+            fingerprint=run_id,
+            world=world,
+        )
+        summary["finetune"] = {
+            "best_val_accuracy": result.best_val_accuracy,
+            "best_epoch": result.best_epoch,
+            "resumed_from": result.resumed_from,
+            "cached_views": result.cache_views,
+        }
+    if world.main:
+        for group, values in summary.items():  # next to the latest values DVCLive logged
+            live.summary.setdefault(group, {}).update(values)
+        live.end()
+        config = ClassifierConfig(
+            backbone=backbone.name,
+            classes=classes,
+            strategy=decision["strategy"],
+            data_config=data_config,
+            extra={
+                "weights": params.model.weights,
+                "trainable_stages": decision["trainable_stages"],
+                "learning_rates": decision["learning_rates"],
+                **summary,
+            },
+        )
+        save_classifier(model, config, Path(paths.model))
+    log.info("%s: %s", decision["strategy"], summary)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,7 @@ TINY = {
     "validate.min_per_class": 2,
     "model.image_size": 32,
     "features.batch_size": 64,
-    "train.epochs": 30,
+    "train.probe_epochs": 30,
     "train.lr": 0.003,
     "monitor.window": 60,
     "monitor.min_window": 30,

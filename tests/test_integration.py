@@ -104,6 +104,6 @@ def test_override_runs_a_dvc_experiment(
 
     monkeypatch.chdir(repo)
     before = json.loads((repo / "artifacts/package/bento_model.json").read_text())["tag"]
-    outcome = training_flow(overrides=["train.epochs=3"])
-    assert "epochs: 3" in (repo / "params.yaml").read_text(), "dvc exp run -S applied it"
+    outcome = training_flow(overrides=["train.probe_epochs=3"])
+    assert "probe_epochs: 3" in (repo / "params.yaml").read_text(), "dvc exp run -S applied it"
     assert outcome["model_tag"] != before

@@ -34,6 +34,10 @@ def strategy_params(*overrides: str):
     return load_params(ROOT / "params.yaml", list(overrides)).strategy
 
 
+def train_params(*overrides: str):
+    return load_params(ROOT / "params.yaml", ["train.finetune_lr=0.001", *overrides]).train
+
+
 @pytest.mark.parametrize(
     ("per_class", "similarity", "expected"),
     [
@@ -48,14 +52,14 @@ def strategy_params(*overrides: str):
 def test_regions_of_the_size_similarity_plane(
     per_class: int, similarity: float, expected: str
 ) -> None:
-    decision = decide(numbers(per_class, similarity), STAGES, strategy_params(), 1e-3, 10)
+    decision = decide(numbers(per_class, similarity), STAGES, strategy_params(), train_params())
     assert decision.strategy == expected
     assert expected in decision.reason and f"{per_class} per class" in decision.reason
 
 
 def test_few_and_many_labels_decide_differently_and_say_why() -> None:
-    few = decide(numbers(10, 0.75), STAGES, strategy_params(), 1e-3, 10)
-    many = decide(numbers(1000, 0.75), STAGES, strategy_params(), 1e-3, 10)
+    few = decide(numbers(10, 0.75), STAGES, strategy_params(), train_params())
+    many = decide(numbers(1000, 0.75), STAGES, strategy_params(), train_params())
     assert few.strategy != many.strategy
     assert "small" in few.reason and "large" in many.reason
     assert "input-level" in many.reason, "an early BN shift is named"
@@ -63,7 +67,7 @@ def test_few_and_many_labels_decide_differently_and_say_why() -> None:
 
 def test_layer_wise_learning_rates_decay_away_from_the_head() -> None:
     decision = decide(
-        numbers(1000, 0.2), STAGES, strategy_params("strategy.layer_decay=0.5"), 1e-3, 10
+        numbers(1000, 0.2), STAGES, strategy_params("strategy.layer_decay=0.5"), train_params()
     )
     rates = decision.learning_rates
     assert rates["classifier"] == 1e-3 and rates["head"] == 5e-4 and rates["block6"] == 2.5e-4
@@ -72,7 +76,9 @@ def test_layer_wise_learning_rates_decay_away_from_the_head() -> None:
 
 
 def test_forced_strategy_wins_and_is_recorded() -> None:
-    decision = decide(numbers(10, 0.9), STAGES, strategy_params("strategy.force=full"), 1e-3, 3)
+    decision = decide(
+        numbers(10, 0.9), STAGES, strategy_params("strategy.force=full"), train_params()
+    )
     assert decision.strategy == "full" and decision.forced
     assert "strategy.force" in decision.reason and "would choose linear_probe" in decision.reason
     assert trainable_stages("full", STAGES) == [*STAGES, "classifier"]

@@ -1,0 +1,231 @@
+"""The fine-tuning engine on real pretrained weights and real Fashion-MNIST images.
+
+Frozen stages (weights and BatchNorm statistics) must not move, trainable
+stages must get the recorded learning rates, a killed run must resume, and
+two-process DDP on CPU (gloo) must split the data and agree on the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipelines.backbones import build_transform, data_config_for, load_backbone, stage_namer
+from pipelines.classifier import build_classifier, load_classifier
+from pipelines.datasets import ArrayImages, load_fashion_mnist
+from pipelines.finetune import (
+    CHECKPOINT,
+    FineTuneConfig,
+    fine_tune,
+    split_model,
+    unfrozen_at,
+)
+from pipelines.strategy import learning_rates, trainable_stages
+from tests.conftest import FASHION_MNIST, ROOT, TINY, absolute_paths, write_params
+
+STAGES = ["stem", *[f"block{i}" for i in range(7)], "head"]
+pytestmark = pytest.mark.skipif(
+    not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist"
+)
+
+
+def small_task(n_train: int = 64, n_val: int = 32, side: int = 32):
+    """A pretrained Lite0 with a fresh 10-class head, and tiny real train/val sets."""
+    images, labels = load_fashion_mnist(FASHION_MNIST, "t10k")
+    backbone = load_backbone("tf_efficientnet_lite0")
+    config = data_config_for(backbone, side)
+    train = ArrayImages(
+        images[:n_train], labels[:n_train], build_transform(config, training=True, scale=(0.6, 1))
+    )
+    val = ArrayImages(
+        images[n_train : n_train + n_val],
+        labels[n_train : n_train + n_val],
+        build_transform(config),
+    )
+    weight = torch.randn(10, backbone.num_features, generator=torch.Generator().manual_seed(0))
+    model = build_classifier(backbone.model, backbone.name, 10, weight * 0.01, torch.zeros(10))
+    return model, train, val
+
+
+def config_for(strategy: str, **changes) -> FineTuneConfig:
+    trainable = trainable_stages(strategy, STAGES)
+    settings = {
+        "trainable": trainable,
+        "learning_rates": learning_rates(trainable, 1e-3, 0.5),
+        "epochs": 2,
+        "batch_size": 16,
+        "cache_views": 2,
+        "keep_best": False,
+    }
+    return FineTuneConfig(**(settings | changes))
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("cache_mb", [2048, 0], ids=["cached-prefix", "recomputed-prefix"])
+def test_frozen_stages_and_their_batchnorm_stay_put_and_rates_follow_the_record(
+    cache_mb: int,
+) -> None:
+    model, train, val = small_task()
+    cfg = config_for("top_blocks", cache_mb=cache_mb)
+    before = snapshot(model)
+    result = fine_tune(model, train, val, cfg)
+    assert result.cached == (cache_mb > 0)
+    stage = stage_namer(model)
+    after = snapshot(model)
+    frozen = {k for k in before if stage(k) not in cfg.trainable}
+    assert any(k.endswith("running_mean") for k in frozen), "frozen BatchNorm is checked"
+    moved = [k for k in frozen if not torch.equal(before[k], after[k])]
+    assert moved == [], f"frozen tensors changed: {moved[:5]}"
+    for name in ("blocks.6.0.conv_pw.weight", "blocks.6.0.bn1.running_mean", "classifier.weight"):
+        assert not torch.equal(before[name], after[name]), f"{name} should have trained"
+    # Every trainable stage got its recorded rate, scaled by the same schedule factor.
+    for record in result.history:
+        factor = record["lr"]["classifier"] / cfg.learning_rates["classifier"]
+        assert set(record["lr"]) == set(cfg.trainable)
+        for name, lr in record["lr"].items():
+            assert lr == pytest.approx(cfg.learning_rates[name] * factor)
+
+
+def test_cached_and_recomputed_prefix_split_the_model_at_the_first_trainable_stage() -> None:
+    model, _, _ = small_task()
+    prefix, _ = split_model(model, trainable_stages("top_blocks", STAGES))
+    assert len(prefix) == 6, "stem and blocks 0-4 are the frozen prefix"
+    assert split_model(model, trainable_stages("full", STAGES))[0] is None
+
+
+def test_gradual_unfreezing_adds_one_stage_per_epoch_from_the_top() -> None:
+    trainable = ["block6", "head", "classifier"]
+    assert unfrozen_at(0, trainable, True) == ["classifier"]
+    assert unfrozen_at(1, trainable, True) == ["classifier", "head"]
+    assert unfrozen_at(5, trainable, True) == ["classifier", "head", "block6"]
+    assert unfrozen_at(0, trainable, False) == trainable
+
+
+@pytest.fixture(scope="module")
+def finetune_project(trained_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny trained project, re-decided as ``full`` (slow enough to interrupt)."""
+    root = tmp_path_factory.mktemp("finetune")
+    source = yaml.safe_load(trained_project.read_text())["paths"]
+    for key in ("prepared", "validation", "features", "profile"):
+        shutil.copytree(source[key], root / Path(source[key]).relative_to(trained_project.parent))
+    params = write_params(
+        root / "params.yaml",
+        TINY
+        | absolute_paths(root)
+        | {
+            "strategy.force": "full",
+            "train.epochs": 6,
+            "train.batch_size": 16,
+            "train.cache_mb": 0,
+            "train.probe_epochs": 5,
+        },
+    )
+    stage(params, "strategy")
+    return params
+
+
+def stage(params: Path, name: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", f"pipelines.{name}", "--params", str(params), *extra],
+        cwd=params.parent,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_killed_training_resumes_where_it_stopped(finetune_project: Path, tmp_path: Path) -> None:
+    paths = yaml.safe_load(finetune_project.read_text())["paths"]
+    checkpoint = Path(paths["checkpoints"]) / CHECKPOINT
+    shutil.rmtree(paths["checkpoints"], ignore_errors=True)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.train", "--params", str(finetune_project)],
+        cwd=finetune_project.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    assert checkpoint.exists(), "the run wrote a checkpoint before it was killed"
+    stopped_at = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 1 <= stopped_at < 6, "killed mid-run"
+
+    resumed = stage(finetune_project, "train")
+    assert f"resuming from the checkpoint after epoch {stopped_at}" in resumed.stderr
+    metrics = json.loads((Path(paths["train_log"]) / "metrics.json").read_text())
+    assert metrics["finetune"]["resumed_from"] == stopped_at
+    history = torch.load(checkpoint, weights_only=True)["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6], "same final epoch count"
+    resumed_model, _ = load_classifier(Path(paths["model"]))
+
+    # The same run without interruption, in its own checkpoint folder.
+    fresh = write_params(
+        tmp_path / "params.yaml",
+        {
+            "paths.checkpoints": str(tmp_path / "ckpt"),
+            "paths.model": str(tmp_path / "model"),
+            "paths.train_log": str(tmp_path / "dvclive"),
+        },
+        base=finetune_project,
+    )
+    stage(fresh, "train")
+    fresh_metrics = json.loads((tmp_path / "dvclive" / "metrics.json").read_text())
+    assert fresh_metrics["finetune"]["resumed_from"] == 0
+    assert metrics["finetune"]["best_val_accuracy"] == pytest.approx(
+        fresh_metrics["finetune"]["best_val_accuracy"], abs=0.05
+    ), "comparable accuracy"
+    fresh_model, _ = load_classifier(tmp_path / "model")
+    differing = [
+        k
+        for k, v in fresh_model.state_dict().items()
+        if not torch.allclose(v.float(), resumed_model.state_dict()[k].float(), atol=1e-5)
+    ]
+    assert differing == [], "CPU training is deterministic: resuming changes nothing"
+
+
+def test_two_process_ddp_on_cpu_splits_data_and_agrees_on_weights(tmp_path: Path) -> None:
+    worker = Path(__file__).with_name("ddp_worker.py")
+    env = {
+        **os.environ,
+        "GLOO_SOCKET_IFNAME": "lo",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            str(worker),
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    seen = [set(r["seen"]) for r in ranks]
+    assert seen[0] and seen[1] and not seen[0] & seen[1], "disjoint shards"
+    assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
+    assert ranks[0]["weights"] == ranks[1]["weights"], "identical weights after training"
+    assert ranks[0]["trained"], "the weights moved"
