@@ -127,9 +127,10 @@ def summary_table(summary: dict, params: Params, workspace: Path) -> Table:
         )
     decision = json.loads((Path(params.paths.profile) / DECISION).read_text())
     table.add_row(
-        "freeze decision (recommended; the linear probe is what trains today)",
+        "freeze decision (what the last training applied)",
         f"{decision['strategy']} ({decision['size']} data, "
-        f"{'similar' if decision['similar'] else 'different'} task)",
+        f"{'similar' if decision['similar'] else 'different'} task): "
+        f"trains {', '.join(decision['trainable_stages'])}",
         f"{params.paths.profile}/decision.txt, strategy.png",
     )
     table.add_row(

@@ -109,6 +109,7 @@ class TrainParams(Section):
     finetune_lr: Annotated[float, Field(gt=0, le=10)]
     weight_decay: Annotated[float, Field(ge=0)]
     batch_size: PositiveInt
+    min_steps: Annotated[int, Field(ge=0)] = 40
     warmup: Annotated[float, Field(ge=0, lt=1)] = 0.1
     augment: bool = True
     augment_scale: tuple[Fraction, Fraction] = (0.6, 1.0)
@@ -116,6 +117,7 @@ class TrainParams(Section):
     cache_mb: Annotated[int, Field(ge=0)] = 2048
     cache_views: PositiveInt = 4
     gradual_unfreeze: bool = False
+    batchnorm: Literal["frozen", "adapt"] = "frozen"
     compile: bool = False
 
 

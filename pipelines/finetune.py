@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import random
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,9 @@ class FineTuneConfig:
     device: str = "cpu"
     compile: bool = False
     keep_best: bool = True  # end on the best validation epoch (else on the last)
+    validations: int = 20  # at most this many validation passes (every epoch on short runs)
+    # frozen: running statistics everywhere; adapt: batch statistics in trainable stages
+    batchnorm: str = "frozen"
 
     def __post_init__(self) -> None:
         missing = [s for s in self.trainable if s not in self.learning_rates]
@@ -76,6 +80,7 @@ class FitResult:
     resumed_from: int  # epochs already done when this call started (0: fresh)
     cached: bool  # frozen-prefix activations were cached
     cache_views: int
+    cache_seconds: float
     history: list[dict] = field(default_factory=list)
     seen: list[int] = field(default_factory=list)  # training indices this rank used
 
@@ -147,16 +152,19 @@ def split_model(model: nn.Module, trainable: list[str]) -> tuple[nn.Module | Non
     return prefix, Suffix(model, [module for _, module in sequence[first:]])
 
 
-def set_trainable(model: nn.Module, trainable: list[str]) -> None:
+def set_trainable(model: nn.Module, trainable: list[str], adapt_batchnorm: bool = False) -> None:
     """``requires_grad`` by stage; BatchNorm of frozen stages in eval mode (stats untouched).
 
-    Call after ``model.train()``: it puts the frozen stages' BatchNorm back to eval.
+    Trainable stages' BatchNorm also stays in eval mode (its affine weights still
+    learn) unless ``adapt_batchnorm``: then it normalises with batch statistics
+    and updates its running ones. Call after ``model.train()``.
     """
     stage = stage_namer(model)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(stage(name) in trainable)
     for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and stage(name) not in trainable:
+        is_norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
+        if is_norm and not (adapt_batchnorm and stage(name) in trainable):
             module.eval()
 
 
@@ -391,7 +399,7 @@ def fine_tune(
     shard = _shard(len(train_data), world, cfg.seed)
     shard_data = torch.utils.data.Subset(train_data, shard.tolist())
 
-    views = 0
+    views, cache_started, cache_seconds = 0, time.perf_counter(), 0.0
     if prefix is not None:
         per_image = activation_bytes(prefix, val_data if len(val_data) else train_data, device)
         views = cache_plan(per_image, len(shard), len(val_data), cfg.cache_views, cfg.cache_mb)
@@ -404,6 +412,13 @@ def fine_tune(
         val_inputs = cache_activations(prefix, val_data, 1, cfg.batch_size, device, "cache val")
         val_inputs = (val_inputs[0][0], val_inputs[1])
         runner, evaluator = suffix, suffix
+        cache_seconds = time.perf_counter() - cache_started
+        log.info(
+            "cached the frozen prefix: %d view(s) of %d images in %.1f s",
+            views,
+            len(shard),
+            cache_seconds,
+        )
     else:
         train_labels = None
         runner, evaluator = model, model
@@ -443,12 +458,13 @@ def fine_tune(
         }
 
     seen: list[int] = []
+    val_every = max(1, math.ceil(cfg.epochs / cfg.validations))
     last_epoch = min(cfg.epochs, stop_after) if stop_after is not None else cfg.epochs
     for epoch in range(start_epoch, last_epoch):
         active = unfrozen_at(epoch, cfg.trainable, cfg.gradual_unfreeze)
         model.train()
-        set_trainable(model, active)
-        losses, correct, count = [], 0, 0
+        set_trainable(model, active, cfg.batchnorm == "adapt")
+        losses, correct, count, started = [], 0, 0, time.perf_counter()
         batches = list(_batches(len(shard), cfg.batch_size, generator))
         for idx in tqdm(
             batches,
@@ -474,16 +490,29 @@ def fine_tune(
             losses.append(loss.item())
             correct += int((logits.argmax(1) == y).sum())
             count += len(y)
-        val_accuracy = _accuracy(evaluator, val_inputs, device, cfg.batch_size)
+        train_seconds = time.perf_counter() - started
+        validate = (epoch + 1) % val_every == 0 or epoch + 1 == cfg.epochs
+        val_accuracy = (
+            _accuracy(evaluator, val_inputs, device, cfg.batch_size) if validate else None
+        )
         record = {
             "epoch": epoch + 1,
             "train_loss": float(np.mean(losses)) if losses else float("nan"),
             "train_accuracy": correct / max(count, 1),
             "val_accuracy": val_accuracy,
             "lr": {g["stage"]: g["lr"] for g in optimizer.param_groups},
+            "train_seconds": train_seconds,
         }
         history.append(record)
-        if val_accuracy > best["val_accuracy"]:
+        log.info(
+            "epoch %d/%d: train loss %.3f, train accuracy %.3f, val accuracy %s",
+            epoch + 1,
+            cfg.epochs,
+            record["train_loss"],
+            record["train_accuracy"],
+            "-" if val_accuracy is None else f"{val_accuracy:.3f}",
+        )
+        if val_accuracy is not None and val_accuracy > best["val_accuracy"]:
             best = {"val_accuracy": val_accuracy, "epoch": epoch + 1}
             best_state = _state(model)
         if live is not None and world.main:
@@ -517,6 +546,7 @@ def fine_tune(
         resumed_from=start_epoch,
         cached=bool(views),
         cache_views=views,
+        cache_seconds=cache_seconds,
         history=history,
         seen=seen,
     )
@@ -525,7 +555,8 @@ def fine_tune(
 def _log_epoch(live, record: dict) -> None:
     live.log_metric("finetune/train_loss", record["train_loss"])
     live.log_metric("finetune/train_accuracy", record["train_accuracy"])
-    live.log_metric("finetune/val_accuracy", record["val_accuracy"])
+    if record["val_accuracy"] is not None:
+        live.log_metric("finetune/val_accuracy", record["val_accuracy"])
     for stage, lr in record["lr"].items():
         live.log_metric(f"lr/{stage}", lr)
     live.next_step()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -86,6 +87,14 @@ def learning_rates(trainable: list[str], head_lr: float, decay: float) -> dict[s
     return {stage: head_lr * decay**depth for depth, stage in enumerate(reversed(trainable))}
 
 
+def epochs_for(n_train: int, batch_size: int, epochs: int, min_steps: int) -> int:
+    """Fine-tuning epochs: ``epochs``, raised so that small datasets get ``min_steps`` steps."""
+    if epochs == 0:
+        return 0
+    steps_per_epoch = max(1, n_train // batch_size)
+    return max(epochs, math.ceil(min_steps / steps_per_epoch))
+
+
 def decide(numbers: dict, stages: list[str], cfg: StrategyParams, train: TrainParams) -> Decision:
     """The decision record for a profiled dataset."""
     size = size_class(numbers["per_class_min"], cfg)
@@ -96,7 +105,8 @@ def decide(numbers: dict, stages: list[str], cfg: StrategyParams, train: TrainPa
         {"phase": "linear_probe", "epochs": train.probe_epochs, "trainable": ["classifier"]}
     ]
     if strategy != "linear_probe":
-        phase = {"phase": "fine_tune", "epochs": train.epochs, "trainable": trainable}
+        epochs = epochs_for(numbers["images"], train.batch_size, train.epochs, train.min_steps)
+        phase = {"phase": "fine_tune", "epochs": epochs, "trainable": trainable}
         if train.gradual_unfreeze:
             phase["gradual_unfreeze"] = "one more stage per epoch, from the top"
         schedule.append(phase)

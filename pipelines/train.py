@@ -29,7 +29,7 @@ from pipelines.features import load_split
 from pipelines.finetune import FineTuneConfig, World, fine_tune, load_checkpoint
 from pipelines.runtime import select_device, set_threads
 from pipelines.stage import run_stage
-from pipelines.strategy import DECISION
+from pipelines.strategy import DECISION, epochs_for
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ def fit_linear_probe(
     generator = torch.Generator().manual_seed(seed)
     x, y = torch.from_numpy(train_x).float(), torch.from_numpy(train_y).long()
     vx, vy = torch.from_numpy(val_x).float(), torch.from_numpy(val_y).long()
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    mean, std = x.mean(0), x.std(0)
+    std = std.clamp_min(0.1 * float(std.median()) + 1e-6)  # see docs/training.md
     head = torch.nn.Linear(x.shape[1], num_classes)
     with torch.no_grad():
         head.weight.normal_(0, 0.01, generator=generator)
@@ -165,11 +166,12 @@ def train(params: Params) -> dict[str, float]:
             FineTuneConfig(
                 trainable=decision["trainable_stages"],
                 learning_rates=decision["learning_rates"],
-                epochs=cfg.epochs,
+                epochs=epochs_for(len(images["train"]), cfg.batch_size, cfg.epochs, cfg.min_steps),
                 batch_size=cfg.batch_size,
                 weight_decay=cfg.weight_decay,
                 warmup=cfg.warmup,
                 gradual_unfreeze=cfg.gradual_unfreeze,
+                batchnorm=cfg.batchnorm,
                 cache_mb=cfg.cache_mb,
                 cache_views=cfg.cache_views,
                 seed=params.seed,

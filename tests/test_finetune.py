@@ -79,7 +79,8 @@ def test_frozen_stages_and_their_batchnorm_stay_put_and_rates_follow_the_record(
     cache_mb: int,
 ) -> None:
     model, train, val = small_task()
-    cfg = config_for("top_blocks", cache_mb=cache_mb)
+    # "adapt": trainable stages' BatchNorm updates its statistics, frozen stages' must not.
+    cfg = config_for("top_blocks", cache_mb=cache_mb, batchnorm="adapt")
     before = snapshot(model)
     result = fine_tune(model, train, val, cfg)
     assert result.cached == (cache_mb > 0)
@@ -97,6 +98,16 @@ def test_frozen_stages_and_their_batchnorm_stay_put_and_rates_follow_the_record(
         assert set(record["lr"]) == set(cfg.trainable)
         for name, lr in record["lr"].items():
             assert lr == pytest.approx(cfg.learning_rates[name] * factor)
+
+
+def test_frozen_batchnorm_mode_keeps_every_running_statistic() -> None:
+    model, train, val = small_task(n_train=32, n_val=16)
+    before = snapshot(model)
+    fine_tune(model, train, val, config_for("top_blocks", epochs=1))
+    after = snapshot(model)
+    statistics = [k for k in before if "running_" in k]
+    assert all(torch.equal(before[k], after[k]) for k in statistics)
+    assert not torch.equal(before["blocks.6.0.bn1.weight"], after["blocks.6.0.bn1.weight"])
 
 
 def test_cached_and_recomputed_prefix_split_the_model_at_the_first_trainable_stage() -> None:
@@ -128,6 +139,7 @@ def finetune_project(trained_project: Path, tmp_path_factory: pytest.TempPathFac
         | {
             "strategy.force": "full",
             "train.epochs": 6,
+            "train.min_steps": 0,
             "train.batch_size": 16,
             "train.cache_mb": 0,
             "train.probe_epochs": 5,
