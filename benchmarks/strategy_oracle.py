@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(json.dumps(run_task(task, params, device), indent=2, default=float))
         scores.append(score(json.loads(path.read_text()), params))
     (args.out / "scores.json").write_text(json.dumps(scores, indent=2))
-    render(scores, Console())
+    render(scores, Console(width=170))
     return 0
 
 

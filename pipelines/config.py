@@ -98,7 +98,7 @@ class StrategyParams(Section):
     force: Literal["linear_probe", "top_blocks", "most_blocks", "full"] | None = None
     small_per_class: Annotated[int, Field(ge=1)] = 50
     large_per_class: Annotated[int, Field(ge=1)] = 500
-    similar_knn: Annotated[float, Field(ge=0, le=1)] = 0.6
+    similar_knn: Annotated[float, Field(ge=0, le=1)] = 0.9
     layer_decay: Annotated[float, Field(gt=0, le=1)] = 0.7
 
 

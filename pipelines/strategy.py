@@ -5,16 +5,21 @@ Regions of the size x similarity plane (thresholds in ``params.yaml``):
 ============  ============  ============
 labels/class  similar       different
 ============  ============  ============
-small         linear_probe  linear_probe
+small         linear_probe  most_blocks
 medium        top_blocks    most_blocks
 large         most_blocks   full
 ============  ============  ============
 
-Small tasks keep the backbone frozen whatever the similarity: with a handful
-of labels per class, unfreezing overfits. Otherwise the further the task is
-from the source, the more of the network trains. Learning rates decay by
-``strategy.layer_decay`` per stage away from the head; every strategy that
-unfreezes starts with a linear probe (LP-FT, Kumar et al., ICLR 2022).
+"Similar" means the frozen features already nearly solve the task (k-NN
+similarity at least ``strategy.similar_knn``, 0.9): then a probe, or the top
+blocks once there is data for them, is enough. Otherwise the further the task
+is from the source and the more labels there are, the more of the network
+trains; even 10 labels per class gain from fine-tuning most blocks when it
+starts from the probe (LP-FT, Kumar et al., ICLR 2022) and keeps the best
+validation epoch, the probe included. The table and thresholds were set
+from the oracle benchmark (``benchmarks/strategy_oracle.py``,
+docs/strategy.md). Learning rates decay by ``strategy.layer_decay`` per
+stage away from the head.
 Writes ``decision.json``, ``decision.txt`` and ``strategy.png``.
 """
 
@@ -42,7 +47,7 @@ STRATEGIES = ("linear_probe", "top_blocks", "most_blocks", "full")
 DECISION = "decision.json"
 REGIONS = {
     ("small", True): "linear_probe",
-    ("small", False): "linear_probe",
+    ("small", False): "most_blocks",
     ("medium", True): "top_blocks",
     ("medium", False): "most_blocks",
     ("large", True): "most_blocks",

@@ -6,6 +6,7 @@ temporary store, set here before any test imports it.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -36,6 +37,7 @@ TINY = {
     "model.image_size": 32,
     "features.batch_size": 64,
     "train.probe_epochs": 30,
+    "train.min_steps": 4,  # fine-tuning strategies: a few steps, not 80
     "train.lr": 0.003,
     "monitor.window": 60,
     "monitor.min_window": 30,
@@ -101,8 +103,12 @@ def service_client(trained_project: Path):
 
     from starlette.testclient import TestClient
 
+    paths = yaml.safe_load(trained_project.read_text())["paths"]
+    tag = json.loads((Path(paths["package"]) / "bento_model.json").read_text())["tag"]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TRANSFEROPS_PARAMS", str(trained_project))
+        # Pinned: other tests package newer models into the same session store.
+        patch.setenv("TRANSFEROPS_MODEL_TAG", tag)
         service = importlib.reload(importlib.import_module("services.service"))
         with TestClient(service.Classifier.to_asgi()) as client:
             yield client

@@ -28,7 +28,8 @@ def test_packaged_model_answers_lineage_questions(trained_project: Path) -> None
     labels = model.info.labels
     assert labels["data_version"].startswith("manifest-"), "outside DVC: manifest hash"
     assert labels["git_revision"] and labels["backbone"] == "tf_efficientnet_lite0"
-    assert labels["strategy"] == "linear_probe"
+    decision = json.loads((params.paths.profile / "decision.json").read_text())
+    assert labels["strategy"] == decision["strategy"], "the strategy that trained"
     packaged_params = json.loads(model.info.metadata["params_json"])
     assert packaged_params["data.train_size"] == 100
     assert model.info.metadata["accuracy"] > 0.4

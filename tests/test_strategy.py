@@ -41,11 +41,11 @@ def train_params(*overrides: str):
 @pytest.mark.parametrize(
     ("per_class", "similarity", "expected"),
     [
-        (10, 0.9, "linear_probe"),
-        (10, 0.2, "linear_probe"),
-        (100, 0.9, "top_blocks"),
+        (10, 0.95, "linear_probe"),
+        (10, 0.2, "most_blocks"),
+        (100, 0.95, "top_blocks"),
         (100, 0.2, "most_blocks"),
-        (1000, 0.9, "most_blocks"),
+        (1000, 0.95, "most_blocks"),
         (1000, 0.2, "full"),
     ],
 )
