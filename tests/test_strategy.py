@@ -109,7 +109,8 @@ def test_profile_command_on_an_unseen_image_folder(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads((out / "decision.json").read_text())
-    assert record["strategy"] == "linear_probe", "about 16 labels per class: small"
+    assert record["size"] == "small", "about 16 labels per class"
+    assert record["strategy"] == ("linear_probe" if record["similar"] else "most_blocks")
     for key in (
         "logme",
         "leep",
