@@ -203,12 +203,15 @@ def test_killed_training_resumes_where_it_stopped(finetune_project: Path, tmp_pa
         fresh_metrics["finetune"]["best_val_accuracy"], abs=0.05
     ), "comparable accuracy"
     fresh_model, _ = load_classifier(tmp_path / "model")
-    differing = [
-        k
+    # Same weights up to float rounding (BLAS reductions may round differently per process).
+    differing = {
+        k: float((v.float() - resumed_model.state_dict()[k].float()).abs().max())
         for k, v in fresh_model.state_dict().items()
-        if not torch.allclose(v.float(), resumed_model.state_dict()[k].float(), atol=1e-5)
-    ]
-    assert differing == [], "CPU training is deterministic: resuming changes nothing"
+        if not torch.allclose(
+            v.float(), resumed_model.state_dict()[k].float(), rtol=1e-3, atol=1e-4
+        )
+    }
+    assert differing == {}, "resuming reaches the uninterrupted run's weights"
 
 
 def test_two_process_ddp_on_cpu_splits_data_and_agrees_on_weights(tmp_path: Path) -> None:
