@@ -38,28 +38,25 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pipelines.backbones import build_transform, data_config_for, load_backbone  # noqa: E402
-from pipelines.classifier import build_classifier  # noqa: E402
-from pipelines.config import load_params  # noqa: E402
-from pipelines.datasets import ArrayImages, load_fashion_mnist  # noqa: E402
-from pipelines.features import extract_features, loader_for  # noqa: E402
-from pipelines.finetune import FineTuneConfig, fine_tune  # noqa: E402
-from pipelines.profile import measure  # noqa: E402
-from pipelines.runtime import configure_runtime, select_device, set_threads  # noqa: E402
-from pipelines.stage import add_override_option  # noqa: E402
-from pipelines.strategy import (  # noqa: E402
+from pipelines.backbones import build_transform, data_config_for, load_backbone
+from pipelines.classifier import build_classifier
+from pipelines.config import load_params
+from pipelines.datasets import ArrayImages, load_fashion_mnist
+from pipelines.features import extract_features, loader_for
+from pipelines.finetune import fine_tune, stage_sequence
+from pipelines.profile import measure
+from pipelines.runtime import configure_runtime, select_device, set_threads
+from pipelines.stage import add_override_option
+from pipelines.strategy import (
     STRATEGIES,
     decide,
-    epochs_for,
     learning_rates,
     size_class,
     trainable_stages,
 )
-from pipelines.train import fit_linear_probe  # noqa: E402
+from pipelines.train import finetune_config, fit_linear_probe, train_transform
 
+ROOT = Path(__file__).resolve().parents[1]  # defaults for --params and --out
 log = logging.getLogger("strategy_oracle")
 LR_GRID = (1e-3, 3e-3, 1e-2)  # fine-tuning (classifier) lr; the probe uses the same grid
 SIZE_ONLY = {"small": "linear_probe", "medium": "top_blocks", "large": "full"}
@@ -211,19 +208,12 @@ class Runner:
         self.task, self.params, self.device = task, params, device
         self.backbone = load_backbone(params.model.backbone, params.model.weights)
         config = data_config_for(self.backbone, params.model.input_side(device))
-        cfg = params.train
         self.eval_transform = build_transform(config)
-        self.train_images = ArrayImages(
-            *task.train,
-            build_transform(
-                config, training=cfg.augment, scale=tuple(cfg.augment_scale), hflip=cfg.hflip
-            ),
-        )
+        self.train_images = ArrayImages(*task.train, train_transform(config, params.train))
         self.val_images = ArrayImages(*task.val, self.eval_transform)
         self.test_images = ArrayImages(*task.test, self.eval_transform)
         self.classes = int(max(task.train[1].max(), task.val[1].max(), task.test[1].max()) + 1)
-        self.stages = ["stem", *[f"block{i}" for i in range(len(self.backbone.model.blocks))]]
-        self.stages.append("head")
+        self.stages = [name for name, _ in stage_sequence(self.backbone.model)]
 
     def features(self, images) -> tuple[np.ndarray, np.ndarray]:
         loader = loader_for(images, self.params.features.batch_size, self.device)
@@ -277,25 +267,12 @@ class Runner:
         epochs = 0
         if strategy != "linear_probe":
             trainable = trainable_stages(strategy, self.stages)
-            epochs = epochs_for(len(self.train_images), cfg.batch_size, cfg.epochs, cfg.min_steps)
-            result = fine_tune(
-                model,
-                self.train_images,
-                self.val_images,
-                FineTuneConfig(
-                    trainable=trainable,
-                    learning_rates=learning_rates(trainable, lr, self.params.strategy.layer_decay),
-                    epochs=epochs,
-                    batch_size=cfg.batch_size,
-                    weight_decay=cfg.weight_decay,
-                    warmup=cfg.warmup,
-                    batchnorm=cfg.batchnorm,
-                    cache_mb=cfg.cache_mb,
-                    cache_views=cfg.cache_views,
-                    seed=self.params.seed,
-                    device=self.device,
-                ),
+            rates = learning_rates(trainable, lr, self.params.strategy.layer_decay)
+            config = finetune_config(
+                self.params, trainable, rates, len(self.train_images), self.device
             )
+            epochs = config.epochs
+            result = fine_tune(model, self.train_images, self.val_images, config)
             val = result.best_val_accuracy
         seconds = time.perf_counter() - start
         return {

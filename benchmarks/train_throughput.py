@@ -29,17 +29,20 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pipelines.backbones import build_transform, data_config_for, load_backbone  # noqa: E402
-from pipelines.classifier import build_classifier  # noqa: E402
-from pipelines.datasets import ArrayImages, load_fashion_mnist  # noqa: E402
-from pipelines.features import extract_features, loader_for  # noqa: E402
-from pipelines.finetune import FineTuneConfig, fine_tune, set_trainable  # noqa: E402
-from pipelines.runtime import configure_runtime, select_device  # noqa: E402
-from pipelines.strategy import learning_rates, trainable_stages  # noqa: E402
-from pipelines.train import fit_linear_probe  # noqa: E402
+from pipelines.backbones import build_transform, data_config_for, load_backbone
+from pipelines.classifier import build_classifier
+from pipelines.datasets import ArrayImages, load_fashion_mnist
+from pipelines.features import extract_features, loader_for
+from pipelines.finetune import (
+    FineTuneConfig,
+    fine_tune,
+    parameter_groups,
+    set_trainable,
+    stage_sequence,
+)
+from pipelines.runtime import configure_runtime, select_device
+from pipelines.strategy import learning_rates, trainable_stages
+from pipelines.train import fit_linear_probe
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 STRATEGIES = ("top_blocks", "most_blocks", "full")
@@ -50,20 +53,14 @@ def fresh_model(backbone, classes: int = 10) -> torch.nn.Module:
     return build_classifier(backbone.model, backbone.name, classes, weight * 0.01, torch.zeros(10))
 
 
-def bare_loop(model, data, trainable, lrs, batch_size: int, device: str) -> float:
+def bare_loop(model, data, strategy: str, batch_size: int, device: str) -> float:
     """One epoch of the plainest correct loop; returns images per second."""
+    trainable, lrs = plan(model, strategy)
     model.to(device).train()
     if device == "cuda":
         model.to(memory_format=torch.channels_last)
     set_trainable(model, trainable)
-    from pipelines.backbones import stage_namer
-
-    stage = stage_namer(model)
-    groups: dict[str, list] = {}
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            groups.setdefault(stage(name), []).append(parameter)
-    optimizer = torch.optim.AdamW([{"params": p, "lr": lrs[s]} for s, p in groups.items()])
+    optimizer = torch.optim.AdamW(parameter_groups(model, lrs, weight_decay=0.01))
     loader = torch.utils.data.DataLoader(
         data,
         batch_size=batch_size,
@@ -88,7 +85,14 @@ def bare_loop(model, data, trainable, lrs, batch_size: int, device: str) -> floa
     return seen / (time.perf_counter() - start)
 
 
-def engine_epoch(model, train, val, trainable, lrs, batch_size, device, cache_mb, tmp) -> dict:
+def plan(model, strategy: str) -> tuple[list[str], dict[str, float]]:
+    """Trainable stages and their layer-wise rates, as the strategy stage would record them."""
+    trainable = trainable_stages(strategy, [name for name, _ in stage_sequence(model)])
+    return trainable, learning_rates(trainable, 1e-3, 0.7)
+
+
+def engine_epoch(model, train, val, strategy, batch_size, device, cache_mb, tmp) -> dict:
+    trainable, lrs = plan(model, strategy)
     cfg = FineTuneConfig(
         trainable=trainable,
         learning_rates=lrs,
@@ -122,7 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     config = data_config_for(backbone, args.side or None)
     train = ArrayImages(images[:n], labels[:n], build_transform(config, training=True))
     val = ArrayImages(images[n : n + 64], labels[n : n + 64], build_transform(config))
-    stages = ["stem", *[f"block{i}" for i in range(7)], "head"]
     console = Console()
     side = config["input_size"][-1]
 
@@ -130,16 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     for column in ("strategy", "bare timm loop img/s", "engine img/s", "overhead"):
         table.add_column(column)
     for strategy in STRATEGIES:
-        trainable = trainable_stages(strategy, stages)
-        lrs = learning_rates(trainable, 1e-3, 0.7)
-        bare_loop(fresh_model(backbone), train, trainable, lrs, args.batch_size, device)  # warm-up
-        bare = bare_loop(fresh_model(backbone), train, trainable, lrs, args.batch_size, device)
+        bare_loop(fresh_model(backbone), train, strategy, args.batch_size, device)  # warm-up
+        bare = bare_loop(fresh_model(backbone), train, strategy, args.batch_size, device)
         timing = engine_epoch(
             fresh_model(backbone),
             train,
             val,
-            trainable,
-            lrs,
+            strategy,
             args.batch_size,
             device,
             0,
@@ -178,29 +178,18 @@ def main(argv: list[str] | None = None) -> int:
         f"{recompute_probe / cached_probe:.0f}x",
         f"{feature_seconds:.1f}",
     )
-    trainable = trainable_stages("top_blocks", stages)
-    lrs = learning_rates(trainable, 1e-3, 0.7)
-    recomputed = engine_epoch(
-        fresh_model(backbone),
-        train,
-        val,
-        trainable,
-        lrs,
-        args.batch_size,
-        device,
-        0,
-        args.out / "recompute",
-    )
-    cached = engine_epoch(
-        fresh_model(backbone),
-        train,
-        val,
-        trainable,
-        lrs,
-        args.batch_size,
-        device,
-        4096,
-        args.out / "cached",
+    recomputed, cached = (
+        engine_epoch(
+            fresh_model(backbone),
+            train,
+            val,
+            "top_blocks",
+            args.batch_size,
+            device,
+            cache_mb,
+            args.out / name,
+        )
+        for cache_mb, name in ((0, "recompute"), (4096, "cached"))
     )
     cache.add_row(
         "top_blocks",

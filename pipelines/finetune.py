@@ -332,7 +332,8 @@ def load_checkpoint(directory: Path | None, fingerprint: str) -> dict | None:
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     order = torch.randperm(n, generator=generator)
-    for start in range(0, n - n % batch_size if n >= batch_size else n, batch_size):
+    stop = n if n < batch_size else n - n % batch_size  # drop the ragged last batch
+    for start in range(0, stop, batch_size):
         yield order[start : start + batch_size]
 
 
@@ -427,7 +428,7 @@ def fine_tune(
     set_trainable(model, cfg.trainable)  # before DDP: it registers what trains
     parameters = parameter_groups(model, cfg.learning_rates, cfg.weight_decay)
     optimizer = torch.optim.AdamW(parameters)
-    steps_per_epoch = max(1, len(shard) // cfg.batch_size) if len(shard) >= cfg.batch_size else 1
+    steps_per_epoch = max(1, len(shard) // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(steps_per_epoch * cfg.epochs, cfg.warmup)
     )

@@ -13,6 +13,8 @@ saved as safetensors plus the JSON needed to rebuild it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import sys
 from pathlib import Path
@@ -23,7 +25,7 @@ from tqdm import trange
 
 from pipelines.backbones import build_transform, data_config_for, load_backbone
 from pipelines.classifier import ClassifierConfig, build_classifier, save_classifier
-from pipelines.config import Params
+from pipelines.config import Params, TrainParams
 from pipelines.datasets import ManifestImages, read_accepted, read_classes
 from pipelines.features import load_split
 from pipelines.finetune import FineTuneConfig, World, fine_tune, load_checkpoint
@@ -94,11 +96,37 @@ def _accuracy(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((head(x).argmax(1) == y).float().mean()) if len(y) else 0.0
 
 
+def train_transform(data_config: dict, cfg: TrainParams):
+    """timm's training transform with the ``train.*`` augmentation settings (or none)."""
+    return build_transform(
+        data_config, training=cfg.augment, scale=tuple(cfg.augment_scale), hflip=cfg.hflip
+    )
+
+
+def finetune_config(
+    params: Params, trainable: list[str], rates: dict[str, float], n_train: int, device: str
+) -> FineTuneConfig:
+    """Phase 2 of LP-FT for ``trainable`` at ``rates``, everything else from ``train.*``."""
+    cfg = params.train
+    return FineTuneConfig(
+        trainable=trainable,
+        learning_rates=rates,
+        epochs=epochs_for(n_train, cfg.batch_size, cfg.epochs, cfg.min_steps),
+        batch_size=cfg.batch_size,
+        weight_decay=cfg.weight_decay,
+        warmup=cfg.warmup,
+        gradual_unfreeze=cfg.gradual_unfreeze,
+        batchnorm=cfg.batchnorm,
+        cache_mb=cfg.cache_mb,
+        cache_views=cfg.cache_views,
+        seed=params.seed,
+        device=device,
+        compile=cfg.compile,
+    )
+
+
 def fingerprint(params: Params, decision: dict, manifest) -> str:
     """What a checkpoint must match to be resumed: params, decision and training data."""
-    import hashlib
-    import json
-
     digest = hashlib.sha256()
     digest.update(params.model_dump_json(include={"seed", "model", "train"}).encode())
     digest.update(json.dumps([decision["trainable_stages"], decision["learning_rates"]]).encode())
@@ -108,8 +136,6 @@ def fingerprint(params: Params, decision: dict, manifest) -> str:
 
 def train(params: Params) -> dict[str, float]:
     """Probe on cached features, fine-tune what the decision unfreezes, save the classifier."""
-    import json
-
     from dvclive import Live
 
     set_threads(params.threads)
@@ -149,13 +175,13 @@ def train(params: Params) -> dict[str, float]:
     model = build_classifier(backbone.model, backbone.name, len(classes), weight, bias)
     data_config = data_config_for(backbone, params.model.input_side(device))
     if fine_tuning:
-        augment = {"scale": tuple(cfg.augment_scale), "hflip": cfg.hflip}
+        transforms = {
+            "train": train_transform(data_config, cfg),
+            "val": build_transform(data_config),
+        }
         images = {
             split: ManifestImages(
-                manifest[manifest["split"] == split],
-                paths.prepared,
-                classes,
-                build_transform(data_config, training=cfg.augment and split == "train", **augment),
+                manifest[manifest["split"] == split], paths.prepared, classes, transforms[split]
             )
             for split in ("train", "val")
         }
@@ -163,20 +189,12 @@ def train(params: Params) -> dict[str, float]:
             model,
             images["train"],
             images["val"],
-            FineTuneConfig(
-                trainable=decision["trainable_stages"],
-                learning_rates=decision["learning_rates"],
-                epochs=epochs_for(len(images["train"]), cfg.batch_size, cfg.epochs, cfg.min_steps),
-                batch_size=cfg.batch_size,
-                weight_decay=cfg.weight_decay,
-                warmup=cfg.warmup,
-                gradual_unfreeze=cfg.gradual_unfreeze,
-                batchnorm=cfg.batchnorm,
-                cache_mb=cfg.cache_mb,
-                cache_views=cfg.cache_views,
-                seed=params.seed,
-                device=device,
-                compile=cfg.compile,
+            finetune_config(
+                params,
+                decision["trainable_stages"],
+                decision["learning_rates"],
+                len(images["train"]),
+                device,
             ),
             live=live,
             checkpoint_dir=Path(paths.checkpoints),
