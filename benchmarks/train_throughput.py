@@ -5,7 +5,8 @@
    prefix recomputed so both do the same arithmetic; the training steps of
    the epoch, not its validation pass or checkpoint write) and through a bare
    loop: the same timm model, frozen stages ``requires_grad=False`` with
-   BatchNorm in eval, one AdamW, forward, loss, backward, step.
+   BatchNorm in eval, one AdamW over the engine's per-stage groups, forward,
+   loss, backward, step.
    Overhead = 1 - engine / bare.
 2. Epoch time of the linear probe on cached features against the same probe
    recomputing the frozen backbone each epoch, and of ``top_blocks`` on the
