@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flows.traffic import SHIFTS
+from pipelines.champion import ChampionError
 from pipelines.config import DEFAULT_PARAMS, ParamsError, load_params
 from pipelines.datasets import DataSourceError
 from pipelines.runtime import configure_runtime
@@ -47,16 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("--new-data", help="labelled ImageFolder the retraining run adds")
     add_override_option(monitor)
 
-    check = commands.add_parser(
+    add_path_command(
+        commands,
         "check",
         help="validate an ImageFolder or manifest without training",
         description="Run the data checks on PATH (an ImageFolder or a CSV/Parquet manifest). "
         "Exit 0 when clean, 1 with a list of problems naming the files. Writes "
         "result.json, problems.txt and Data Docs HTML.",
+        out_default="reports/check/<name>",
     )
-    check.add_argument("path", type=Path, help="ImageFolder directory or manifest file")
-    check.add_argument("--out", type=Path, help="report folder (default: reports/check/<name>)")
-    add_override_option(check)
 
     data = commands.add_parser(
         "data",
@@ -86,20 +86,65 @@ def build_parser() -> argparse.ArgumentParser:
         description="Every `data add`: name, DVC version, images, classes, size, status.",
     )
 
-    prof = commands.add_parser(
+    add_path_command(
+        commands,
         "profile",
         help="measure transferability and print the freeze decision for any dataset",
         description="Profile an ImageFolder or manifest on the configured backbone (LogME, "
         "LEEP, k-NN probe, BatchNorm domain distance) and print the decision record, "
         "without training. Writes profile.json, decision.json, decision.txt, strategy.png.",
+        out_default="reports/profile/<name>",
     )
-    prof.add_argument("path", type=Path, help="ImageFolder directory or manifest file")
-    prof.add_argument("--out", type=Path, help="output folder (default: reports/profile/<name>)")
-    add_override_option(prof)
+
+    gate = commands.add_parser(
+        "gate",
+        help="score a candidate against the champion; promote it if it is better",
+        description="Score the candidate (default: the last packaged model) and the champion "
+        "on the current test split. Promote when the candidate beats the champion by "
+        "gate.min_improvement and no group drops more than gate.max_group_drop. "
+        "Exit 0 when promoted, 1 when the champion is kept. The verdict goes to "
+        "reports/gate/<version>.json.",
+    )
+    gate.add_argument("tag", nargs="?", help="candidate model tag (default: the last packaged)")
+    add_override_option(gate)
+
+    promote = commands.add_parser(
+        "promote",
+        help="make a packaged model the champion by hand (logged)",
+        description="Make TAG the champion without the gate. The change is atomic and "
+        "logged in models/history.jsonl with who, what and why.",
+    )
+    promote.add_argument("tag", help="model tag, e.g. transferops-classifier:abc123")
+    promote.add_argument("--reason", required=True, help="why (goes into the history)")
+    rollback = commands.add_parser(
+        "rollback",
+        help="bring back the champion the current one replaced (logged)",
+        description="Make the model that the current champion replaced the champion again.",
+    )
+    rollback.add_argument("--reason", required=True, help="why (goes into the history)")
+
+    models = commands.add_parser(
+        "models",
+        help="list packaged models and the champion; one model's lineage; champion history",
+        description="Without TAG: every packaged model with data version, git revision, "
+        "strategy and accuracy, the champion starred. With TAG: that model's lineage "
+        "(data version, commit, params, strategy, metrics) as JSON.",
+    )
+    models.add_argument("tag", nargs="?", help="a model tag: print its lineage")
+    models.add_argument(
+        "--history", action="store_true", help="every champion change: who, what, why"
+    )
+    commands.add_parser(
+        "bento",
+        help="build a Bento of the service and the champion (offline `bentoml build`)",
+        description="Run `bentoml build -f services/bentofile.yaml .`: the service code, "
+        "params.yaml, the champion record and the champion model, ready for "
+        "`bentoml serve BENTO_TAG` or `bentoml containerize`.",
+    )
 
     serve = commands.add_parser(
         "serve",
-        help="serve the newest model with `bentoml serve`",
+        help="serve the champion with `bentoml serve`",
         description="Start the BentoML prediction service on "
         "localhost (a thin wrapper over `bentoml serve`).",
     )
@@ -120,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_path_command(commands, name: str, *, help: str, description: str, out_default: str):
+    """A command over one dataset: PATH, ``--out`` and ``-S`` overrides."""
+    command = commands.add_parser(name, help=help, description=description)
+    command.add_argument("path", type=Path, help="ImageFolder directory or manifest file")
+    command.add_argument("--out", type=Path, help=f"output folder (default: {out_default})")
+    add_override_option(command)
+    return command
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -130,7 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_runtime(params.paths.bentoml_home)
     try:
         return run_command(args, params)
-    except DataSourceError as err:  # a source that cannot be read: named, exit 2
+    # Named, expected failures: a source that cannot be read, a model not in the
+    # store, a promotion that cannot happen. Exit 2, one line.
+    except (DataSourceError, FileNotFoundError, ChampionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -146,6 +202,8 @@ def run_command(args: argparse.Namespace, params) -> int:
         return run_profile(args.path, params, args.out)
     if args.command == "check":
         return run_check(args.path, params, args.out)
+    if args.command in ("gate", "promote", "rollback", "models", "bento"):
+        return run_models(args, params)
     if args.command == "train":
         from flows.training import training_flow
 
@@ -208,6 +266,48 @@ def run_data(args: argparse.Namespace, params) -> int:
             v.added_at,
         )
     Console().print(table)
+    return 0
+
+
+def run_models(args: argparse.Namespace, params) -> int:
+    """The champion and the model store: gate, promote, rollback, models, bento."""
+    from rich.console import Console
+
+    from flows.models import build_bento, history_table, lineage_of, models_table
+    from pipelines import champion
+    from pipelines.package import resolve_tag, stored_model_dir
+
+    models_dir = params.paths.models
+    if args.command == "gate":
+        from pipelines.gate import run_gate
+
+        verdict = run_gate(params, resolve_tag(args.tag) if args.tag else None)
+        print(verdict.summary())
+        if verdict.report:
+            print(f"verdict: {verdict.report}")
+        return 0 if verdict.promote else 1
+    if args.command == "promote":
+        record = champion.promote(
+            models_dir,
+            resolve_tag(args.tag),
+            reason=args.reason,
+            via="transferops promote",
+            require=stored_model_dir,
+        )
+    elif args.command == "rollback":
+        record = champion.rollback(
+            models_dir, reason=args.reason, via="transferops rollback", require=stored_model_dir
+        )
+    elif args.command == "bento":
+        print(build_bento(Path.cwd()))
+        return 0
+    elif args.tag:
+        print(json.dumps(lineage_of(args.tag), indent=2))
+        return 0
+    else:
+        Console().print(history_table(params) if args.history else models_table(params))
+        return 0
+    print(f"champion: {record.tag} (was {record.previous}); logged in {models_dir}")
     return 0
 
 

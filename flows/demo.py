@@ -8,8 +8,9 @@ each start, so the checkout stays clean and every demo starts from the default.
 3. In-distribution traffic; the monitoring flow finds no drift.
 4. Shifted traffic (blurred images by default); the monitoring flow finds
    drift and runs the training flow, which adds a labelled drop of shifted
-   images (as annotators would label a sample of production traffic).
-5. The service restarts on the new model; the shifted traffic is scored again.
+   images (as annotators would label a sample of production traffic). The
+   retrained candidate faces the promotion gate against the first model.
+5. The service restarts on the champion; the shifted traffic is scored again.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def run_demo(
     summary["shifted"], summary["retrained"] = shifted_run["verdict"], shifted_run["retrained"]
 
     if summary["retrained"]:
-        console.rule(f"5. serving the retrained {summary['retrained']['model_tag']}")
+        console.rule(f"5. serving the champion {summary['retrained']['champion']}")
         with running_service(log_file=runs / "serve-2.log") as url:
             summary["shifted_accuracy_after"] = send(
                 url, pool.take(settings.window, settings.shift)
@@ -95,6 +96,12 @@ def run_demo(
     return summary
 
 
+def _accuracy(run: dict, level: float) -> str:
+    low, high = run["accuracy_ci"]
+    interval = f"{100 * level:.0f}% interval {low:.3f}-{high:.3f}"
+    return f"test accuracy {run['accuracy']:.3f} ({interval}), ECE {run['ece']:.3f}"
+
+
 def summary_table(summary: dict, params: Params, workspace: Path) -> Table:
     table = Table(title=f"transferops demo (paths under {workspace})", show_lines=True)
     for column in ("step", "result", "where"):
@@ -102,9 +109,9 @@ def summary_table(summary: dict, params: Params, workspace: Path) -> Table:
     first, retrained = summary["first_model"], summary.get("retrained")
     normal, shifted = summary["normal"], summary["shifted"]
     table.add_row(
-        "first model",
-        f"{first['model_tag']}\ntest accuracy {first['accuracy']:.3f}",
-        f"{params.paths.evaluation}/metrics.json, confusion.png",
+        "first model (champion: none before it)",
+        f"{first['model_tag']}\n{_accuracy(first, params.evaluate.confidence)}",
+        f"{first['gate']['report']}",
     )
     table.add_row(
         "in-distribution traffic",
@@ -118,12 +125,15 @@ def summary_table(summary: dict, params: Params, workspace: Path) -> Table:
         str(shifted.get("report_dir")),
     )
     if retrained:
+        gate = retrained["gate"]
         table.add_row(
-            "retraining (triggered by drift)",
-            f"{retrained['model_tag']}\ntest accuracy {retrained['accuracy']:.3f}\n"
-            f"shifted traffic accuracy now "
+            "retraining (triggered by drift) and the promotion gate",
+            f"{retrained['model_tag']}\n{_accuracy(retrained, params.evaluate.confidence)}\n"
+            f"gate: {'PROMOTED' if gate['promoted'] else 'CHAMPION KEPT'}\n"
+            + "\n".join(gate["reasons"])
+            + f"\nshifted traffic accuracy now "
             f"{summary.get('shifted_accuracy_after', float('nan')):.3f}",
-            f"data version {retrained['data_version']}",
+            f"{gate['report']}\ndata version {retrained['data_version']}",
         )
     decision = json.loads((Path(params.paths.profile) / DECISION).read_text())
     table.add_row(
@@ -137,6 +147,10 @@ def summary_table(summary: dict, params: Params, workspace: Path) -> Table:
         "validation", "Great Expectations Data Docs", f"{params.paths.validation}/docs/index.html"
     )
     table.add_row("training curves", "dvc plots show", f"{params.paths.train_log}/plots")
-    table.add_row("models", "bentoml models list", os.environ.get("BENTOML_HOME", ""))
+    table.add_row(
+        "models and champion history",
+        "transferops models [--history]",
+        f"{params.paths.models}/history.jsonl",
+    )
     table.add_row("total time", f"{summary['minutes']:.1f} min", f"{params.paths.reports}/demo")
     return table

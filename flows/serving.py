@@ -17,9 +17,10 @@ import httpx
 SERVICE = "services.service:Classifier"
 
 
-def bentoml_command(port: int) -> list[str]:
+def bentoml_command(port: int, target: str = SERVICE) -> list[str]:
+    """``bentoml serve TARGET`` on localhost; TARGET is the service or a Bento tag."""
     bentoml = Path(sys.executable).parent / "bentoml"
-    return [str(bentoml), "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)]
+    return [str(bentoml), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
 
 
 def free_port() -> int:
@@ -45,14 +46,19 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 120) -> Non
 
 @contextmanager
 def running_service(
-    port: int | None = None, log_file: Path | None = None, env: dict[str, str] | None = None
+    port: int | None = None,
+    log_file: Path | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    target: str = SERVICE,
 ) -> Iterator[str]:
-    """Run the service on localhost for the duration of the block; yield its URL."""
+    """Run the service (or a Bento) on localhost for the duration of the block; yield its URL."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(
-        bentoml_command(port),
+        bentoml_command(port, target),
+        cwd=cwd,
         stdout=out,
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},

@@ -21,7 +21,6 @@ import numpy as np
 from sklearn.decomposition import PCA
 
 from monitoring.evidently_report import embedding_frame, mmd_score, run_drift_report
-from pipelines.classifier import CONFIG, ClassifierConfig
 from pipelines.config import Params
 from pipelines.evaluate import REFERENCE
 from pipelines.predlog import read_predictions
@@ -61,9 +60,8 @@ def load_reference(model_tag: str) -> Reference:
     import bentoml
 
     model_dir = Path(bentoml.models.get(model_tag).path)
-    classes = ClassifierConfig.from_json((model_dir / CONFIG).read_text()).classes
-    with np.load(model_dir / REFERENCE) as data:
-        return Reference(data["embeddings"], [classes[i] for i in data["predictions"]])
+    with np.load(model_dir / REFERENCE) as data:  # plain arrays: no pickle
+        return Reference(data["embeddings"], data["predictions"].tolist())
 
 
 def calibrate_mmd_threshold(

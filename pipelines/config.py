@@ -39,6 +39,7 @@ class PathsParams(Section):
     profile: Path
     evaluation: Path
     package: Path
+    models: Path
     bentoml_home: Path
     prediction_log: Path
     reports: Path
@@ -122,7 +123,16 @@ class TrainParams(Section):
 
 
 class EvaluateParams(Section):
-    top_k: PositiveInt
+    calibration_bins: Annotated[int, Field(ge=2, le=100)] = 15
+    bootstrap: Annotated[int, Field(ge=100, le=100_000)] = 1000
+    confidence: Probability = 0.95
+
+
+class GateParams(Section):
+    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    min_improvement: Annotated[float, Field(ge=-1, le=1)] = 0.005
+    max_group_drop: Annotated[float, Field(ge=0, le=1)] = 0.05
+    min_group_size: PositiveInt = 20
 
 
 class PackageParams(Section):
@@ -157,6 +167,7 @@ class Params(Section):
     train: TrainParams
     evaluate: EvaluateParams
     package: PackageParams
+    gate: GateParams
     serve: ServeParams
     monitor: MonitorParams
 

@@ -1,8 +1,14 @@
 """Stage ``evaluate``: the saved model end to end on the test images.
 
-Writes ``metrics.json`` (accuracy, macro-F1, per-class precision/recall),
-``confusion.png``, and ``reference.npz``: the test set's embeddings,
-probabilities, labels and predictions, which monitoring compares traffic with.
+Writes ``metrics.json`` (accuracy, macro-F1 and expected calibration error
+with bootstrap confidence intervals, per-class precision and recall, the same
+per group when the data has groups), pictures (``confusion.png``,
+``reliability.png``, ``groups.png`` with groups), and ``reference.npz``: the
+test images' embeddings, probabilities, labels, predictions, groups and image
+statistics, which monitoring compares production traffic with.
+
+:func:`score_split` and :func:`headline_metrics` are also what the promotion
+gate (``pipelines/gate.py``) scores champion and challenger with.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -17,101 +25,289 @@ import matplotlib
 matplotlib.use("Agg")  # headless: CI and servers have no display
 import matplotlib.pyplot as plt
 import numpy as np
-from sklearn.metrics import (
-    ConfusionMatrixDisplay,
-    accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-)
-from tqdm import tqdm
+import pandas as pd
+import torch
+from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
 
-from pipelines.classifier import embed_and_classify, eval_transform, load_classifier
-from pipelines.config import Params
-from pipelines.datasets import ManifestImages, read_accepted
+from pipelines.classifier import (
+    ClassifierConfig,
+    embed_and_classify,
+    eval_transform,
+    load_classifier,
+)
+from pipelines.config import EvaluateParams, Params
+from pipelines.datasets import ManifestImages, load_rgb, read_accepted
 from pipelines.features import loader_for
+from pipelines.imagestats import STAT_NAMES, image_statistics
 from pipelines.runtime import select_device, set_threads
 from pipelines.stage import run_stage
 
 log = logging.getLogger(__name__)
-METRICS, CONFUSION, REFERENCE = "metrics.json", "confusion.png", "reference.npz"
+METRICS, REFERENCE = "metrics.json", "reference.npz"
+CONFUSION, RELIABILITY, GROUPS = "confusion.png", "reliability.png", "groups.png"
+NO_GROUP = ""  # how a missing group is stored (string arrays load without pickle)
 
 
-def classification_metrics(labels: np.ndarray, predictions: np.ndarray, classes: list[str]) -> dict:
-    """Headline and per-class metrics as plain floats."""
-    indices = list(range(len(classes)))
-    precision, recall, _, support = precision_recall_fscore_support(
-        labels, predictions, labels=indices, zero_division=0
+@dataclass(frozen=True)
+class Scored:
+    """One model's answers on one set of labelled images, row for row."""
+
+    labels: np.ndarray  # true class names
+    predictions: np.ndarray  # predicted class names
+    probabilities: np.ndarray  # (n, classes of the model)
+    embeddings: np.ndarray  # (n, features)
+    groups: np.ndarray  # group names; NO_GROUP where the data has none
+    stats: np.ndarray  # (n, len(STAT_NAMES)) of the images as stored
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probabilities.max(1)
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.labels == self.predictions
+
+
+class _ImagesWithStats(ManifestImages):
+    def __getitem__(self, item: int):
+        image = load_rgb(self.paths[item])
+        return self.transform(image), self.targets[item], image_statistics(image)
+
+
+@torch.inference_mode()
+def score_split(
+    model: torch.nn.Module,
+    config: ClassifierConfig,
+    frame: pd.DataFrame,
+    root: Path,
+    batch_size: int,
+    device: str,
+    desc: str = "evaluate",
+) -> Scored:
+    """Run ``model`` over the images of ``frame`` (manifest rows under ``root``).
+
+    Labels are compared by name, so a model can be scored on data whose class
+    list differs from its own (a champion trained before a class was added).
+    """
+    from tqdm import tqdm
+
+    names = sorted(set(frame["label"]))
+    dataset = _ImagesWithStats(frame, root, names, eval_transform(config))
+    model = model.to(device).eval()
+    embeddings, probabilities, stats = [], [], []
+    for images, _, batch_stats in tqdm(
+        loader_for(dataset, batch_size, device), desc=desc, unit="batch", disable=None
+    ):
+        emb, prob = embed_and_classify(model, images.to(device))
+        embeddings.append(emb)
+        probabilities.append(prob)
+        stats.append(batch_stats.numpy())
+    probs = np.concatenate(probabilities)
+    classes = np.asarray(config.classes)
+    return Scored(
+        labels=np.asarray(frame["label"], dtype=str),
+        predictions=classes[probs.argmax(1)],
+        probabilities=probs,
+        embeddings=np.concatenate(embeddings),
+        groups=np.asarray(frame["group"].fillna(NO_GROUP), dtype=str),
+        stats=np.concatenate(stats).astype(np.float32),
     )
-    return {
-        "accuracy": float(accuracy_score(labels, predictions)),
-        "macro_f1": float(
-            f1_score(labels, predictions, labels=indices, average="macro", zero_division=0)
+
+
+# --- metrics: plain numpy on label names, cheap enough to bootstrap ---------
+
+
+def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
+    return float(np.mean(labels == predictions)) if len(labels) else float("nan")
+
+
+def macro_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Unweighted mean F1 over the classes that occur as label or prediction."""
+    if not len(labels):
+        return float("nan")
+    names, codes = np.unique(np.concatenate([labels, predictions]), return_inverse=True)
+    truth, guess = codes[: len(labels)], codes[len(labels) :]
+    k = len(names)
+    hits = np.bincount(truth[truth == guess], minlength=k)
+    f1 = 2 * hits / (np.bincount(truth, minlength=k) + np.bincount(guess, minlength=k))
+    return float(f1.mean())
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float:
+    """Σ_b (n_b / n) |accuracy_b - confidence_b| over equal-width confidence bins."""
+    if not len(confidence):
+        return float("nan")
+    index = np.clip((confidence * bins).astype(int), 0, bins - 1)
+    gap = np.bincount(index, weights=correct.astype(float) - confidence, minlength=bins)
+    return float(np.abs(gap).sum() / len(confidence))
+
+
+def bootstrap_interval(
+    statistic: Callable[[np.ndarray], float], n: int, resamples: int, level: float, seed: int
+) -> tuple[float, float]:
+    """Percentile interval of ``statistic(rows)`` over ``resamples`` resamplings of ``n`` rows."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    values = [statistic(rng.integers(0, n, n)) for _ in range(resamples)]
+    tail = (1 - level) / 2
+    low, high = np.nanquantile(values, [tail, 1 - tail])
+    return (float(low), float(high))
+
+
+def headline_metrics(scored: Scored, cfg: EvaluateParams, seed: int, rows=None) -> dict:
+    """Accuracy, macro-F1 and ECE of ``scored`` (or of its ``rows``), with intervals."""
+    rows = np.arange(len(scored.labels)) if rows is None else rows
+    labels, predictions = scored.labels[rows], scored.predictions[rows]
+    confidence, correct = scored.confidence[rows], scored.correct[rows]
+    statistics = {
+        "accuracy": lambda i: accuracy(labels[i], predictions[i]),
+        "macro_f1": lambda i: macro_f1(labels[i], predictions[i]),
+        "ece": lambda i: expected_calibration_error(
+            confidence[i], correct[i], cfg.calibration_bins
         ),
-        "n": len(labels),
-        "per_class": {
-            name: {"precision": float(p), "recall": float(r), "support": int(s)}
-            for name, p, r, s in zip(classes, precision, recall, support, strict=True)
-        },
     }
+    everything = np.arange(len(rows))
+    metrics: dict = {name: fn(everything) for name, fn in statistics.items()}
+    metrics["n"] = len(rows)
+    metrics["ci"] = {
+        name: bootstrap_interval(fn, len(rows), cfg.bootstrap, cfg.confidence, seed)
+        for name, fn in statistics.items()
+    }
+    return metrics
 
 
-def plot_confusion(
-    labels: np.ndarray, predictions: np.ndarray, classes: list[str], path: Path
-) -> None:
-    matrix = confusion_matrix(labels, predictions, labels=list(range(len(classes))))
+def per_class(scored: Scored, classes: list[str]) -> dict:
+    out = {}
+    for name in classes:
+        predicted, actual = scored.predictions == name, scored.labels == name
+        hits = int(np.sum(predicted & actual))
+        out[name] = {
+            "precision": hits / int(predicted.sum()) if predicted.any() else 0.0,
+            "recall": hits / int(actual.sum()) if actual.any() else 0.0,
+            "support": int(actual.sum()),
+        }
+    return out
+
+
+def group_names(scored: Scored) -> list[str]:
+    return sorted(set(scored.groups) - {NO_GROUP})
+
+
+def evaluation_metrics(scored: Scored, classes: list[str], cfg: EvaluateParams, seed: int) -> dict:
+    """Everything ``metrics.json`` holds."""
+    metrics = headline_metrics(scored, cfg, seed)
+    metrics["confidence_level"] = cfg.confidence
+    metrics["per_class"] = per_class(scored, classes)
+    metrics["groups"] = {
+        group: headline_metrics(scored, cfg, seed, np.flatnonzero(scored.groups == group))
+        for group in group_names(scored)
+    }
+    return metrics
+
+
+# --- pictures ---------------------------------------------------------------
+
+
+def plot_confusion(scored: Scored, classes: list[str], path: Path) -> None:
+    matrix = confusion_matrix(scored.labels, scored.predictions, labels=classes)
     figure, axes = plt.subplots(figsize=(8, 7))
     ConfusionMatrixDisplay(matrix, display_labels=classes).plot(
         ax=axes, xticks_rotation=45, colorbar=False, cmap="Blues"
     )
     axes.set_title("Confusion matrix (test split)")
+    _save(figure, path)
+
+
+def plot_reliability(scored: Scored, bins: int, ece: float, path: Path) -> None:
+    """Accuracy against confidence per bin; a calibrated model sits on the diagonal."""
+    index = np.clip((scored.confidence * bins).astype(int), 0, bins - 1)
+    count = np.bincount(index, minlength=bins)
+    hit_rate = np.bincount(index, weights=scored.correct, minlength=bins) / np.maximum(count, 1)
+    centres = (np.arange(bins) + 0.5) / bins
+    figure, (top, bottom) = plt.subplots(
+        2, 1, figsize=(6, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    top.bar(centres[count > 0], hit_rate[count > 0], width=1 / bins, edgecolor="black")
+    top.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    top.set(ylabel="accuracy", ylim=(0, 1), title=f"Reliability (test split), ECE {ece:.3f}")
+    top.legend(loc="upper left")
+    bottom.bar(centres, count, width=1 / bins, color="grey")
+    bottom.set(xlabel="confidence (top probability)", ylabel="images", xlim=(0, 1))
+    _save(figure, path)
+
+
+def plot_groups(metrics: dict, path: Path) -> None:
+    """Accuracy per group with its bootstrap interval, against the overall accuracy."""
+    groups = metrics["groups"]
+    names = list(groups)
+    values = np.array([groups[g]["accuracy"] for g in names])
+    low = values - np.array([groups[g]["ci"]["accuracy"][0] for g in names])
+    high = np.array([groups[g]["ci"]["accuracy"][1] for g in names]) - values
+    figure, axes = plt.subplots(figsize=(max(5, 0.8 * len(names) + 2), 4))
+    axes.bar(names, values, yerr=[low, high], capsize=4, color="tab:blue")
+    axes.axhline(metrics["accuracy"], color="black", linestyle="--", label="all images")
+    labels = [f"{g}\n(n={groups[g]['n']})" for g in names]
+    axes.set_xticks(range(len(names)), labels)
+    axes.set(ylabel="accuracy", ylim=(0, 1), title="Accuracy per group (test split)")
+    axes.legend()
+    _save(figure, path)
+
+
+def _save(figure, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
+# --- the stage --------------------------------------------------------------
+
+
+def save_reference(scored: Scored, path: Path) -> None:
+    """The monitoring reference; only plain arrays, so it loads without pickle."""
+    classes = sorted(set(scored.labels) | set(scored.predictions))
+    np.savez(
+        path,
+        embeddings=scored.embeddings,
+        probabilities=scored.probabilities,
+        labels=scored.labels,
+        predictions=scored.predictions,
+        groups=scored.groups,
+        stats=scored.stats,
+        stat_names=np.asarray(STAT_NAMES),
+        classes=np.asarray(classes),
+    )
+
+
 def evaluate(params: Params) -> dict:
-    """Score the model on the test split and save the monitoring reference."""
+    """Score the model on the test split; write metrics, pictures and the reference."""
     set_threads(params.threads)
     device = select_device(params.device)
-    paths = params.paths
+    paths, cfg = params.paths, params.evaluate
     model, config = load_classifier(paths.model)
-    model.to(device)
     manifest = read_accepted(paths.validation)
-    dataset = ManifestImages(
-        manifest[manifest["split"] == "test"],
-        paths.prepared,
-        config.classes,
-        eval_transform(config),
-    )
-    embeddings, probabilities = [], []
-    for images, _ in tqdm(
-        loader_for(dataset, params.features.batch_size, device),
-        desc="evaluate",
-        unit="batch",
-        disable=None,
-    ):
-        emb, prob = embed_and_classify(model, images.to(device))
-        embeddings.append(emb)
-        probabilities.append(prob)
-    labels, probs = np.asarray(dataset.targets), np.concatenate(probabilities)
-    predictions = probs.argmax(1)
-    metrics = classification_metrics(labels, predictions, config.classes)
+    test = manifest[manifest["split"] == "test"]
+    scored = score_split(model, config, test, paths.prepared, params.features.batch_size, device)
+    metrics = evaluation_metrics(scored, config.classes, cfg, params.seed)
     out_dir = Path(paths.evaluation)
     out_dir.mkdir(parents=True, exist_ok=True)
+    plot_confusion(scored, config.classes, out_dir / CONFUSION)
+    plot_reliability(scored, cfg.calibration_bins, metrics["ece"], out_dir / RELIABILITY)
+    if metrics["groups"]:
+        plot_groups(metrics, out_dir / GROUPS)
+    else:  # not a DVC output: it exists only for data with groups
+        (out_dir / GROUPS).unlink(missing_ok=True)
+    save_reference(scored, out_dir / REFERENCE)
     (out_dir / METRICS).write_text(json.dumps(metrics, indent=2))
-    plot_confusion(labels, predictions, config.classes, out_dir / CONFUSION)
-    np.savez(
-        out_dir / REFERENCE,
-        embeddings=np.concatenate(embeddings),
-        probabilities=probs,
-        labels=labels,
-        predictions=predictions,
-    )
+    low, high = metrics["ci"]["accuracy"]
     log.info(
-        "test accuracy %.3f, macro-F1 %.3f on %d images",
+        "test accuracy %.3f (%.0f%% interval %.3f-%.3f), macro-F1 %.3f, ECE %.3f on %d images",
         metrics["accuracy"],
+        100 * cfg.confidence,
+        low,
+        high,
         metrics["macro_f1"],
+        metrics["ece"],
         metrics["n"],
     )
     return metrics

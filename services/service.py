@@ -1,9 +1,11 @@
 """The prediction service: images in, top-k labels with probabilities out.
 
 Run it with ``bentoml serve services.service:Classifier`` from the project
-root (or ``transferops serve``). It serves the newest packaged model of
-``package.model_name`` unless ``TRANSFEROPS_MODEL_TAG`` names one, batches
-requests adaptively, and logs every prediction for monitoring.
+root (or ``transferops serve``). It serves the champion
+(``<paths.models>/champion.json``, see ``pipelines/champion.py``) unless
+``TRANSFEROPS_MODEL_TAG`` names a model, batches requests adaptively, and logs
+every prediction for monitoring. Inside a Bento (``transferops bento``) the
+champion record travels with the model it names.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import bentoml
 from PIL import Image
 
+from pipelines.champion import current
 from pipelines.config import load_params
 from pipelines.runtime import configure_runtime
 
@@ -26,7 +29,23 @@ with bentoml.importing():
 
 PARAMS = load_params(Path(os.environ.get("TRANSFEROPS_PARAMS", "params.yaml")))
 configure_runtime(PARAMS.paths.bentoml_home)
-MODEL_TAG = os.environ.get("TRANSFEROPS_MODEL_TAG", f"{PARAMS.package.model_name}:latest")
+
+
+def served_tag() -> str:
+    """``TRANSFEROPS_MODEL_TAG`` when set, else the champion; never an ungated candidate."""
+    pinned = os.environ.get("TRANSFEROPS_MODEL_TAG")
+    if pinned:
+        return pinned
+    record = current(PARAMS.paths.models)
+    if record is None:
+        raise RuntimeError(
+            f"no champion in {PARAMS.paths.models}/champion.json: run `transferops gate` "
+            "(the first packaged model becomes champion) or `transferops promote TAG`"
+        )
+    return record.tag
+
+
+MODEL_TAG = served_tag()
 
 
 @bentoml.service(traffic={"timeout": 60})

@@ -20,6 +20,11 @@ COMMANDS = [
     ["transferops", "data", "list"],
     ["transferops", "data", "checkout"],
     ["transferops", "demo"],
+    ["transferops", "gate"],
+    ["transferops", "promote"],
+    ["transferops", "rollback"],
+    ["transferops", "models"],
+    ["transferops", "bento"],
     *[["stage", s] for s in STAGES],
     ["module", "monitoring.drift"],
 ]

@@ -67,6 +67,7 @@ def test_train_serve_detect_drift_and_retrain(
     params = load_params(repo / "params.yaml")
 
     first = training_flow()
+    assert first["gate"]["promoted"] and first["champion"] == first["model_tag"], "first model"
     lock = (repo / "dvc.lock").read_text()
     assert first["data_version"].endswith(".dir") and first["data_version"] in lock, (
         "the model's data version is DVC's hash of the prepared dataset"
@@ -91,6 +92,11 @@ def test_train_serve_detect_drift_and_retrain(
     assert (repo / "data" / "incoming" / "labelled-blur.dvc").is_file(), "drop snapshotted"
     record = json.loads((params.paths.package / "bento_model.json").read_text())
     assert record["tag"] == retrained["model_tag"]
+    # The retrained candidate faced the gate against the first model.
+    verdict = json.loads(Path(retrained["gate"]["report"]).read_text())
+    assert verdict["champion"] == first["model_tag"] and verdict["n"] > 0
+    expected = retrained["model_tag"] if verdict["promote"] else first["model_tag"]
+    assert retrained["champion"] == expected
 
     # The first model's data version can be checked out again with DVC.
     restored = checkout_version(first["data_version"], Path("restored"))
@@ -107,3 +113,4 @@ def test_override_runs_a_dvc_experiment(
     outcome = training_flow(overrides=["train.probe_epochs=3"])
     assert "probe_epochs: 3" in (repo / "params.yaml").read_text(), "dvc exp run -S applied it"
     assert outcome["model_tag"] != before
+    assert outcome["gate"]["reasons"], "the experiment's model faced the gate too"

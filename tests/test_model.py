@@ -1,41 +1,89 @@
-"""Evaluation outputs and the packaged model's lineage, on a really trained tiny model."""
+"""Evaluation outputs on a really trained tiny model, and the metrics behind them."""
 
 import json
 from pathlib import Path
 
-import bentoml
 import numpy as np
+import pytest
+from sklearn.metrics import f1_score
 
-from pipelines.config import load_params
+from pipelines.config import EvaluateParams, load_params
+from pipelines.evaluate import (
+    Scored,
+    bootstrap_interval,
+    evaluation_metrics,
+    expected_calibration_error,
+    macro_f1,
+    plot_groups,
+)
+from pipelines.imagestats import STAT_NAMES
 
 
-def test_evaluation_writes_metrics_picture_and_reference(trained_project: Path) -> None:
+def test_evaluation_writes_metrics_pictures_and_reference(trained_project: Path) -> None:
     params = load_params(trained_project)
-    metrics = json.loads((params.paths.evaluation / "metrics.json").read_text())
+    out = params.paths.evaluation
+    metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 120
     assert metrics["accuracy"] > 0.4, "10 classes: chance is 0.1"
+    low, high = metrics["ci"]["accuracy"]
+    assert low < metrics["accuracy"] < high and high - low < 0.3
+    assert 0 <= metrics["ece"] <= 1 and metrics["groups"] == {}, "Fashion-MNIST has no groups"
     assert set(metrics["per_class"]) >= {"bag", "trouser"}
-    assert (params.paths.evaluation / "confusion.png").stat().st_size > 10_000
-    with np.load(params.paths.evaluation / "reference.npz") as ref:
+    for picture in ("confusion.png", "reliability.png"):
+        assert (out / picture).stat().st_size > 10_000
+    with np.load(out / "reference.npz") as ref:  # allow_pickle is off by default
         assert ref["embeddings"].shape == (120, 1280)
         assert np.allclose(ref["probabilities"].sum(1), 1, atol=1e-4)
+        assert set(ref["predictions"]) <= set(ref["classes"])
+        assert list(ref["stat_names"]) == list(STAT_NAMES)
+        width, height, brightness, contrast, sharpness = ref["stats"].T
+        assert (width == 28).all() and (height == 28).all(), "Fashion-MNIST is 28x28"
+        assert 0 < brightness.mean() < 255 and contrast.min() > 0 and sharpness.min() > 0
+        assert (ref["groups"] == "").all()
 
 
-def test_packaged_model_answers_lineage_questions(trained_project: Path) -> None:
-    params = load_params(trained_project)
-    record = json.loads((params.paths.package / "bento_model.json").read_text())
-    model = bentoml.models.get(record["tag"])
-    labels = model.info.labels
-    assert labels["data_version"].startswith("manifest-"), "outside DVC: manifest hash"
-    assert labels["git_revision"] and labels["backbone"] == "tf_efficientnet_lite0"
-    decision = json.loads((params.paths.profile / "decision.json").read_text())
-    assert labels["strategy"] == decision["strategy"], "the strategy that trained"
-    packaged_params = json.loads(model.info.metadata["params_json"])
-    assert packaged_params["data.train_size"] == 100
-    assert model.info.metadata["accuracy"] > 0.4
-    assert {p.name for p in Path(model.path).iterdir()} >= {
-        "model.safetensors",
-        "model.json",
-        "metrics.json",
-        "reference.npz",
-    }
+def test_macro_f1_matches_scikit_learn() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.choice(list("abcde"), 300)
+    predictions = np.where(rng.random(300) < 0.6, labels, rng.choice(list("abcdef"), 300))
+    assert macro_f1(labels, predictions) == pytest.approx(
+        f1_score(labels, predictions, average="macro")
+    )
+
+
+def test_expected_calibration_error() -> None:
+    # Two bins: confidence 0.9 right 90% of the time, 0.6 right 30%: ECE = 0.5 * 0 + 0.5 * 0.3.
+    confidence = np.array([0.9] * 10 + [0.6] * 10)
+    correct = np.array([1] * 9 + [0] + [1] * 3 + [0] * 7, dtype=bool)
+    assert expected_calibration_error(confidence, correct, bins=10) == pytest.approx(0.15)
+
+
+def test_bootstrap_interval_covers_the_truth_about_95_percent_of_the_time() -> None:
+    rng = np.random.default_rng(1)
+    covered = 0
+    for trial in range(100):
+        hits = rng.random(200) < 0.7
+        low, high = bootstrap_interval(lambda i, h=hits: h[i].mean(), 200, 300, 0.95, trial)
+        covered += low <= 0.7 <= high
+    assert 88 <= covered <= 100
+
+
+def test_metrics_and_picture_per_group(tmp_path: Path) -> None:
+    labels = np.array(["cat", "dog"] * 50)
+    predictions = labels.copy()
+    predictions[:20] = np.where(labels[:20] == "cat", "dog", "cat")  # group "night": 20 wrong
+    groups = np.array(["night"] * 40 + ["day"] * 60)
+    probabilities = np.full((100, 2), 0.5)
+    scored = Scored(
+        labels, predictions, probabilities, np.zeros((100, 4)), groups, np.zeros((100, 5))
+    )
+    cfg = EvaluateParams(calibration_bins=10, bootstrap=200, confidence=0.9)
+    metrics = evaluation_metrics(scored, ["cat", "dog"], cfg, seed=0)
+    assert metrics["accuracy"] == pytest.approx(0.8)
+    assert metrics["groups"]["night"]["accuracy"] == pytest.approx(0.5)
+    assert metrics["groups"]["day"]["accuracy"] == 1.0
+    assert metrics["groups"]["night"]["n"] == 40
+    low, high = metrics["groups"]["night"]["ci"]["accuracy"]
+    assert low < 0.5 < high
+    plot_groups(metrics, tmp_path / "groups.png")
+    assert (tmp_path / "groups.png").stat().st_size > 5_000

@@ -1,0 +1,102 @@
+"""The model store for people: which models exist, which one serves, and why.
+
+``transferops models`` lists the packaged models (BentoML's store) with their
+lineage and marks the champion; ``--history`` shows every champion change;
+``transferops models TAG`` prints one model's whole lineage;
+``transferops bento`` builds a Bento of the champion with ``bentoml build``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.table import Table
+
+from pipelines import champion
+from pipelines.config import Params
+from pipelines.package import stored_model
+
+BENTOFILE = Path("services/bentofile.yaml")
+
+
+def lineage_of(tag: str) -> dict:
+    """Everything a packaged model says about where it came from."""
+    model = stored_model(tag)
+    info = model.info
+    metadata = dict(info.metadata)
+    return {
+        "tag": str(model.tag),
+        "created": info.creation_time.isoformat(timespec="seconds"),
+        "data_version": info.labels.get("data_version"),
+        "git_revision": info.labels.get("git_revision"),
+        "backbone": info.labels.get("backbone"),
+        "strategy": metadata.get("strategy"),
+        "metrics": json.loads(metadata.get("metrics_json", "{}")),
+        "classes": metadata.get("classes"),
+        "preprocessing": metadata.get("preprocessing"),
+        "params": json.loads(metadata.get("params_json", "{}")),
+        "files": sorted(p.name for p in Path(model.path).iterdir()),
+    }
+
+
+def models_table(params: Params) -> Table:
+    """Every version of ``package.model_name``, newest first; the champion starred."""
+    import bentoml
+
+    holder = champion.current(params.paths.models)
+    table = Table(title=f"models in the BentoML store ({params.package.model_name})")
+    for column in ("", "tag", "created", "data version", "git", "strategy", "accuracy"):
+        table.add_column(column, overflow="fold")
+    models = bentoml.models.list(params.package.model_name)
+    for model in sorted(models, key=lambda m: m.info.creation_time, reverse=True):
+        labels = model.info.labels
+        table.add_row(
+            "★ champion" if holder and str(model.tag) == holder.tag else "",
+            str(model.tag),
+            model.info.creation_time.strftime("%Y-%m-%d %H:%M:%S"),
+            labels.get("data_version", "-")[:16],
+            labels.get("git_revision", "-")[:12],
+            labels.get("strategy", "-"),
+            labels.get("accuracy", "-"),
+        )
+    return table
+
+
+def history_table(params: Params) -> Table:
+    table = Table(title=f"champion changes ({params.paths.models})", show_lines=True)
+    for column in ("time", "action", "champion", "replaced", "who", "via", "why"):
+        table.add_column(column, overflow="fold")
+    for record in champion.history(params.paths.models):
+        table.add_row(
+            record.time,
+            record.action,
+            record.tag,
+            record.previous or "-",
+            record.actor,
+            record.via,
+            record.reason,
+        )
+    return table
+
+
+def build_bento(root: Path = Path()) -> str:
+    """``bentoml build`` of the service with the champion; returns the Bento's tag.
+
+    The Bento holds the service and pipelines code, ``params.yaml``, the
+    champion record and (resolved by BentoML from the service) the champion
+    model. ``lock_packages: false`` keeps the build offline.
+    """
+    bentoml = Path(sys.executable).parent / "bentoml"
+    result = subprocess.run(
+        [str(bentoml), "build", "-f", str(BENTOFILE), "--output", "tag", "."],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"bentoml build failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    # `-o tag` prints `__tag__:<name>:<version>` as its last line.
+    return result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")

@@ -1,0 +1,332 @@
+"""The promotion gate and the champion record, on really trained and packaged models.
+
+Two real models share the session's tiny project: ``trained`` (the pipeline's
+own model) and ``untrained`` (the same pipeline with a zero-epoch linear
+probe, packaged into the same store). Each test gets its own champion folder
+and reports, so they do not see each other's promotions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines import champion
+from pipelines.classifier import WEIGHTS
+from pipelines.config import load_params
+from pipelines.datasets import ACCEPTED, read_accepted
+from pipelines.evaluate import score_split
+from pipelines.gate import run_gate
+from pipelines.package import candidate_tag, load_stored, stored_model
+from tests.conftest import ROOT, write_params
+
+
+@dataclass(frozen=True)
+class Models:
+    trained: str
+    untrained: str
+    project: Path  # the trained project's params file
+
+
+@pytest.fixture(scope="module")
+def models(trained_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Models:
+    """The session's trained model, and a zero-epoch one packaged beside it."""
+    params = load_params(trained_project)
+    side = tmp_path_factory.mktemp("untrained")
+    outputs = {f"paths.{k}": str(side / k) for k in ("profile", "model", "checkpoints")}
+    outputs |= {f"paths.{k}": str(side / k) for k in ("train_log", "evaluation", "package")}
+    untrained = write_params(
+        side / "params.yaml",
+        outputs | {"train.probe_epochs": 0, "strategy.force": "linear_probe"},
+        base=trained_project,
+    )
+    (side / "profile").mkdir()
+    shutil.copy2(params.paths.profile / "profile.json", side / "profile")
+    for stage in ("strategy", "train", "evaluate", "package"):
+        subprocess.run(
+            [sys.executable, "-m", f"pipelines.{stage}", "--params", str(untrained)],
+            cwd=side,
+            check=True,
+            capture_output=True,
+        )
+    return Models(
+        trained=candidate_tag(params.paths.package),
+        untrained=candidate_tag(side / "package"),
+        project=trained_project,
+    )
+
+
+def gate_params(models: Models, tmp_path: Path, **changes):
+    """The trained project's params with this test's own champion folder and reports."""
+    own = {"paths.models": str(tmp_path / "models"), "paths.reports": str(tmp_path / "reports")}
+    return load_params(write_params(tmp_path / "params.yaml", own | changes, base=models.project))
+
+
+def test_first_model_becomes_champion(models: Models, tmp_path: Path) -> None:
+    params = gate_params(models, tmp_path)
+    verdict = run_gate(params, models.trained)
+    assert verdict.promote and verdict.champion is None
+    record = champion.current(params.paths.models)
+    assert record.tag == models.trained and record.previous is None
+    assert record.via == "promotion gate" and record.gate["challenger_score"] > 0.4
+    assert json.loads(Path(verdict.report).read_text())["promote"] is True
+
+
+def test_worse_challenger_is_not_promoted_and_champion_is_untouched(
+    models: Models, tmp_path: Path
+) -> None:
+    params = gate_params(models, tmp_path)
+    run_gate(params, models.trained)
+    pointer, log = params.paths.models / "champion.json", params.paths.models / "history.jsonl"
+    before = (pointer.read_bytes(), log.read_bytes())
+
+    verdict = run_gate(params, models.untrained)
+
+    assert not verdict.promote
+    assert verdict.challenger_score < verdict.champion_score - 0.2, "zero epochs: near chance"
+    assert "< gate.min_improvement" in verdict.reasons[0]
+    assert (pointer.read_bytes(), log.read_bytes()) == before, "champion and history untouched"
+    saved = json.loads(Path(verdict.report).read_text())
+    assert saved["champion"] == models.trained and saved["promote"] is False
+    assert Path(verdict.report).with_suffix(".png").stat().st_size > 5_000
+
+
+def test_better_challenger_is_promoted(models: Models, tmp_path: Path) -> None:
+    params = gate_params(models, tmp_path)
+    champion.promote(params.paths.models, models.untrained, reason="test setup", via="test")
+
+    verdict = run_gate(params, models.trained)
+
+    assert verdict.promote, verdict.reasons
+    low, high = verdict.improvement_ci
+    assert 0 < low <= verdict.improvement <= high, "paired bootstrap interval around the gain"
+    record = champion.current(params.paths.models)
+    assert (record.tag, record.previous) == (models.trained, models.untrained)
+    assert [r.tag for r in champion.history(params.paths.models)] == [
+        models.untrained,
+        models.trained,
+    ]
+
+
+def always_answering(tag: str, label: str) -> str:
+    """A packaged copy of ``tag`` whose head answers ``label`` for every image."""
+    import bentoml
+    from safetensors.torch import load_file, save_file
+
+    source = stored_model(tag)
+    classes = source.info.metadata["classes"]
+    with bentoml.models.create(
+        source.tag.name, labels=dict(source.info.labels), metadata=dict(source.info.metadata)
+    ) as model:
+        for file in Path(source.path).iterdir():
+            shutil.copy2(file, Path(model.path) / file.name)
+        weights = load_file(str(Path(model.path) / WEIGHTS))
+        weights["classifier.weight"].zero_()
+        weights["classifier.bias"].zero_()
+        weights["classifier.bias"][classes.index(label)] = 1.0
+        save_file(weights, str(Path(model.path) / WEIGHTS))
+    return str(model.tag)
+
+
+def test_challenger_worse_for_one_group_is_not_promoted(models: Models, tmp_path: Path) -> None:
+    """Better overall, but one group loses: the champion stays, and the reason names the group.
+
+    The champion always answers one class, so it is perfect on the group of
+    images of that class (say, a product line); the trained challenger is far
+    better overall but misses some of them.
+    """
+    project = load_params(models.project)
+    accepted = read_accepted(project.paths.validation)
+    test = accepted[accepted["split"] == "test"]
+    model, config = load_stored(models.trained)
+    scored = score_split(model, config, test, project.paths.prepared, 64, "cpu")
+    recall = {c: scored.correct[scored.labels == c].mean() for c in set(scored.labels)}
+    weakest = min(recall, key=recall.get)
+    assert recall[weakest] < 0.9, "precondition: the challenger misses some of one class"
+    grouped = accepted.copy()
+    grouped.loc[test.index, "group"] = np.where(test["label"] == weakest, weakest, "other")
+    validation = tmp_path / "validation"
+    validation.mkdir()
+    grouped.to_csv(validation / ACCEPTED, index=False)
+    holder = always_answering(models.trained, weakest)
+    settings = {"paths.validation": str(validation), "gate.min_group_size": 5}
+
+    strict = gate_params(models, tmp_path, **settings)
+    champion.promote(strict.paths.models, holder, reason="test setup", via="test")
+    verdict = run_gate(strict, models.trained)
+
+    assert verdict.improvement > 0.2, "better overall by far"
+    assert not verdict.promote
+    assert any(r.startswith(f"group {weakest!r}") for r in verdict.reasons), verdict.reasons
+    entry = next(g for g in verdict.groups if g["group"] == weakest)
+    assert entry["champion"] == 1.0 and entry["challenger"] == pytest.approx(recall[weakest])
+    assert champion.current(strict.paths.models).tag == holder
+
+    # The same challenger passes once the group margin allows the drop.
+    lenient = gate_params(models, tmp_path, **settings, **{"gate.max_group_drop": 1.0})
+    assert run_gate(lenient, models.trained).promote
+
+
+KILL_AT = {
+    # SIGKILL instead of the rename that commits the new champion.
+    "before the commit": "os.replace = crash",
+    # SIGKILL after the rename, before the history line is written.
+    "after the commit": "champion._append = crash",
+}
+
+
+def crash_promotion(models_dir: Path, tag: str, point: str) -> subprocess.CompletedProcess:
+    code = "\n".join(
+        [
+            "import os, signal",
+            "from pipelines import champion",
+            "def crash(*args, **kwargs): os.kill(os.getpid(), signal.SIGKILL)",
+            KILL_AT[point],
+            f"champion.promote({str(models_dir)!r}, {tag!r}, reason='crash test', via='test')",
+        ]
+    )
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_crash_mid_promotion_leaves_the_previous_champion(models: Models, tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    champion.promote(models_dir, models.trained, reason="first", via="test")
+    before = (models_dir / "champion.json").read_bytes()
+
+    killed = crash_promotion(models_dir, models.untrained, "before the commit")
+
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (models_dir / "champion.json").read_bytes() == before
+    assert champion.current(models_dir).tag == models.trained
+    assert list(models_dir.glob(".champion.json.*.tmp")), "the crash left its half-done file"
+    # The next promotion works and clears the leftover.
+    champion.promote(models_dir, models.untrained, reason="after the crash", via="test")
+    assert champion.current(models_dir).tag == models.untrained
+    assert not list(models_dir.glob(".champion.json.*.tmp"))
+
+
+def test_crash_after_the_commit_is_logged_by_the_next_change(
+    models: Models, tmp_path: Path
+) -> None:
+    models_dir = tmp_path / "models"
+    champion.promote(models_dir, models.trained, reason="first", via="test")
+
+    killed = crash_promotion(models_dir, models.untrained, "after the commit")
+
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert champion.current(models_dir).tag == models.untrained, "the rename had happened"
+    assert len((models_dir / "history.jsonl").read_text().splitlines()) == 1
+    assert [r.tag for r in champion.history(models_dir)] == [models.trained, models.untrained]
+    champion.rollback(models_dir, reason="repairs the log first", via="test")
+    logged = [json.loads(line) for line in (models_dir / "history.jsonl").read_text().splitlines()]
+    assert [(r["tag"], r["action"]) for r in logged] == [
+        (models.trained, "promote"),
+        (models.untrained, "promote"),
+        (models.trained, "rollback"),
+    ]
+
+
+def transferops(params: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", "--params", str(params), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},  # rich tables: one line per model
+    )
+
+
+def test_promote_rollback_and_models_commands(models: Models, tmp_path: Path) -> None:
+    params = gate_params(models, tmp_path)
+    params_file = tmp_path / "params.yaml"
+
+    gated = transferops(params_file, "gate", models.trained)
+    assert gated.returncode == 0 and "PROMOTE" in gated.stdout, gated.stderr
+    kept = transferops(params_file, "gate", models.untrained)
+    assert kept.returncode == 1 and "KEEP CHAMPION" in kept.stdout, kept.stderr
+
+    promoted = transferops(params_file, "promote", models.untrained, "--reason", "A/B by hand")
+    assert promoted.returncode == 0, promoted.stderr
+    assert champion.current(params.paths.models).tag == models.untrained
+    rolled = transferops(params_file, "rollback", "--reason", "A/B over")
+    assert rolled.returncode == 0, rolled.stderr
+    assert champion.current(params.paths.models).tag == models.trained
+
+    history = [r for r in champion.history(params.paths.models)]
+    assert [(r.action, r.via, r.reason) for r in history[1:]] == [
+        ("promote", "transferops promote", "A/B by hand"),
+        ("rollback", "transferops rollback", "A/B over"),
+    ]
+    assert all(r.actor for r in history)
+    listing = transferops(params_file, "models")
+    assert listing.returncode == 0
+    starred = [line for line in listing.stdout.splitlines() if "★ champion" in line]
+    assert len(starred) == 1 and models.trained in starred[0], listing.stdout
+
+    missing = transferops(
+        params_file, "promote", "transferops-classifier:nosuchversion", "--reason", "x"
+    )
+    assert missing.returncode == 2
+    assert "'transferops-classifier:nosuchversion' is not in the BentoML store" in missing.stderr
+    first = transferops(params_file, "rollback", "--reason", "too far")
+    assert first.returncode == 2 and "first champion" in first.stderr
+
+
+def test_model_lineage_answers_where_it_came_from(models: Models) -> None:
+    result = transferops(models.project, "models", models.trained)
+    assert result.returncode == 0, result.stderr
+    lineage = json.loads(result.stdout)
+    project = load_params(models.project)
+    decision = json.loads((project.paths.profile / "decision.json").read_text())
+    metrics = json.loads((project.paths.evaluation / "metrics.json").read_text())
+    assert lineage["data_version"].startswith("manifest-"), "outside DVC: the manifest's hash"
+    assert lineage["git_revision"]
+    assert lineage["strategy"]["name"] == decision["strategy"]
+    assert lineage["strategy"]["trainable_stages"] == decision["trainable_stages"]
+    assert lineage["metrics"]["accuracy"] == metrics["accuracy"]
+    assert lineage["metrics"]["ci"]["accuracy"] == metrics["ci"]["accuracy"]
+    assert lineage["params"]["data.train_size"] == 100
+    assert lineage["preprocessing"]["input_size"] == [3, 32, 32]
+    assert {"model.safetensors", "reference.npz", "decision.json", "reliability.png"} <= set(
+        lineage["files"]
+    )
+
+
+@pytest.mark.slow
+def test_bento_builds_offline_and_serves_the_champion(models: Models, tmp_path: Path) -> None:
+    """``transferops bento`` in a project copy; the Bento, served, answers with the champion."""
+    from flows.serving import running_service
+
+    context = tmp_path / "project"
+    for part in ("pipelines", "services"):
+        shutil.copytree(ROOT / part, context / part, ignore=shutil.ignore_patterns("__pycache__"))
+    relative = {"paths.models": "models", "paths.prediction_log": "logs"}
+    write_params(context / "params.yaml", relative, base=models.project)
+    champion.promote(context / "models", models.trained, reason="bento test", via="test")
+
+    built = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "bento"], cwd=context, capture_output=True, text=True
+    )
+    assert built.returncode == 0, built.stderr
+    bento_tag = built.stdout.strip().splitlines()[-1]
+    assert bento_tag.startswith("transferops:")
+    import bentoml
+
+    bento = bentoml.get(bento_tag)
+    assert [str(m.tag) for m in bento.info.all_models] == [models.trained]
+
+    # Served from the Bento, elsewhere: no project files, no champion folder around.
+    with running_service(cwd=tmp_path, target=bento_tag, log_file=tmp_path / "bento.log") as url:
+        import httpx
+
+        answer = httpx.post(f"{url}/metadata", json={}, timeout=30).json()
+    assert answer["model"] == models.trained
+    assert answer["labels"]["data_version"].startswith("manifest-")
