@@ -1,6 +1,6 @@
 """False alarms and detection margin of the calibrated embedding-drift check.
 
-For a packaged model (default: the newest in the BentoML store), embeds
+For a packaged model (default: the champion), embeds
 held-out Fashion-MNIST images unshifted, inverted and blurred, then for each
 PCA dimension calibrates the MMD threshold on the model's reference and scores
 random windows. Run from a project (or demo) workspace after training:
@@ -22,12 +22,10 @@ from sklearn.decomposition import PCA
 from flows.traffic import HeldOutPool
 from monitoring.drift import calibrate_mmd_threshold, load_reference
 from monitoring.evidently_report import mmd_score
-from pipelines.classifier import (
-    embed_and_classify,
-    eval_transform,
-    load_classifier,
-)
+from pipelines import champion
+from pipelines.classifier import embed_and_classify, eval_transform
 from pipelines.config import load_params
+from pipelines.package import load_stored
 from pipelines.runtime import configure_runtime
 
 SHIFTS = ("none", "invert", "blur")
@@ -35,22 +33,20 @@ SHIFTS = ("none", "invert", "blur")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tag", help="BentoML model tag (default: newest)")
+    parser.add_argument("--tag", help="BentoML model tag (default: the champion)")
     parser.add_argument("--window", type=int, default=200)
     parser.add_argument("--windows", type=int, default=20, help="windows per cell")
     parser.add_argument("--dims", type=int, nargs="+", default=[8, 16, 32, 64])
     args = parser.parse_args()
     params = load_params(Path("params.yaml"))
     configure_runtime(params.paths.bentoml_home)
-    import bentoml
-
-    models = sorted(
-        bentoml.models.list(params.package.model_name), key=lambda m: m.info.creation_time
-    )
-    model_ref = bentoml.models.get(args.tag) if args.tag else models[-1]
-    model, config = load_classifier(Path(model_ref.path))
+    holder = champion.current(params.paths.models)
+    tag = args.tag or (holder.tag if holder else None)
+    if tag is None:
+        parser.error(f"no champion in {params.paths.models}: pass --tag")
+    model, config = load_stored(tag)
     transform = eval_transform(config)
-    reference = load_reference(str(model_ref.tag)).embeddings
+    reference = load_reference(tag).embeddings
     pool = HeldOutPool(params.data.source, params.paths.prepared, seed=1)
     embedded = {}
     for shift in SHIFTS:
@@ -59,8 +55,7 @@ def main() -> None:
         embedded[shift] = embed_and_classify(model, batch)[0]
     rng = np.random.default_rng(0)
     table = Table(
-        title=f"embedding drift, {model_ref.tag}, windows of {args.window}, "
-        f"p_value {params.monitor.p_value}"
+        title=f"embedding drift, {tag}, windows of {args.window}, p_value {params.monitor.p_value}"
     )
     for column in ("PCA dims", "threshold", *[f"{s}: alarms (median/threshold)" for s in SHIFTS]):
         table.add_column(column, justify="right")

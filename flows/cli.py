@@ -281,7 +281,7 @@ def run_models(args: argparse.Namespace, params) -> int:
     if args.command == "gate":
         from pipelines.gate import run_gate
 
-        verdict = run_gate(params, resolve_tag(args.tag) if args.tag else None)
+        verdict = run_gate(params, args.tag)
         print(verdict.summary())
         if verdict.report:
             print(f"verdict: {verdict.report}")

@@ -81,6 +81,9 @@ def _anything(tag: str) -> None:
     pass
 
 
+UNCHECKED = object()  # ``promote(expected=...)``: any current champion will do
+
+
 def promote(
     models_dir: Path,
     tag: str,
@@ -90,14 +93,22 @@ def promote(
     gate: dict | None = None,
     require: Callable[[str], None] = _anything,
     who: str | None = None,
+    expected: str | object | None = UNCHECKED,
 ) -> ChampionRecord:
     """Make ``tag`` the champion; return the new record.
 
     ``require(tag)`` runs under the lock and raises when the tag must not
     serve (e.g. it is not in the model store); ``who`` defaults to :func:`actor`.
+    ``expected`` is the champion the caller compared against (None: none):
+    when another change came first, nothing happens and ChampionError says so.
     """
     with _locked(Path(models_dir)):
         old = current(models_dir)
+        if expected is not UNCHECKED and (old.tag if old else None) != expected:
+            raise ChampionError(
+                f"the champion changed to {old.tag if old else None} while {tag} was compared "
+                f"with {expected}; run the gate again"
+            )
         if old and old.tag == tag:
             raise ChampionError(f"{tag} is already the champion (since {old.time})")
         require(tag)

@@ -40,7 +40,7 @@ from pipelines.evaluate import (
     score_split,
 )
 from pipelines.lineage import data_version
-from pipelines.package import candidate_tag, load_stored, stored_model_dir
+from pipelines.package import candidate_tag, load_stored, resolve_tag, stored_model_dir
 from pipelines.runtime import select_device, set_threads
 
 log = logging.getLogger(__name__)
@@ -136,8 +136,8 @@ def run_gate(params: Params, candidate: str | None = None, who: str | None = Non
     ``who`` is recorded as the actor of a promotion (default: user@host).
     """
     paths = params.paths
-    challenger = candidate or candidate_tag(paths.package)
-    stored_model_dir(challenger)  # fails early, naming the tag, when it is not in the store
+    # Resolved to name:version (`latest` never becomes champion); a missing tag fails here.
+    challenger = resolve_tag(candidate or candidate_tag(paths.package))
     holder = champion.current(paths.models)
     version = data_version(paths.prepared)
     if holder is not None and holder.tag == challenger:  # nothing to decide, nothing written
@@ -202,6 +202,7 @@ def _finish(params: Params, verdict: GateVerdict, who: str | None) -> GateVerdic
             gate={k: v for k, v in asdict(verdict).items() if k != "groups"},
             require=stored_model_dir,
             who=who,
+            expected=verdict.champion,
         )
     Path(verdict.report).write_text(json.dumps(asdict(verdict), indent=2))
     log.info("gate: %s", verdict.summary())

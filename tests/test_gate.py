@@ -235,6 +235,17 @@ def test_crash_after_the_commit_is_logged_by_the_next_change(
     ]
 
 
+def test_promotion_refuses_when_the_champion_changed_since_the_comparison(
+    models: Models, tmp_path: Path
+) -> None:
+    models_dir = tmp_path / "models"
+    champion.promote(models_dir, models.trained, reason="first", via="test", expected=None)
+    with pytest.raises(champion.ChampionError, match="champion changed"):
+        champion.promote(models_dir, models.untrained, reason="r", via="t", expected=None)
+    assert champion.current(models_dir).tag == models.trained
+    assert len(champion.history(models_dir)) == 1
+
+
 def transferops(params: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "flows.cli", "--params", str(params), *args],
