@@ -177,10 +177,13 @@ def headline_metrics(scored: Scored, cfg: EvaluateParams, seed: int, rows=None) 
     return metrics
 
 
-def per_class(scored: Scored, classes: list[str]) -> dict:
+def per_class(scored: Scored, classes: list[str], rows=None) -> dict:
+    """Precision, recall and support of every class (over ``rows``, default all)."""
+    rows = np.arange(len(scored.labels)) if rows is None else rows
+    labels, predictions = scored.labels[rows], scored.predictions[rows]
     out = {}
     for name in classes:
-        predicted, actual = scored.predictions == name, scored.labels == name
+        predicted, actual = predictions == name, labels == name
         hits = int(np.sum(predicted & actual))
         out[name] = {
             "precision": hits / int(predicted.sum()) if predicted.any() else 0.0,
@@ -199,10 +202,11 @@ def evaluation_metrics(scored: Scored, classes: list[str], cfg: EvaluateParams, 
     metrics = headline_metrics(scored, cfg, seed)
     metrics["confidence_level"] = cfg.confidence
     metrics["per_class"] = per_class(scored, classes)
-    metrics["groups"] = {
-        group: headline_metrics(scored, cfg, seed, np.flatnonzero(scored.groups == group))
-        for group in group_names(scored)
-    }
+    metrics["groups"] = {}
+    for group in group_names(scored):
+        rows = np.flatnonzero(scored.groups == group)
+        metrics["groups"][group] = headline_metrics(scored, cfg, seed, rows)
+        metrics["groups"][group]["per_class"] = per_class(scored, classes, rows)
     return metrics
 
 

@@ -83,6 +83,7 @@ def test_metrics_and_picture_per_group(tmp_path: Path) -> None:
     assert metrics["groups"]["night"]["accuracy"] == pytest.approx(0.5)
     assert metrics["groups"]["day"]["accuracy"] == 1.0
     assert metrics["groups"]["night"]["n"] == 40
+    assert metrics["groups"]["night"]["per_class"]["cat"]["recall"] == pytest.approx(0.5)
     low, high = metrics["groups"]["night"]["ci"]["accuracy"]
     assert low < 0.5 < high
     plot_groups(metrics, tmp_path / "groups.png")
