@@ -85,6 +85,12 @@ def inspect_file(path: str, max_pixels: int) -> FileFacts:
 
 def _read_header(base: dict, data: bytes) -> dict | FileFacts:
     """Format, size and mode from the header alone (no pixel data is decoded)."""
+    header = read_header(data)
+    return FileFacts(**base, problem=header) if isinstance(header, str) else header
+
+
+def read_header(data: bytes) -> dict | str:
+    """``{format, width, height, mode}`` from the header alone, or what is wrong."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
@@ -96,11 +102,11 @@ def _read_header(base: dict, data: bytes) -> dict | FileFacts:
                     "mode": image.mode,
                 }
         except Image.DecompressionBombError as err:
-            return FileFacts(**base, problem=f"decompression bomb: {err} (not decoded)")
+            return f"decompression bomb: {err} (not decoded)"
         except UnidentifiedImageError:
-            return FileFacts(**base, problem=f"not an image: content starts {data[:8]!r}")
+            return f"not an image: content starts {data[:8]!r}"
         except (OSError, SyntaxError, ValueError) as err:
-            return FileFacts(**base, problem=f"unreadable image header: {err}")
+            return f"unreadable image header: {err}"
 
 
 def _decode_problem(data: bytes) -> str | None:
@@ -113,6 +119,48 @@ def _decode_problem(data: bytes) -> str | None:
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             return f"truncated or corrupt: {err}"
     return None
+
+
+class BadImage(ValueError):
+    """Image bytes that must not be decoded; ``status`` is the HTTP answer for a service."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int, name: str = "image"):
+    """Decode untrusted image bytes (e.g. a request body) into a loaded PIL image.
+
+    Checks, in order, before any pixel is decoded: not empty, at most
+    ``max_bytes`` (413), a header an image library recognises (400), at most
+    ``max_pixels`` by the header (413: a decompression bomb is never
+    decoded); then the full decode, which catches truncated files (400).
+    Raises :class:`BadImage` naming ``name`` and the problem.
+    """
+    if not data:
+        raise BadImage(f"{name}: empty (0 bytes)")
+    if len(data) > max_bytes:
+        raise BadImage(f"{name}: {len(data):,} bytes > the limit of {max_bytes:,}", 413)
+    header = read_header(data)
+    if isinstance(header, str):
+        status = 413 if header.startswith("decompression bomb") else 400
+        raise BadImage(f"{name}: {header}", status)
+    pixels = header["width"] * header["height"]
+    if pixels > max_pixels:
+        raise BadImage(
+            f"{name}: {header['width']} x {header['height']} = {pixels:,} pixels > the limit "
+            f"of {max_pixels:,} (decompression bomb guard; not decoded)",
+            413,
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise BadImage(f"{name}: truncated or corrupt: {err}") from err
+    return image
 
 
 def _inspect_many(paths: list[str], max_pixels: int) -> list[FileFacts]:
