@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -68,13 +69,36 @@ def running_service(
         wait_ready(url, process)
         yield url
     finally:
-        # The server forks workers: stop the whole process group.
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_server(process)
         if log_file:
             out.close()
+
+
+def stop_server(process: subprocess.Popen, kill: bool = False) -> None:
+    """Stop ``bentoml serve`` and every worker it started.
+
+    BentoML's arbiter starts each worker in a session of its own, so signalling
+    the process group is not enough: a SIGKILLed arbiter would leave its
+    workers serving. ``kill=True`` SIGKILLs everything at once (a crash).
+    """
+    import psutil
+
+    try:
+        workers = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        workers = []
+    if kill:
+        for victim in [process, *workers]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim.pid, signal.SIGKILL)
+    elif process.poll() is None:
+        process.send_signal(signal.SIGTERM)  # the arbiter stops its workers
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    process.wait()
+    for worker in workers:  # whatever outlived the arbiter
+        with contextlib.suppress(psutil.NoSuchProcess):
+            worker.kill()
+    psutil.wait_procs([w for w in workers if w.is_running()], timeout=10)

@@ -73,7 +73,7 @@ def batches(items: list, size: int) -> Iterator[list]:
 
 
 def send(url: str, items: list[tuple[Image.Image, str]], batch_size: int = 16) -> float:
-    """POST the images to ``/classify``; return the accuracy of the answers."""
+    """POST the images to ``/v1/classify``; return the accuracy of the answers."""
     import httpx
 
     correct = 0
@@ -83,7 +83,7 @@ def send(url: str, items: list[tuple[Image.Image, str]], batch_size: int = 16) -
                 ("images", (f"{i}.png", png_bytes(image), "image/png"))
                 for i, (image, _) in enumerate(chunk)
             ]
-            response = client.post("/classify", files=files)
+            response = client.post("/v1/classify", files=files)
             response.raise_for_status()
             correct += sum(
                 r["label"] == label for r, (_, label) in zip(response.json(), chunk, strict=True)

@@ -143,6 +143,13 @@ class ServeParams(Section):
     top_k: PositiveInt
     max_batch_size: PositiveInt
     max_latency_ms: PositiveInt
+    batching: bool = True
+    max_images: PositiveInt = 32
+    max_image_bytes: PositiveInt = 10_000_000
+    max_pixels: PositiveInt = 40_000_000
+    api_key_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")] | None = None
+    switch_poll_s: Annotated[float, Field(gt=0)] = 2.0
+    log_fsync_s: Annotated[float, Field(gt=0)] = 1.0
 
 
 class MonitorParams(Section):

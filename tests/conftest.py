@@ -39,6 +39,10 @@ TINY = {
     "train.probe_epochs": 30,
     "train.min_steps": 4,  # fine-tuning strategies: a few steps, not 80
     "train.lr": 0.003,
+    "serve.max_images": 16,  # small limits, so the refusal tests stay small
+    "serve.max_image_bytes": 2_000_000,
+    "serve.max_pixels": 10_000_000,
+    "serve.switch_poll_s": 0.5,
     "monitor.window": 60,
     "monitor.min_window": 30,
     "monitor.calibration_draws": 200,

@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 
 from pipelines import champion
-from pipelines.classifier import WEIGHTS
 from pipelines.config import load_params
 from pipelines.datasets import ACCEPTED, read_accepted
 from pipelines.evaluate import score_split
 from pipelines.gate import run_gate
-from pipelines.package import candidate_tag, load_stored, stored_model
+from pipelines.package import candidate_tag, load_stored
 from tests.conftest import ROOT, write_params
+from tests.models import always_answering
 
 
 @dataclass(frozen=True)
@@ -115,26 +115,6 @@ def test_better_challenger_is_promoted(models: Models, tmp_path: Path) -> None:
         models.untrained,
         models.trained,
     ]
-
-
-def always_answering(tag: str, label: str) -> str:
-    """A packaged copy of ``tag`` whose head answers ``label`` for every image."""
-    import bentoml
-    from safetensors.torch import load_file, save_file
-
-    source = stored_model(tag)
-    classes = source.info.metadata["classes"]
-    with bentoml.models.create(
-        source.tag.name, labels=dict(source.info.labels), metadata=dict(source.info.metadata)
-    ) as model:
-        for file in Path(source.path).iterdir():
-            shutil.copy2(file, Path(model.path) / file.name)
-        weights = load_file(str(Path(model.path) / WEIGHTS))
-        weights["classifier.weight"].zero_()
-        weights["classifier.bias"].zero_()
-        weights["classifier.bias"][classes.index(label)] = 1.0
-        save_file(weights, str(Path(model.path) / WEIGHTS))
-    return str(model.tag)
 
 
 def test_challenger_worse_for_one_group_is_not_promoted(models: Models, tmp_path: Path) -> None:
