@@ -185,7 +185,7 @@ def read_predictions(
     frame["embedding"] = [
         np.frombuffer(base64.b64decode(e), dtype="<f4") for e in frame.pop("embedding_f32")
     ]
-    frame["time"] = pd.to_datetime(frame["time"], utc=True)
+    frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
     if since is not None:
         frame = frame[frame["time"] >= pd.Timestamp(since)]
     if until is not None:
@@ -198,7 +198,7 @@ def read_feedback(directory: Path) -> pd.DataFrame:
     """Every feedback label (request_id, label, time); the latest per request id wins."""
     rows = _lines(_files(Path(directory), FEEDBACK, None))
     frame = pd.DataFrame(rows, columns=["request_id", "label", "time"])
-    frame["time"] = pd.to_datetime(frame["time"], utc=True)
+    frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
     return frame.sort_values("time", kind="stable").drop_duplicates("request_id", keep="last")
 
 

@@ -318,6 +318,6 @@ def test_bento_builds_offline_and_serves_the_champion(models: Models, tmp_path: 
     with running_service(cwd=tmp_path, target=bento_tag, log_file=tmp_path / "bento.log") as url:
         import httpx
 
-        answer = httpx.post(f"{url}/metadata", json={}, timeout=30).json()
+        answer = httpx.get(f"{url}/v1/metadata", timeout=30).json()
     assert answer["model"] == models.trained
     assert answer["labels"]["data_version"].startswith("manifest-")

@@ -206,3 +206,25 @@ def test_killed_server_loses_no_acknowledged_prediction(served: dict, tmp_path: 
     assert any(status is None for status, _ in outcomes), "some requests died with the server"
     logged = set(read_predictions(log_dir)["request_id"])
     assert acknowledged <= logged, f"{len(acknowledged - logged)} acknowledged but not logged"
+
+
+def test_api_key_when_configured(served: dict, tmp_path: Path) -> None:
+    params_file = write_params(
+        tmp_path / "params.yaml",
+        {"serve.api_key_env": "TRANSFEROPS_TEST_KEY", "paths.prediction_log": str(tmp_path)},
+        base=Path(served["env"]["TRANSFEROPS_PARAMS"]),
+    )
+    env = {
+        **served["env"],
+        "TRANSFEROPS_PARAMS": str(params_file),
+        "TRANSFEROPS_TEST_KEY": "s3cret",
+    }
+    image = [("images", ("ok.png", GOOD, "image/png"))]
+    with running_service(env=env) as url, httpx.Client(base_url=url, timeout=30) as client:
+        assert client.post("/v1/classify", files=image).status_code == 401
+        wrong = client.post("/v1/classify", files=image, headers={"X-API-Key": "guess"})
+        assert wrong.status_code == 401 and "X-API-Key" in wrong.json()["error"]
+        assert client.get("/v1/metadata").status_code == 401
+        right = client.post("/v1/classify", files=image, headers={"X-API-Key": "s3cret"})
+        assert right.status_code == 200, right.text
+        assert client.get("/readyz").status_code == 200, "probes need no key"
