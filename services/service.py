@@ -252,23 +252,31 @@ def decode_all(uploads: list[tuple[str, bytes, str | None]]) -> list[tuple[np.nd
     return decoded
 
 
-async def predict(service, arrays: list[np.ndarray], attempts: int = 3) -> list[dict]:
-    """The model service's answers, retried when a pooled connection was closed under us.
+async def predict(service, arrays: list[np.ndarray], attempts: int = 7) -> list[dict]:
+    """The model service's answers, retried with backoff when it sheds load or a connection drops.
 
-    Keep-alive connections to the model worker can close just as a request
-    reuses them (seen while the worker loads a new champion); inference is
-    idempotent, so sending again is safe.
+    BentoML's batcher answers 503 when its queue cannot be served in
+    ``serve.max_latency_ms``; keep-alive connections to the model worker can
+    close just as a request reuses them (seen while it loads a new champion).
+    Inference is idempotent, so sending again is safe; backing off here turns
+    a burst into queueing (about 3 s at most) instead of errors.
     """
     import aiohttp
 
     for attempt in range(attempts):
         try:
             return await service.model.to_async.predict(arrays)
-        except aiohttp.ClientConnectionError:
+        except (
+            bentoml.exceptions.ServiceUnavailable,
+            aiohttp.ClientConnectionError,
+            aiohttp.ClientPayloadError,
+            RuntimeError,
+        ) as err:
+            if isinstance(err, RuntimeError) and str(err) != "Connection closed.":
+                raise  # aiohttp's only RuntimeError here is a closed connection
             if attempt == attempts - 1:
-                raise
-            log.warning("model worker connection closed; retrying (%d)", attempt + 1)
-            await asyncio.sleep(0.05 * (attempt + 1))
+                raise HTTPException(503, f"model busy or unreachable ({err}); retry") from err
+            await asyncio.sleep(0.05 * 2**attempt)
     raise AssertionError("unreachable")
 
 

@@ -42,7 +42,7 @@ def serve_traffic(trained_project: Path, service_client, tmp_path: Path):
     def send(count: int, shift: str) -> None:
         for image, _ in pool.take(count, shift):
             response = service_client.post(
-                "/classify", files=[("images", ("x.png", png_bytes(image), "image/png"))]
+                "/v1/classify", files=[("images", ("x.png", png_bytes(image), "image/png"))]
             )
             assert response.status_code == 200
 
