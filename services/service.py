@@ -107,9 +107,13 @@ class Loaded:
 class Model:
     """The network behind the API, following the champion."""
 
+    # Declared, so `bentoml build` packs the champion into the Bento; later
+    # champions are loaded from the store as they are promoted.
+    model_ref = bentoml.models.BentoModel(served_tag())
+
     def __init__(self) -> None:
         torch.set_num_threads(PARAMS.threads)
-        self.loaded = Loaded(served_tag())
+        self.loaded = Loaded(str(self.model_ref.tag))
         self._stop = threading.Event()
         if not os.environ.get("TRANSFEROPS_MODEL_TAG"):
             threading.Thread(target=self._follow_champion, daemon=True).start()
