@@ -126,7 +126,7 @@ class Model:
         the old one keeps serving.
         """
         pointer = Path(PARAMS.paths.models) / CHAMPION
-        seen = pointer.stat().st_mtime_ns if pointer.exists() else None
+        seen = None  # the first poll checks the tag: a promotion during start-up is not missed
         while not self._stop.wait(SERVE.switch_poll_s):
             stamp = pointer.stat().st_mtime_ns if pointer.exists() else None
             if stamp == seen:
