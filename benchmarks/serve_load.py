@@ -156,10 +156,22 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--seconds", type=float, default=15, help="per concurrency level")
     parser.add_argument("--soak", type=float, default=60, help="seconds at concurrency 32")
+    parser.add_argument(
+        "-S",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="serve.* override for both servers, e.g. -S serve.workers=2",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="serve-load-"))
-    batched = absolute_params(args.params, work / "batched.yaml", {})
-    unbatched = absolute_params(args.params, work / "unbatched.yaml", {"serve.batching": False})
+    changes = dict(o.split("=", 1) for o in args.overrides)
+    changes = {k: yaml.safe_load(v) for k, v in changes.items()}
+    batched = absolute_params(args.params, work / "batched.yaml", changes)
+    unbatched = absolute_params(
+        args.params, work / "unbatched.yaml", changes | {"serve.batching": False}
+    )
     params = load_params(batched)
     os.environ.setdefault("BENTOML_HOME", str(params.paths.bentoml_home))  # the server's too
     configure_runtime(params.paths.bentoml_home)

@@ -144,6 +144,7 @@ class ServeParams(Section):
     max_batch_size: PositiveInt
     max_latency_ms: PositiveInt
     batching: bool = True
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
     max_images: PositiveInt = 32
     max_image_bytes: PositiveInt = 10_000_000
     max_pixels: PositiveInt = 40_000_000

@@ -357,7 +357,7 @@ async def metadata() -> dict:
 
 
 @bentoml.asgi_app(app, path="/v1")
-@bentoml.service(traffic={"timeout": 60})
+@bentoml.service(workers=SERVE.workers, traffic={"timeout": 60})
 class Classifier:
     """Classifies images with the champion model; logs every prediction for monitoring."""
 
