@@ -150,6 +150,7 @@ class ServeParams(Section):
     max_pixels: PositiveInt = 40_000_000
     api_key_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")] | None = None
     switch_poll_s: Annotated[float, Field(gt=0)] = 2.0
+    model_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     log_fsync_s: Annotated[float, Field(gt=0)] = 1.0
 
 

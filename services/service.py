@@ -261,7 +261,9 @@ async def predict(service, arrays: list[np.ndarray], attempts: int = 7) -> list[
 
     BentoML's batcher answers 503 when its queue cannot be served in
     ``serve.max_latency_ms``; keep-alive connections to the model worker can
-    close just as a request reuses them (seen while it loads a new champion).
+    close just as a request reuses them (seen while it loads a new champion);
+    once, under load, an answer the model worker sent never arrived, so each
+    call also has ``serve.model_timeout_s``.
     Inference is idempotent, so sending again is safe; backing off here turns
     a burst into queueing (about 3 s at most) instead of errors.
     """
@@ -269,8 +271,10 @@ async def predict(service, arrays: list[np.ndarray], attempts: int = 7) -> list[
 
     for attempt in range(attempts):
         try:
-            return await service.model.to_async.predict(arrays)
+            async with asyncio.timeout(SERVE.model_timeout_s):
+                return await service.model.to_async.predict(arrays)
         except (
+            TimeoutError,  # an answer lost between the processes (seen once under load)
             bentoml.exceptions.ServiceUnavailable,
             aiohttp.ClientConnectionError,
             aiohttp.ClientPayloadError,
