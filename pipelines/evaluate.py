@@ -20,10 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: CI and servers have no display
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -38,6 +34,7 @@ from pipelines.classifier import (
 from pipelines.config import EvaluateParams, Params
 from pipelines.datasets import ManifestImages, load_rgb, read_accepted
 from pipelines.features import loader_for
+from pipelines.figures import plt, save_figure
 from pipelines.imagestats import STAT_NAMES, image_statistics
 from pipelines.runtime import select_device, set_threads
 from pipelines.stage import run_stage
@@ -220,7 +217,7 @@ def plot_confusion(scored: Scored, classes: list[str], path: Path) -> None:
         ax=axes, xticks_rotation=45, colorbar=False, cmap="Blues"
     )
     axes.set_title("Confusion matrix (test split)")
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_reliability(scored: Scored, bins: int, ece: float, path: Path) -> None:
@@ -238,7 +235,7 @@ def plot_reliability(scored: Scored, bins: int, ece: float, path: Path) -> None:
     top.legend(loc="upper left")
     bottom.bar(centres, count, width=1 / bins, color="grey")
     bottom.set(xlabel="confidence (top probability)", ylabel="images", xlim=(0, 1))
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_groups(metrics: dict, path: Path) -> None:
@@ -255,13 +252,7 @@ def plot_groups(metrics: dict, path: Path) -> None:
     axes.set_xticks(range(len(names)), labels)
     axes.set(ylabel="accuracy", ylim=(0, 1), title="Accuracy per group (test split)")
     axes.legend()
-    _save(figure, path)
-
-
-def _save(figure, path: Path) -> None:
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 # --- the stage --------------------------------------------------------------

@@ -22,10 +22,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from pipelines import champion
@@ -39,6 +35,7 @@ from pipelines.evaluate import (
     macro_f1,
     score_split,
 )
+from pipelines.figures import plt, save_figure
 from pipelines.lineage import data_version
 from pipelines.package import candidate_tag, load_stored, resolve_tag, stored_model_dir
 from pipelines.runtime import select_device, set_threads
@@ -223,6 +220,4 @@ def plot_verdict(verdict: GateVerdict, path: Path) -> None:
     title = f"Gate on {verdict.n} test images: {outcome}"
     axes.set(ylabel=verdict.metric, ylim=(0, 1), title=title)
     axes.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)

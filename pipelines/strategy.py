@@ -32,13 +32,10 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless
-import matplotlib.pyplot as plt
 import numpy as np
 
 from pipelines.config import Params, StrategyParams, TrainParams
+from pipelines.figures import plt, save_figure
 from pipelines.profile import PROFILE
 from pipelines.stage import run_stage
 
@@ -213,9 +210,7 @@ def plot_plane(d: Decision, cfg: StrategyParams, path: Path) -> None:
         title=f"Freeze strategy: {d.strategy}",
     )
     axes.legend(loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def write_decision(d: Decision, cfg: StrategyParams, out_dir: Path) -> None:
