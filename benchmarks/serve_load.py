@@ -35,7 +35,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from flows.serving import free_port, stop_server, wait_ready
+from flows.serving import start_server, stop_server
 from flows.traffic import HeldOutPool, png_bytes
 from pipelines import champion
 from pipelines.classifier import embed_and_classify
@@ -54,25 +54,6 @@ def absolute_params(params_file: Path, out: Path, changes: dict) -> Path:
         raw[section][leaf] = value
     out.write_text(yaml.safe_dump(raw))
     return out
-
-
-def start(params_file: Path, log: Path):
-    import subprocess
-
-    from flows.serving import bentoml_command
-
-    port = free_port()
-    env = {**os.environ, "TRANSFEROPS_PARAMS": str(params_file)}
-    process = subprocess.Popen(
-        bentoml_command(port),
-        env=env,
-        stdout=open(log, "ab"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url, process)
-    return process, url
 
 
 async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict:
@@ -179,7 +160,9 @@ def main() -> None:
     bodies = [png_bytes(image) for image, _ in items]
     rows = [("forward only (ceiling)", "-", {"throughput": ceiling(params, items)})]
 
-    process, url = start(batched, work / "batched.log")
+    process, url = start_server(
+        log_file=work / "batched.log", env={"TRANSFEROPS_PARAMS": str(batched)}
+    )
     try:
         asyncio.run(load(url, bodies, 8, 3))  # warm-up
         for concurrency in (1, 8, 32, 64):
@@ -188,7 +171,9 @@ def main() -> None:
         soaked, memory = asyncio.run(soak(url, bodies, process, args.soak))
     finally:
         stop_server(process)
-    process, url = start(unbatched, work / "unbatched.log")
+    process, url = start_server(
+        log_file=work / "unbatched.log", env={"TRANSFEROPS_PARAMS": str(unbatched)}
+    )
     try:
         asyncio.run(load(url, bodies, 8, 3))
         rows.append(("batching off", "32", asyncio.run(load(url, bodies, 32, args.seconds))))

@@ -45,6 +45,38 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 120) -> Non
     raise TimeoutError(f"bentoml serve not ready at {url} after {timeout:.0f} s")
 
 
+def start_server(
+    *,
+    port: int | None = None,
+    log_file: Path | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    target: str = SERVICE,
+) -> tuple[subprocess.Popen, str]:
+    """Start ``bentoml serve TARGET`` on localhost, wait until it is ready; (process, URL).
+
+    Stop it with :func:`stop_server`. ``env`` is added to this process's environment.
+    """
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(log_file, "ab") if log_file else contextlib.nullcontext(subprocess.DEVNULL)  # noqa: SIM115
+    with log as out:  # the server keeps its own copy of the handle
+        process = subprocess.Popen(
+            bentoml_command(port, target),
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    try:
+        wait_ready(url, process)
+    except BaseException:
+        stop_server(process)
+        raise
+    return process, url
+
+
 @contextmanager
 def running_service(
     port: int | None = None,
@@ -54,24 +86,11 @@ def running_service(
     target: str = SERVICE,
 ) -> Iterator[str]:
     """Run the service (or a Bento) on localhost for the duration of the block; yield its URL."""
-    port = port or free_port()
-    url = f"http://127.0.0.1:{port}"
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-    process = subprocess.Popen(
-        bentoml_command(port, target),
-        cwd=cwd,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-        start_new_session=True,
-    )
+    process, url = start_server(port=port, log_file=log_file, env=env, cwd=cwd, target=target)
     try:
-        wait_ready(url, process)
         yield url
     finally:
         stop_server(process)
-        if log_file:
-            out.close()
 
 
 def stop_server(process: subprocess.Popen, kill: bool = False) -> None:

@@ -7,8 +7,6 @@ prediction log; the model is the session's trained one.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.serving import bentoml_command, free_port, running_service, stop_server, wait_ready
+from flows.serving import running_service, start_server, stop_server
 from flows.traffic import png_bytes
 from pipelines import champion
 from pipelines.config import load_params
@@ -181,17 +179,8 @@ def test_killed_server_loses_no_acknowledged_prediction(served: dict, tmp_path: 
         {"paths.prediction_log": str(log_dir)},
         base=Path(served["env"]["TRANSFEROPS_PARAMS"]),
     )
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        bentoml_command(port),
-        env={**os.environ, **served["env"], "TRANSFEROPS_PARAMS": str(params_file)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    process, url = start_server(env={**served["env"], "TRANSFEROPS_PARAMS": str(params_file)})
     try:
-        wait_ready(url, process)
         stop, outcomes = threading.Event(), []
         threads = hammer(url, stop, outcomes, workers=6)
         time.sleep(3)
