@@ -71,10 +71,8 @@ def current(models_dir: Path) -> ChampionRecord | None:
 def history(models_dir: Path) -> list[ChampionRecord]:
     """Every champion change, oldest first, including one whose log line a crash lost."""
     records = _logged(Path(models_dir))
-    champion = current(models_dir)
-    if champion and champion.id not in {r.id for r in records}:
-        records.append(champion)
-    return records
+    missing = _unlogged(Path(models_dir), records)
+    return [*records, missing] if missing else records
 
 
 def _anything(tag: str) -> None:
@@ -162,9 +160,15 @@ def _commit(models_dir: Path, record: ChampionRecord) -> None:
 
 
 def _repair_history(models_dir: Path) -> None:
+    missing = _unlogged(models_dir, _logged(models_dir))
+    if missing:
+        _append(models_dir, missing)
+
+
+def _unlogged(models_dir: Path, logged: list[ChampionRecord]) -> ChampionRecord | None:
+    """The champion's record when a crash after the commit kept it out of the log."""
     champion = current(models_dir)
-    if champion and champion.id not in {r.id for r in _logged(models_dir)}:
-        _append(models_dir, champion)
+    return champion if champion and champion.id not in {r.id for r in logged} else None
 
 
 def _logged(models_dir: Path) -> list[ChampionRecord]:

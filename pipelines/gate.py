@@ -136,10 +136,10 @@ def run_gate(params: Params, candidate: str | None = None, who: str | None = Non
     # Resolved to name:version (`latest` never becomes champion); a missing tag fails here.
     challenger = resolve_tag(candidate or candidate_tag(paths.package))
     holder = champion.current(paths.models)
-    version = data_version(paths.prepared)
     if holder is not None and holder.tag == challenger:  # nothing to decide, nothing written
         reasons = [f"the candidate is already the champion (since {holder.time})"]
         return GateVerdict(challenger, holder.tag, False, reasons, params.gate.metric)
+    version = data_version(paths.prepared)
     set_threads(params.threads)
     device = select_device(params.device)
     manifest = read_accepted(paths.validation)

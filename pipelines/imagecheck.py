@@ -109,15 +109,23 @@ def read_header(data: bytes) -> dict | str:
             return f"unreadable image header: {err}"
 
 
-def _decode_problem(data: bytes) -> str | None:
-    """Decode every pixel; a truncated or corrupt image fails here."""
+def _decode(data: bytes) -> Image.Image | str:
+    """Every pixel decoded, or what is wrong: a truncated or corrupt image fails here."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
+            image = Image.open(io.BytesIO(data))
+            image.load()
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             return f"truncated or corrupt: {err}"
+    return image
+
+
+def _decode_problem(data: bytes) -> str | None:
+    decoded = _decode(data)
+    if isinstance(decoded, str):
+        return decoded
+    decoded.close()
     return None
 
 
@@ -153,14 +161,10 @@ def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int, name: str = "
             f"of {max_pixels:,} (decompression bomb guard; not decoded)",
             413,
         )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            raise BadImage(f"{name}: truncated or corrupt: {err}") from err
-    return image
+    decoded = _decode(data)
+    if isinstance(decoded, str):
+        raise BadImage(f"{name}: {decoded}")
+    return decoded
 
 
 def _inspect_many(paths: list[str], max_pixels: int) -> list[FileFacts]:
