@@ -7,10 +7,12 @@ each start, so the checkout stays clean and every demo starts from the default.
 2. ``bentoml serve`` serves it on localhost.
 3. In-distribution traffic; the monitoring flow finds no drift.
 4. Shifted traffic (blurred images by default); the monitoring flow finds
-   drift and runs the training flow, which adds a labelled drop of shifted
-   images (as annotators would label a sample of production traffic). The
+   drift, but one alarm does not retrain (K of N checks must).
+5. More shifted traffic; the second alarm retrains: the training flow adds a
+   labelled drop of shifted images (as annotators would label a sample of
+   production traffic), surgically when the shift is input-level. The
    retrained candidate faces the promotion gate against the first model.
-5. The service restarts on the champion; the shifted traffic is scored again.
+6. The service restarts on the champion; the shifted traffic is scored again.
 """
 
 from __future__ import annotations
@@ -70,21 +72,25 @@ def run_demo(
     summary: dict = {"first_model": first}
 
     console.rule(f"2. serve {first['model_tag']} (bentoml serve on localhost)")
-    with running_service(log_file=runs / "serve-1.log") as url:
-        console.rule("3. in-distribution traffic")
-        summary["normal_accuracy"] = send(url, pool.take(settings.window))
-        summary["normal"] = monitoring_flow(retrain=False)["verdict"]
-        console.rule(f"4. shifted traffic ({settings.shift})")
-        summary["shifted_accuracy_before"] = send(url, pool.take(settings.window, settings.shift))
     drop = write_labelled_drop(
         pool.take(settings.labelled_drop, settings.shift),
         runs / f"labelled-{settings.shift}",
     )
+    with running_service(log_file=runs / "serve-1.log") as url:
+        console.rule("3. in-distribution traffic")
+        summary["normal_accuracy"] = send(url, pool.take(settings.window))
+        summary["normal"] = monitoring_flow(retrain=False)["verdict"]
+        console.rule(f"4. shifted traffic ({settings.shift}): one alarm is not enough")
+        summary["shifted_accuracy_before"] = send(url, pool.take(settings.window, settings.shift))
+        summary["first_alarm"] = monitoring_flow(retrain=True, new_data=str(drop))["decision"]
+        send(url, pool.take(settings.window, settings.shift))
+    console.rule("5. the alarm persists: the monitoring flow retrains")
     shifted_run = monitoring_flow(retrain=True, new_data=str(drop))
     summary["shifted"], summary["retrained"] = shifted_run["verdict"], shifted_run["retrained"]
+    summary["decision"] = shifted_run["decision"]
 
     if summary["retrained"]:
-        console.rule(f"5. serving the champion {summary['retrained']['champion']}")
+        console.rule(f"6. serving the champion {summary['retrained']['champion']}")
         with running_service(log_file=runs / "serve-2.log") as url:
             summary["shifted_accuracy_after"] = send(
                 url, pool.take(settings.window, settings.shift)
@@ -119,10 +125,19 @@ def summary_table(summary: dict, params: Params, workspace: Path) -> Table:
         str(normal.get("report_dir")),
     )
     table.add_row(
-        f"shifted traffic ({summary['shift']})",
+        f"shifted traffic ({summary['shift']}), first check",
         f"served accuracy {summary['shifted_accuracy_before']:.3f}\n"
-        f"verdict: {shifted['status'].upper()}\n" + "\n".join(shifted["reasons"]),
-        str(shifted.get("report_dir")),
+        f"decision: {summary['first_alarm']['reason']}",
+        str(summary["first_alarm"].get("check")),
+    )
+    table.add_row(
+        f"shifted traffic ({summary['shift']}), second check",
+        f"verdict: {shifted['status'].upper()} (shift located "
+        f"{shifted.get('shift_location') or 'nowhere'})\n"
+        + "\n".join(shifted["reasons"])
+        + f"\nretrain: {summary['decision']['reason']}",
+        f"{shifted.get('report_dir')}/report.html\n"
+        f"evidently ui --workspace {params.paths.reports}/drift/workspace",
     )
     if retrained:
         gate = retrained["gate"]

@@ -47,10 +47,17 @@ def snapshot_data(params: Params, dataset: str | None) -> list[str]:
 
 @task(cache_policy=NO_CACHE)
 def reproduce(overrides: list[str]) -> None:
-    """``dvc repro``; with overrides, ``dvc exp run -S ...`` (DVC's own form)."""
+    """``dvc repro``; with overrides, ``dvc exp run -S ...`` (DVC's own form), for this run only."""
     logger = get_run_logger()
     if overrides:
-        run_dvc(["exp", "run", *[arg for o in overrides for arg in ("-S", o)]], REPO, logger)
+        # `dvc exp run -S` writes the overrides into params.yaml; they are for this
+        # run only (DVC keeps the experiment: `dvc exp show`), so put the file back.
+        params_file = REPO / "params.yaml"
+        original = params_file.read_bytes()
+        try:
+            run_dvc(["exp", "run", *[arg for o in overrides for arg in ("-S", o)]], REPO, logger)
+        finally:
+            params_file.write_bytes(original)
     else:
         run_dvc(["repro"], REPO, logger)
 

@@ -1,33 +1,53 @@
-"""Domain-shift check: the serving model's reference against a window of traffic.
+"""Drift check: the serving model's reference against a window of its traffic.
 
-Reference: the champion's evaluation set (embeddings and predictions, shipped
-inside its BentoML model). Current: the latest ``monitor.window`` logged
-predictions of that model. Embeddings are projected on a PCA fitted to the
-reference. The MMD threshold is calibrated on the reference itself (random
-in-distribution splits of the window's size), so the false-alarm rate is set
-by ``monitor.p_value``, not by Evidently's default threshold.
+Reference: the model's evaluation set (``reference.npz`` inside its BentoML
+model): embeddings, image statistics, predictions, labels, groups and
+per-stage BatchNorm distances. Current: the latest ``monitor.window``
+logged predictions of the model that served last, with the feedback labels
+that came back for them.
+
+One check:
+
+1. domain shift: embedding MMD, a K-S test per image statistic and a
+   chi-square test of the predicted classes (``monitoring/shift.py``), with
+   thresholds calibrated on the reference for ``monitor.false_alarm_rate``
+   (cached per model and window size), run as one Evidently report;
+2. where it sits: per-stage BatchNorm distances, early or late;
+3. bias: per-group gaps against the reference (``monitoring/bias.py``);
+4. a report folder ``reports/drift/<time>/`` (Evidently HTML with the
+   summary on top, Evidently JSON, ``summary.json``, pictures), the run
+   added to the Evidently workspace, the verdict appended to
+   ``history.jsonl``.
+
+The folder is written under a temporary name and renamed when complete, so
+a failed check never leaves a half report or replaces an earlier one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from sklearn.decomposition import PCA
 
-from monitoring.evidently_report import embedding_frame, mmd_score, run_drift_report
+from monitoring import bias, evidently_report, shift, summary
 from pipelines.config import Params
 from pipelines.evaluate import REFERENCE
-from pipelines.predlog import read_predictions
+from pipelines.predlog import read_feedback, read_predictions
+from pipelines.profile import shift_location
 from pipelines.stage import run_stage
 
 log = logging.getLogger(__name__)
-HISTORY = "history.jsonl"
+HISTORY, WORKSPACE, CALIBRATION = "history.jsonl", "workspace", "calibration"
 
 
 @dataclass
@@ -36,127 +56,274 @@ class DriftVerdict:
     model_tag: str | None
     window_size: int
     reference_size: int = 0
-    embedding_mmd: float | None = None
-    mmd_threshold: float | None = None
-    prediction_p_value: float | None = None
-    p_value: float | None = None
+    shift: bool = False  # a domain-shift test fired
+    bias_alarm: bool = False  # a per-group gap alarmed
+    tests: dict[str, dict] = field(default_factory=dict)  # test -> value, threshold, fired
+    stage_shift: dict[str, float] = field(default_factory=dict)
+    shift_location: str | None = None  # early | late, from the BatchNorm distances
+    bias: dict = field(default_factory=dict)
+    false_alarm_rate: float | None = None
+    window_start: str | None = None
+    window_end: str | None = None
     reasons: list[str] = field(default_factory=list)
     report_dir: str | None = None
+    workspace_run: str | None = None
     checked_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     @property
     def drift(self) -> bool:
         return self.status == "drift"
 
+    def to_dict(self) -> dict:
+        return asdict(self) | {"drift": self.drift}
+
 
 @dataclass(frozen=True)
 class Reference:
+    """A model's evaluation set, as monitoring compares traffic with it."""
+
     embeddings: np.ndarray
-    predictions: list[str]
+    predictions: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    stats: np.ndarray
+    stat_names: list[str]
+    bn: np.ndarray | None
+    bn_stages: list[str]
 
 
 def load_reference(model_tag: str) -> Reference:
     """The evaluation-set reference packaged with a BentoML model."""
-    import bentoml
+    from pipelines.package import stored_model_dir
 
-    model_dir = Path(bentoml.models.get(model_tag).path)
-    with np.load(model_dir / REFERENCE) as data:  # plain arrays: no pickle
-        return Reference(data["embeddings"], data["predictions"].tolist())
+    with np.load(stored_model_dir(model_tag) / REFERENCE) as data:  # plain arrays: no pickle
+        has_bn = "bn" in data.files
+        return Reference(
+            embeddings=data["embeddings"],
+            predictions=data["predictions"].astype(str),
+            labels=data["labels"].astype(str),
+            groups=data["groups"].astype(str),
+            stats=data["stats"],
+            stat_names=data["stat_names"].astype(str).tolist(),
+            bn=data["bn"] if has_bn else None,
+            bn_stages=data["bn_stages"].astype(str).tolist() if has_bn else [],
+        )
 
 
-def calibrate_mmd_threshold(
-    reference: np.ndarray, window: int, p_value: float, draws: int, seed: int
-) -> float:
-    """The (1 - p_value) quantile of MMD between in-distribution splits of the reference.
+def read_window(params: Params) -> tuple[str | None, pd.DataFrame]:
+    """The latest ``monitor.window`` predictions of the model that served last."""
+    logged = read_predictions(params.paths.prediction_log)
+    if logged.empty:
+        return None, logged
+    tag = logged["model_tag"].iloc[-1]
+    return tag, logged[logged["model_tag"] == tag].tail(params.monitor.window)
 
-    Each draw holds out ``window`` reference rows as a pseudo-window and
-    scores it against the rest; with no shift, a real window exceeds this
-    threshold with probability about ``p_value`` (a little less, since the
-    held-in reference is smaller than the real one).
-    """
-    rng = np.random.default_rng(seed)
-    window = min(window, len(reference) // 2)
-    scores = []
-    for _ in range(draws):
-        order = rng.permutation(len(reference))
-        scores.append(mmd_score(reference[order[:window]], reference[order[window:]]))
-    return float(np.quantile(scores, 1 - p_value))
+
+def with_feedback(window: pd.DataFrame, log_dir: Path) -> np.ndarray:
+    """True labels for the window's rows ("" where none came back)."""
+    feedback = read_feedback(log_dir)
+    labels = window["request_id"].map(
+        dict(zip(feedback["request_id"], feedback["label"], strict=True))
+    )
+    return labels.fillna("").astype(str).to_numpy()
+
+
+def calibration_for(
+    reference: shift.Sample, rows: int, stat_names: list[str], params: Params, tag: str
+) -> shift.Calibration:
+    """Thresholds for windows of ``rows``; computed once per model, size and settings."""
+    cfg = params.monitor
+    key = json.dumps(
+        [rows, len(reference), cfg.false_alarm_rate, cfg.calibration_draws,
+         cfg.embedding_components, cfg.max_rows, params.seed],
+    )  # fmt: skip
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    path = (
+        Path(params.paths.reports)
+        / "drift"
+        / CALIBRATION
+        / f"{tag.replace(':', '-')}-{digest}.json"
+    )
+    if path.is_file():
+        return shift.Calibration(**json.loads(path.read_text()))
+    calibration = shift.calibrate(
+        reference, rows, stat_names, cfg.false_alarm_rate, cfg.calibration_draws, params.seed
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(calibration.to_dict()))
+    os.replace(temporary, path)
+    return calibration
+
+
+def sample_rows(n: int, limit: int, seed: int) -> np.ndarray:
+    """All of ``n`` rows, or a seeded sample of ``limit`` (``monitor.max_rows``)."""
+    rows = np.arange(n)
+    return rows if n <= limit else np.sort(np.random.default_rng(seed).choice(n, limit, False))
+
+
+def reference_sample(reference: Reference, params: Params) -> tuple[PCA, shift.Sample]:
+    """The reference as the tests see it, and the PCA fitted on it."""
+    rows = sample_rows(len(reference.predictions), params.monitor.max_rows, params.seed)
+    pca = PCA(n_components=params.monitor.embedding_components, random_state=params.seed)
+    embedded = pca.fit_transform(reference.embeddings[rows])
+    return pca, shift.Sample(embedded, reference.stats[rows], reference.predictions[rows])
+
+
+def window_sample(
+    pca: PCA, embeddings: np.ndarray, stats: np.ndarray, predictions: np.ndarray
+) -> shift.Sample:
+    return shift.Sample(pca.transform(embeddings), stats, predictions)
 
 
 def check_drift(params: Params) -> DriftVerdict:
-    """Compare the latest traffic window with the serving model's reference."""
+    """Compare the latest traffic window with the serving model's reference; write the report."""
     cfg = params.monitor
-    logged = read_predictions(params.paths.prediction_log)
-    if logged.empty:
-        return _record(
-            params,
-            DriftVerdict("insufficient_data", None, 0, reasons=["no predictions logged yet"]),
+    tag, window = read_window(params)
+    if tag is None or len(window) < cfg.min_window:
+        reason = (
+            "no predictions logged yet"
+            if tag is None
+            else f"{len(window)} predictions < monitor.min_window = {cfg.min_window}"
         )
-    tag = logged["model_tag"].iloc[-1]
-    window = logged[logged["model_tag"] == tag].tail(cfg.window)
-    if len(window) < cfg.min_window:
         return _record(
-            params,
-            DriftVerdict(
-                "insufficient_data",
-                tag,
-                len(window),
-                reasons=[f"{len(window)} predictions < monitor.min_window = {cfg.min_window}"],
-            ),
+            params, DriftVerdict("insufficient_data", tag, len(window), reasons=[reason])
         )
     reference = load_reference(tag)
-    pca = PCA(n_components=cfg.embedding_components, random_state=params.seed)
-    ref_z = pca.fit_transform(reference.embeddings)
-    cur_z = pca.transform(np.stack(window["embedding"].to_numpy()))
-    threshold = calibrate_mmd_threshold(
-        ref_z, len(window), cfg.p_value, cfg.calibration_draws, params.seed
+    pca, ref_sample = reference_sample(reference, params)
+    tested = window.iloc[sample_rows(len(window), cfg.max_rows, params.seed)]
+    stat_names = reference.stat_names
+    current = window_sample(
+        pca,
+        np.stack(tested["embedding"].to_numpy()),
+        tested[stat_names].to_numpy(dtype=float),
+        tested["label"].to_numpy(dtype=str),
     )
-    report_dir = (
-        Path(params.paths.reports) / "drift" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    )
-    scores = run_drift_report(
-        embedding_frame(ref_z, reference.predictions),
-        embedding_frame(cur_z, window["label"].tolist()),
-        mmd_threshold=threshold,
-        p_value=cfg.p_value,
-        out_dir=report_dir,
-    )
-    reasons = []
-    if scores.embedding_mmd > threshold:
-        reasons.append(
-            f"embedding MMD {scores.embedding_mmd:.4f} > calibrated threshold {threshold:.4f}"
-        )
-    if scores.prediction_p_value < cfg.p_value:
-        reasons.append(
-            f"predicted-class distribution changed (chi-square p = "
-            f"{scores.prediction_p_value:.2g} < {cfg.p_value})"
-        )
-    return _record(
-        params,
-        DriftVerdict(
-            "drift" if reasons else "no_drift",
-            tag,
-            len(window),
-            len(ref_z),
-            embedding_mmd=scores.embedding_mmd,
-            mmd_threshold=threshold,
-            prediction_p_value=scores.prediction_p_value,
-            p_value=cfg.p_value,
-            reasons=reasons,
-            report_dir=str(report_dir),
+    calibration = calibration_for(ref_sample, len(current), stat_names, params, tag)
+    snapshot, values = evidently_report.run_report(
+        evidently_report.frame(current.embeddings, current.predictions, current.stats, stat_names),
+        evidently_report.frame(
+            ref_sample.embeddings, ref_sample.predictions, ref_sample.stats, stat_names
         ),
+        stat_names,
+        calibration.thresholds,
     )
+    verdict = DriftVerdict(
+        "no_drift",
+        tag,
+        len(window),
+        len(ref_sample),
+        false_alarm_rate=cfg.false_alarm_rate,
+        window_start=window["time"].iloc[0].isoformat(),
+        window_end=window["time"].iloc[-1].isoformat(),
+    )
+    for test, value in values.items():
+        threshold = calibration.thresholds[test]
+        fired = shift.fires(test, value, threshold)
+        verdict.tests[test] = {
+            "value": value,
+            "threshold": threshold,
+            "fired": fired,
+            "detail": _detail(test, current, ref_sample, stat_names),
+        }
+        if fired:
+            verdict.reasons.append(_moved(test, value, threshold, current, ref_sample, stat_names))
+    verdict.shift = any(t["fired"] for t in verdict.tests.values())
+    _locate(verdict, window, reference)
+    _judge_bias(verdict, window, reference, params)
+    verdict.status = "drift" if verdict.shift or verdict.bias_alarm else "no_drift"
+    return _record(params, verdict, snapshot)
 
 
-def _record(params: Params, verdict: DriftVerdict) -> DriftVerdict:
-    """Write the verdict next to its report and append it to the history."""
+def _detail(
+    test: str,
+    current: shift.Sample,
+    reference: shift.Sample,
+    stat_names: list[str],
+) -> str:
+    if test.startswith(shift.STAT):
+        i = stat_names.index(test[len(shift.STAT) :])
+        return f"mean {reference.stats[:, i].mean():.4g} -> {current.stats[:, i].mean():.4g}"
+    if test == shift.PREDICTION:
+        classes = sorted(set(reference.predictions) | set(current.predictions))
+        ref = {c: float(np.mean(reference.predictions == c)) for c in classes}
+        cur = {c: float(np.mean(current.predictions == c)) for c in classes}
+        c = max(classes, key=lambda k: abs(cur[k] - ref[k]))
+        return f"{c!r} predicted {ref[c]:.1%} -> {cur[c]:.1%}"
+    return f"{current.embeddings.shape[1]} principal components"
+
+
+def _moved(test, value, threshold, current, reference, stat_names) -> str:
+    title = summary.test_title(test)
+    relation = ">" if test == shift.EMBEDDING else "<"
+    detail = _detail(test, current, reference, stat_names)
+    return f"{title}: {value:.3g} {relation} threshold {threshold:.3g} ({detail})"
+
+
+def _locate(verdict: DriftVerdict, window: pd.DataFrame, reference: Reference) -> None:
+    """Per-stage BatchNorm shift and its location, when both sides recorded them."""
+    if reference.bn is None:
+        return
+    logged = [b for b in window["bn"] if isinstance(b, list) and len(b) == len(reference.bn_stages)]
+    if len(logged) < len(window) // 2:
+        return
+    effects = shift.stage_shift(np.asarray(logged, dtype=float), reference.bn, reference.bn_stages)
+    verdict.stage_shift = effects
+    verdict.shift_location = shift_location({s: abs(v) for s, v in effects.items()})
+
+
+def _judge_bias(
+    verdict: DriftVerdict, window: pd.DataFrame, reference: Reference, params: Params
+) -> None:
+    groups = window["group"].fillna("").astype(str).to_numpy()
+    labels = with_feedback(window, params.paths.prediction_log)
+    predictions = window["label"].to_numpy(dtype=str)
+    classes = sorted(
+        set(reference.labels) | set(reference.predictions) | set(predictions) | set(labels) - {""}
+    )
+    result = bias.group_gaps(
+        bias.Side(predictions, labels, groups),
+        bias.Side(reference.predictions, reference.labels, reference.groups),
+        classes,
+        params.monitor.bias,
+        params.seed,
+    )
+    verdict.bias = result.to_dict() | {"labelled": int((labels != "").sum())}
+    verdict.bias_alarm = bool(result.alarms)
+    verdict.reasons += [f"bias: {gap.sentence()}" for gap in result.alarms]
+
+
+def _record(params: Params, verdict: DriftVerdict, snapshot=None) -> DriftVerdict:
+    """Write the report folder (complete, or not at all) and append the verdict to the history."""
     drift_dir = Path(params.paths.reports) / "drift"
     drift_dir.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(asdict(verdict) | {"drift": verdict.drift})
-    if verdict.report_dir:
-        (Path(verdict.report_dir) / "summary.json").write_text(line)
+    if snapshot is not None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        final, staging = drift_dir / stamp, drift_dir / f".{stamp}.partial"
+        try:
+            html, _ = evidently_report.save_report(snapshot, staging)
+            history = [*read_history(drift_dir, verdict.model_tag), verdict.to_dict()]
+            pictures = [staging / "drift_history.png", staging / "group_gaps.png"]
+            summary.plot_history(history, pictures[0])
+            summary.plot_gaps(verdict.bias.get("gaps", []), pictures[1])
+            if verdict.stage_shift:
+                pictures.append(staging / "stage_shift.png")
+                summary.plot_stages(verdict.stage_shift, verdict.shift_location, pictures[-1])
+            verdict.report_dir = str(final)
+            evidently_report.prepend_to_body(html, summary.html_block(verdict.to_dict(), pictures))
+            (staging / "summary.json").write_text(json.dumps(verdict.to_dict(), indent=2))
+            os.replace(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        try:
+            verdict.workspace_run = evidently_report.add_to_workspace(
+                snapshot, drift_dir / WORKSPACE, f"{verdict.status} {stamp}"
+            )
+        except Exception as err:  # the report stands on its own; the UI is a convenience
+            log.warning("could not add the run to the Evidently workspace: %s", err)
     with open(drift_dir / HISTORY, "a", encoding="utf-8") as handle:
-        handle.write(line + "\n")
+        handle.write(json.dumps(verdict.to_dict()) + "\n")
     log.info(
         "drift check: %s (%d predictions of %s) %s",
         verdict.status,
@@ -165,6 +332,22 @@ def _record(params: Params, verdict: DriftVerdict) -> DriftVerdict:
         "; ".join(verdict.reasons),
     )
     return verdict
+
+
+def read_history(drift_dir: Path, model_tag: str | None = None) -> list[dict]:
+    """Every recorded check, oldest first (of one model, when given)."""
+    path = Path(drift_dir) / HISTORY
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a torn last line
+            continue
+        if model_tag is None or row.get("model_tag") == model_tag:
+            rows.append(row)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

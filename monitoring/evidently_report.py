@@ -1,78 +1,110 @@
-"""The one place that speaks Evidently (0.7 API: Report, Dataset, DataDefinition).
+"""The one place that speaks Evidently (0.7 API: Report, Dataset, DataDefinition, Workspace).
 
-Evidently changes its API often; the rest of monitoring calls these functions
-with plain frames and gets plain numbers back.
+Evidently changes its API often; the rest of monitoring hands these
+functions plain frames and calibrated thresholds and gets plain numbers back.
+Each test runs with the threshold ``monitoring/shift.py`` calibrated, so the
+report's own drift flags agree with the verdict.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-PREDICTION = "predicted_label"
+from monitoring.shift import EMBEDDING, PREDICTION, STAT
+
+log = logging.getLogger(__name__)
+PREDICTED = "predicted_label"
+PROJECT = "transferops drift"
 
 
-@dataclass(frozen=True)
-class DriftScores:
-    embedding_mmd: float
-    prediction_p_value: float
+def frame(
+    embeddings: np.ndarray, predictions: np.ndarray, stats: np.ndarray, stat_names: list[str]
+) -> pd.DataFrame:
+    """One row per image: embedding coordinates, image statistics, the predicted class."""
+    data = pd.DataFrame(embeddings, columns=[f"emb_{i}" for i in range(embeddings.shape[1])])
+    for i, name in enumerate(stat_names):
+        data[name] = stats[:, i].astype(float)
+    data[PREDICTED] = np.asarray(predictions, dtype=str)
+    return data
 
 
-def embedding_frame(embeddings: np.ndarray, predictions: list[str]) -> pd.DataFrame:
-    columns = [f"emb_{i}" for i in range(embeddings.shape[1])]
-    frame = pd.DataFrame(embeddings, columns=columns)
-    frame[PREDICTION] = list(predictions)
-    return frame
-
-
-def mmd_score(current: np.ndarray, reference: np.ndarray) -> float:
-    """Evidently's MMD statistic (RBF kernel, median heuristic) on two samples."""
-    from evidently.metrics.embeddings import MMDDriftMethod
-
-    score, _, _ = MMDDriftMethod(threshold=np.inf)(pd.DataFrame(current), pd.DataFrame(reference))
-    return float(score)
-
-
-def run_drift_report(
-    reference: pd.DataFrame,
+def run_report(
     current: pd.DataFrame,
-    *,
-    mmd_threshold: float,
-    p_value: float,
-    out_dir: Path,
-) -> DriftScores:
-    """Embedding drift (MMD) and predicted-class drift (chi-square) in one report.
+    reference: pd.DataFrame,
+    stat_names: list[str],
+    thresholds: dict[str, float],
+):
+    """One Evidently report: embedding MMD, a K-S test per image statistic, predicted classes.
 
-    Writes ``report.html`` and ``report.json`` to ``out_dir``.
+    Returns the snapshot and each test's value by test name.
     """
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import EmbeddingsDrift, ValueDrift
     from evidently.metrics.embeddings import MMDDriftMethod
 
-    embedding_columns = [c for c in reference.columns if c.startswith("emb_")]
+    embedding_columns = [c for c in current.columns if c.startswith("emb_")]
     definition = DataDefinition(
-        numerical_columns=embedding_columns,
-        categorical_columns=[PREDICTION],
+        numerical_columns=[*embedding_columns, *stat_names],
+        categorical_columns=[PREDICTED],
         embeddings={"embedding": embedding_columns},
     )
-    report = Report(
-        [
+    tests = [
+        (
+            EMBEDDING,
             EmbeddingsDrift(
-                embeddings_name="embedding", drift_method=MMDDriftMethod(threshold=mmd_threshold)
+                embeddings_name="embedding",
+                drift_method=MMDDriftMethod(threshold=thresholds[EMBEDDING]),
             ),
-            ValueDrift(column=PREDICTION, method="chisquare", threshold=p_value),
-        ]
-    )
-    snapshot = report.run(
+        ),
+        *[
+            (STAT + name, ValueDrift(column=name, method="ks", threshold=thresholds[STAT + name]))
+            for name in stat_names
+        ],
+        (
+            PREDICTION,
+            ValueDrift(column=PREDICTED, method="chisquare", threshold=thresholds[PREDICTION]),
+        ),
+    ]
+    snapshot = Report([metric for _, metric in tests]).run(
         Dataset.from_pandas(current, data_definition=definition),
         Dataset.from_pandas(reference, data_definition=definition),
     )
+    values = [float(m["value"]) for m in snapshot.dict()["metrics"]]
+    return snapshot, dict(zip([name for name, _ in tests], values, strict=True))
+
+
+def save_report(snapshot, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
+    html, json_path = out_dir / "report.html", out_dir / "report.json"
     # save_* take a str: a pathlib.Path is silently ignored (ENVIRONMENT.md).
-    snapshot.save_html(str(out_dir / "report.html"))
-    snapshot.save_json(str(out_dir / "report.json"))
-    values = [metric["value"] for metric in snapshot.dict()["metrics"]]
-    return DriftScores(embedding_mmd=float(values[0]), prediction_p_value=float(values[1]))
+    snapshot.save_html(str(html))
+    snapshot.save_json(str(json_path))
+    return html, json_path
+
+
+def add_to_workspace(snapshot, workspace: Path, name: str) -> str:
+    """Add the run to the Evidently workspace (``evidently ui --workspace DIR``); its id."""
+    from evidently.ui.workspace import Workspace
+
+    ws = Workspace.create(str(workspace))
+    projects = ws.search_project(PROJECT)
+    project = projects[0] if projects else ws.create_project(PROJECT)
+    if not projects:
+        project.description = "transferops: every drift check of the serving model"
+        project.save()
+    ref = ws.add_run(project.id, snapshot, include_data=False, name=name)
+    return str(getattr(ref, "id", ref))
+
+
+def prepend_to_body(html_path: Path, block: str) -> None:
+    """Put ``block`` first in the report's body, so the summary opens the page."""
+    text = html_path.read_text(encoding="utf-8")
+    start = text.find("<body")
+    end = text.find(">", start) + 1
+    if start < 0 or end <= 0:
+        raise ValueError(f"{html_path}: no <body> to put the summary in")
+    html_path.write_text(text[:end] + block + text[end:], encoding="utf-8")

@@ -147,7 +147,27 @@ def load_backbone(name: str, weights: str = "offline") -> Backbone:
         except RuntimeError as err:
             raise BackboneError(f"model.backbone = {name!r}: {err}") from err
         path = offline_weights_path(name) if weights == "offline" else Path(weights)
-        model.load_state_dict(_read_state_dict(path, model), strict=True)
+        state = _read_state_dict(path, model)
+        own = model.state_dict()
+        head = [
+            k
+            for k in state
+            if k.startswith("classifier.") and k in own and state[k].shape != own[k].shape
+        ]
+        if head:
+            # A fine-tuned checkpoint (e.g. the champion, for a surgical retrain): its
+            # head has the task's classes, not the source's. The backbone is what is
+            # reused; the source head stays untrained, so LEEP means nothing here.
+            log.warning("%s: its classifier has other classes; loading the backbone only", path)
+            state = {k: v for k, v in state.items() if k not in head}
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if set(missing) != set(head) or unexpected:
+                raise BackboneError(
+                    f"model.weights {str(path)!r} does not fit {name}: missing {missing}, "
+                    f"unexpected {unexpected}"
+                )
+        else:
+            model.load_state_dict(state, strict=True)
         log.info("loaded %s weights from %s", name, path)
     model.eval()
     return Backbone(model=model, name=name, data_config=resolve_model_data_config(model))

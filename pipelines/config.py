@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_PARAMS = Path("params.yaml")
 CPU_IMAGE_SIZE = 64  # px: ``model.image_size: auto`` on CPU (EfficientNet-Lite0 trains ~140 img/s)
@@ -96,7 +103,8 @@ class ProfileParams(Section):
 
 
 class StrategyParams(Section):
-    force: Literal["linear_probe", "top_blocks", "most_blocks", "full"] | None = None
+    force: Literal["linear_probe", "top_blocks", "most_blocks", "full", "surgical"] | None = None
+    surgical_stages: PositiveInt = 2  # `surgical`: how many stages from the input train
     small_per_class: Annotated[int, Field(ge=1)] = 50
     large_per_class: Annotated[int, Field(ge=1)] = 500
     similar_knn: Annotated[float, Field(ge=0, le=1)] = 0.9
@@ -154,12 +162,40 @@ class ServeParams(Section):
     log_fsync_s: Annotated[float, Field(gt=0)] = 1.0
 
 
+class BiasParams(Section):
+    min_group_size: PositiveInt
+    min_labelled: PositiveInt
+    min_class_labelled: PositiveInt
+    max_gap_change: Fraction
+    confidence: Probability
+    bootstrap: Annotated[int, Field(ge=100, le=100_000)]
+
+
+class RetrainParams(Section):
+    alarms: PositiveInt
+    checks: PositiveInt
+    cooldown_hours: Annotated[float, Field(ge=0)]
+    surgical: bool
+
+    @model_validator(mode="after")
+    def _k_of_n(self) -> RetrainParams:
+        if self.alarms > self.checks:
+            raise ValueError(
+                f"monitor.retrain.alarms = {self.alarms} > monitor.retrain.checks = "
+                f"{self.checks}: K alarms out of the last N checks needs K <= N"
+            )
+        return self
+
+
 class MonitorParams(Section):
     window: PositiveInt
     min_window: PositiveInt
+    max_rows: Annotated[int, Field(ge=50, le=20_000)]
     embedding_components: Annotated[int, Field(ge=2, le=256)]
-    p_value: Probability
-    calibration_draws: Annotated[int, Field(ge=20, le=10000)]
+    false_alarm_rate: Probability
+    calibration_draws: Annotated[int, Field(ge=100, le=100_000)]
+    bias: BiasParams
+    retrain: RetrainParams
 
 
 class Params(Section):

@@ -25,9 +25,9 @@ import pandas as pd
 import torch
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
 
+from pipelines.bnshift import StageProbe
 from pipelines.classifier import (
     ClassifierConfig,
-    embed_and_classify,
     eval_transform,
     load_classifier,
 )
@@ -55,6 +55,8 @@ class Scored:
     embeddings: np.ndarray  # (n, features)
     groups: np.ndarray  # group names; NO_GROUP where the data has none
     stats: np.ndarray  # (n, len(STAT_NAMES)) of the images as stored
+    bn: np.ndarray  # (n, len(bn_stages)): BatchNorm distances per stage (pipelines/bnshift.py)
+    bn_stages: tuple[str, ...]
 
     @property
     def confidence(self) -> np.ndarray:
@@ -91,12 +93,14 @@ def score_split(
     names = sorted(set(frame["label"]))
     dataset = _ImagesWithStats(frame, root, names, eval_transform(config))
     model = model.to(device).eval()
-    embeddings, probabilities, stats = [], [], []
+    probe = StageProbe(model)
+    embeddings, probabilities, stats, bn = [], [], [], []
     for images, _, batch_stats in tqdm(
         loader_for(dataset, batch_size, device), desc=desc, unit="batch", disable=None
     ):
-        emb, prob = embed_and_classify(model, images.to(device))
+        emb, prob, distances = probe.run(images.to(device))
         embeddings.append(emb)
+        bn.append(distances)
         probabilities.append(prob)
         stats.append(batch_stats.numpy())
     probs = np.concatenate(probabilities)
@@ -108,6 +112,8 @@ def score_split(
         embeddings=np.concatenate(embeddings),
         groups=np.asarray(frame["group"].fillna(NO_GROUP), dtype=str),
         stats=np.concatenate(stats).astype(np.float32),
+        bn=np.concatenate(bn),
+        bn_stages=tuple(probe.stages),
     )
 
 
@@ -270,6 +276,8 @@ def save_reference(scored: Scored, path: Path) -> None:
         groups=scored.groups,
         stats=scored.stats,
         stat_names=np.asarray(STAT_NAMES),
+        bn=scored.bn,
+        bn_stages=np.asarray(scored.bn_stages),
         classes=np.asarray(classes),
     )
 

@@ -7,7 +7,8 @@ hour, so a time window opens only the files it needs:
 - ``pred-<host>-<pid>-<YYYYmmddTHH>.jsonl``: one line per prediction:
   request id, UTC time, model tag, label, confidence, class probabilities,
   the penultimate embedding (float32, base64), image statistics
-  (``pipelines/imagestats.py``) and the optional group;
+  (``pipelines/imagestats.py``), per-stage BatchNorm distances
+  (``pipelines/bnshift.py``) and the optional group;
 - ``feedback-<host>-<pid>-<YYYYmmddTHH>.jsonl``: a true label for an earlier
   request id (labels arrive late in real life).
 
@@ -44,6 +45,7 @@ COLUMNS = [
     "probabilities",
     "embedding",
     "group",
+    "bn",
     *STAT_NAMES,
 ]
 
@@ -59,6 +61,7 @@ class PredictionRecord:
     embedding: np.ndarray
     stats: dict[str, float] | None = None  # STAT_NAMES of the image as received
     group: str | None = None
+    bn: list[float] | None = None  # per-stage BatchNorm distances (pipelines/bnshift.py)
 
     def to_json(self) -> str:
         embedding = base64.b64encode(self.embedding.astype("<f4").tobytes()).decode("ascii")
@@ -72,6 +75,7 @@ class PredictionRecord:
                 "probabilities": [round(p, 6) for p in self.probabilities],
                 "embedding_f32": embedding,
                 "group": self.group,
+                "bn": None if self.bn is None else [round(float(v), 4) for v in self.bn],
                 **{k: round(float(v), 4) for k, v in (self.stats or {}).items()},
             }
         )

@@ -40,7 +40,7 @@ from pipelines.profile import PROFILE
 from pipelines.stage import run_stage
 
 log = logging.getLogger(__name__)
-STRATEGIES = ("linear_probe", "top_blocks", "most_blocks", "full")
+STRATEGIES = ("linear_probe", "top_blocks", "most_blocks", "full")  # what the plane chooses from
 DECISION = "decision.json"
 REGIONS = {
     ("small", True): "linear_probe",
@@ -72,14 +72,21 @@ def size_class(per_class: float, cfg: StrategyParams) -> str:
     return "large" if per_class >= cfg.large_per_class else "medium"
 
 
-def trainable_stages(strategy: str, stages: list[str]) -> list[str]:
-    """Which stages train; ``stages`` runs from the input (stem) to the head."""
+def trainable_stages(strategy: str, stages: list[str], surgical_stages: int = 2) -> list[str]:
+    """Which stages train; ``stages`` runs from the input (stem) to the head.
+
+    ``surgical`` (Lee et al., ICLR 2023) trains the first ``surgical_stages``
+    stages: the remedy for an input-level shift (noise, blur, light), usually
+    from the champion's own weights (``model.weights``), which the retrain
+    decision sets (monitoring/decision.py).
+    """
     blocks = [s for s in stages if s.startswith("block")]
     chosen = {
         "linear_probe": [],
         "top_blocks": [*blocks[-2:], "head"],
         "most_blocks": [*blocks[2:], "head"],
         "full": stages,
+        "surgical": stages[:surgical_stages],
     }[strategy]
     return [*chosen, "classifier"]
 
@@ -102,7 +109,7 @@ def decide(numbers: dict, stages: list[str], cfg: StrategyParams, train: TrainPa
     size = size_class(numbers["per_class_min"], cfg)
     similar = numbers["knn_similarity"] >= cfg.similar_knn
     strategy = cfg.force or REGIONS[(size, similar)]
-    trainable = trainable_stages(strategy, stages)
+    trainable = trainable_stages(strategy, stages, cfg.surgical_stages)
     schedule = [
         {"phase": "linear_probe", "epochs": train.probe_epochs, "trainable": ["classifier"]}
     ]

@@ -44,7 +44,8 @@ from pipelines.runtime import configure_runtime
 with bentoml.importing():
     import torch
 
-    from pipelines.classifier import embed_and_classify, eval_transform, load_classifier
+    from pipelines.bnshift import StageProbe
+    from pipelines.classifier import eval_transform, load_classifier
     from pipelines.imagecheck import BadImage, decode_upload
     from pipelines.imagestats import STAT_NAMES, image_statistics
     from pipelines.package import stored_model
@@ -80,20 +81,22 @@ class Loaded:
         self.tag = str(stored.tag)
         self.model, self.config = load_classifier(Path(stored.path))
         self.transform = eval_transform(self.config)
+        self.probe = StageProbe(self.model)
         self.info = stored.info
 
     def predict(self, images: list[np.ndarray]) -> list[dict]:
         batch = torch.stack([self.transform(Image.fromarray(a)) for a in images])
-        embeddings, probabilities = embed_and_classify(self.model, batch)
+        embeddings, probabilities, distances = self.probe.run(batch)
         top_k = min(SERVE.top_k, len(self.config.classes))
         results = []
-        for embedding, probs in zip(embeddings, probabilities, strict=True):
+        for embedding, probs, bn in zip(embeddings, probabilities, distances, strict=True):
             order = probs.argsort()[::-1][:top_k]
             results.append(
                 {
                     "tag": self.tag,
                     "embedding": embedding,
                     "probabilities": probs,
+                    "bn": bn,
                     "top_k": [
                         {"label": self.config.classes[i], "probability": float(probs[i])}
                         for i in order
@@ -324,6 +327,7 @@ async def classify(request: Request) -> JSONResponse:
                 embedding=np.asarray(answer["embedding"]),
                 stats=stats,
                 group=group,
+                bn=np.asarray(answer["bn"]).tolist(),
             )
         )
     # Written (to the page cache) before the answer: an acknowledged prediction

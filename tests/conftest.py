@@ -46,7 +46,8 @@ TINY = {
     "monitor.window": 60,
     "monitor.min_window": 30,
     "monitor.calibration_draws": 200,
-    "monitor.p_value": 0.005,
+    "monitor.false_alarm_rate": 0.01,
+    "monitor.bias.bootstrap": 200,
 }
 
 

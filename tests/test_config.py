@@ -26,7 +26,7 @@ def test_override_in_dvc_form_changes_the_value() -> None:
         ("train.lr", -1, "train.lr = -1"),
         ("train.epochs", "many", "train.epochs = 'many'"),
         ("device", "tpu", "device = 'tpu'"),
-        ("monitor.p_value", 1.5, "monitor.p_value = 1.5"),
+        ("monitor.false_alarm_rate", 1.5, "monitor.false_alarm_rate = 1.5"),
     ],
 )
 def test_bad_value_names_key_value_and_file(

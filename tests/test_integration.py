@@ -76,27 +76,47 @@ def test_train_serve_detect_drift_and_retrain(
     assert any((repo / ".dvcstore").rglob("*")), "dvc push filled the local remote"
 
     pool = HeldOutPool(params.data.source, params.paths.prepared, params.seed)
+    drop = write_labelled_drop(pool.take(100, "blur"), repo.parent / "labelled-blur")
     with running_service(log_file=repo / "serve.log") as url:
         assert send(url, pool.take(params.monitor.window)) > 0.3
         normal = monitoring_flow(retrain=False)
         send(url, pool.take(params.monitor.window, "blur"))
+        once = monitoring_flow(retrain=True, new_data=str(drop))
+        send(url, pool.take(params.monitor.window, "blur"))
     assert normal["verdict"]["status"] == "no_drift", normal["verdict"]["reasons"]
     assert normal["retrained"] is None
+    assert once["verdict"]["status"] == "drift" and once["retrained"] is None
+    assert "drift in 1 of the last 2 checks" in once["decision"]["reason"], "K of N: not yet"
 
-    drop = write_labelled_drop(pool.take(100, "blur"), repo.parent / "labelled-blur")
     shifted = monitoring_flow(retrain=True, new_data=str(drop))
     assert shifted["verdict"]["status"] == "drift"
+    decision = shifted["decision"]
+    assert decision["retrain"] and decision["alarms"] == 2, decision
     retrained = shifted["retrained"]
     assert retrained["model_tag"] != first["model_tag"]
     assert retrained["data_version"] != first["data_version"]
     assert (repo / "data" / "incoming" / "labelled-blur.dvc").is_file(), "drop snapshotted"
     record = json.loads((params.paths.package / "bento_model.json").read_text())
     assert record["tag"] == retrained["model_tag"]
+    # The decision's strategy is what trained; a surgical run starts from the champion.
+    applied = json.loads((params.paths.profile / "decision.json").read_text())
+    if decision["strategy"] == "surgical":
+        assert applied["strategy"] == "surgical" and applied["forced"]
+        assert applied["trainable_stages"] == ["stem", "block0", "classifier"]
+        assert any(o.startswith("model.weights=") for o in decision["overrides"])
+    else:
+        assert applied["strategy"] != "surgical"
+    assert "force: null" in (repo / "params.yaml").read_text(), "overrides were for that run"
     # The retrained candidate faced the gate against the first model.
     verdict = json.loads(Path(retrained["gate"]["report"]).read_text())
     assert verdict["champion"] == first["model_tag"] and verdict["n"] > 0
     expected = retrained["model_tag"] if verdict["promote"] else first["model_tag"]
     assert retrained["champion"] == expected
+
+    # The same shifted window checked again: drift, but inside the cooldown.
+    again = monitoring_flow(retrain=True)
+    assert again["verdict"]["status"] == "drift" and again["retrained"] is None
+    assert "cooldown" in again["decision"]["reason"]
 
     # The first model's data version can be checked out again with DVC.
     restored = checkout_version(first["data_version"], Path("restored"))
@@ -110,7 +130,8 @@ def test_override_runs_a_dvc_experiment(
 
     monkeypatch.chdir(repo)
     before = json.loads((repo / "artifacts/package/bento_model.json").read_text())["tag"]
-    outcome = training_flow(overrides=["train.probe_epochs=3"])
-    assert "probe_epochs: 3" in (repo / "params.yaml").read_text(), "dvc exp run -S applied it"
+    outcome = training_flow(overrides=["train.probe_epochs=7"])
+    assert "probe_epochs: 7\n" not in (repo / "params.yaml").read_text(), "for that run only"
+    assert "probe_epochs: 7\n" in (repo / "dvc.lock").read_text(), "dvc exp run -S applied it"
     assert outcome["model_tag"] != before
     assert outcome["gate"]["reasons"], "the experiment's model faced the gate too"

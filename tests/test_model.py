@@ -75,7 +75,14 @@ def test_metrics_and_picture_per_group(tmp_path: Path) -> None:
     groups = np.array(["night"] * 40 + ["day"] * 60)
     probabilities = np.full((100, 2), 0.5)
     scored = Scored(
-        labels, predictions, probabilities, np.zeros((100, 4)), groups, np.zeros((100, 5))
+        labels,
+        predictions,
+        probabilities,
+        np.zeros((100, 4)),
+        groups,
+        np.zeros((100, 5)),
+        np.zeros((100, 2)),
+        ("stem", "head"),
     )
     cfg = EvaluateParams(calibration_bins=10, bootstrap=200, confidence=0.9)
     metrics = evaluation_metrics(scored, ["cat", "dog"], cfg, seed=0)

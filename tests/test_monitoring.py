@@ -1,65 +1,234 @@
-"""Drift checks with real Evidently reports: calibrated, quiet on unshifted data."""
+"""Drift and bias checks with real Evidently reports: calibrated, quiet on unshifted data."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from flows.traffic import HeldOutPool, png_bytes
-from monitoring.drift import calibrate_mmd_threshold, check_drift
-from monitoring.evidently_report import embedding_frame, mmd_score, run_drift_report
-from pipelines.config import load_params
+from monitoring import evidently_report, shift
+from monitoring.bias import Side, group_gaps
+from monitoring.drift import check_drift, read_history
+from pipelines.config import BiasParams, load_params
+
+STATS = ["width", "height", "brightness", "contrast", "sharpness"]
+CLASSES = np.array(list("abcdefghij"))
 
 
-def test_calibrated_threshold_is_quiet_on_same_distribution_and_fires_on_shift() -> None:
-    rng = np.random.default_rng(0)
-    reference = rng.normal(size=(400, 8))
-    threshold = calibrate_mmd_threshold(reference, 100, p_value=0.01, draws=100, seed=0)
-    quiet = [mmd_score(rng.normal(size=(100, 8)), reference) > threshold for _ in range(20)]
-    assert sum(quiet) <= 1, "same distribution: at most a rare false alarm"
-    assert mmd_score(rng.normal(0.7, 1, size=(100, 8)), reference) > threshold
-
-
-def test_report_files_and_scores(tmp_path: Path) -> None:
-    rng = np.random.default_rng(1)
-    reference = embedding_frame(rng.normal(size=(200, 4)), ["a", "b"] * 100)
-    current = embedding_frame(rng.normal(2, 1, size=(80, 4)), ["a"] * 80)
-    scores = run_drift_report(
-        reference, current, mmd_threshold=0.01, p_value=0.01, out_dir=tmp_path
+def synthetic(rng: np.random.Generator, n: int, offset: float = 0.0) -> shift.Sample:
+    """Gaussian embeddings, integer-valued sizes and skewed grey levels, ten classes."""
+    stats = np.column_stack(
+        [
+            np.full(n, 28.0),
+            np.full(n, 28.0),
+            rng.gamma(4, 20, n) + offset * 40,
+            rng.normal(60, 10, n),
+            rng.lognormal(6, 0.5, n),
+        ]
     )
-    assert scores.embedding_mmd > 0.01
-    assert scores.prediction_p_value < 0.01
-    assert (tmp_path / "report.html").stat().st_size > 10_000
-    assert (tmp_path / "report.json").is_file()
+    return shift.Sample(rng.normal(offset, 1, (n, 16)), stats, rng.choice(CLASSES, n))
+
+
+def test_statistics_are_evidently_s_own() -> None:
+    """The calibration's numbers and the report's are the same computation."""
+    rng = np.random.default_rng(3)
+    reference, current = synthetic(rng, 300), synthetic(rng, 120, offset=0.2)
+    thresholds = {t: 0.01 for t in shift.test_names(STATS)}
+    _, reported = evidently_report.run_report(
+        evidently_report.frame(current.embeddings, current.predictions, current.stats, STATS),
+        evidently_report.frame(reference.embeddings, reference.predictions, reference.stats, STATS),
+        STATS,
+        thresholds,
+    )
+    ours = shift.scores(current, reference, STATS)
+    assert reported.keys() == ours.keys()
+    for test, value in ours.items():
+        assert reported[test] == pytest.approx(value, rel=1e-9, abs=1e-12), test
+
+
+def test_unshifted_windows_stay_quiet_at_the_calibrated_rate_and_shift_fires() -> None:
+    rng = np.random.default_rng(0)
+    reference = synthetic(rng, 400)
+    calibration = shift.calibrate(reference, 100, STATS, 0.05, draws=300, seed=0)
+    assert calibration.thresholds["stat:width"] <= 0.05, "never looser than the set rate"
+
+    def alarms(window: shift.Sample) -> bool:
+        values = shift.scores(window, reference, STATS)
+        return any(shift.fires(t, v, calibration.thresholds[t]) for t, v in values.items())
+
+    quiet = [alarms(synthetic(rng, 100)) for _ in range(120)]
+    # All seven tests together: about 5% of windows; 12 or more would be p < 0.01.
+    assert sum(quiet) < 12, f"{sum(quiet)} of 120 unshifted windows alarmed"
+    shifted = [alarms(synthetic(rng, 100, offset=0.3)) for _ in range(10)]
+    assert all(shifted)
+
+
+def test_a_darker_window_moves_brightness_only() -> None:
+    rng = np.random.default_rng(1)
+    reference = synthetic(rng, 400)
+    calibration = shift.calibrate(reference, 150, STATS, 0.01, draws=200, seed=1)
+    window = synthetic(rng, 150)
+    window.stats[:, 2] *= 0.6  # a darker camera; everything else as before
+    values = shift.scores(window, reference, STATS)
+    fired = {t for t, v in values.items() if shift.fires(t, v, calibration.thresholds[t])}
+    assert fired == {"stat:brightness"}
+
+
+BIAS = BiasParams(
+    min_group_size=30,
+    min_labelled=30,
+    min_class_labelled=5,
+    max_gap_change=0.15,
+    confidence=0.99,
+    bootstrap=300,
+)
+
+
+def _traffic(rng, groups: dict[str, float], n: int) -> Side:
+    """Per group, answers right with the given accuracy; wrong answers are class 'a'."""
+    labels, predictions, names = [], [], []
+    for group, accuracy in groups.items():
+        truth = rng.choice(CLASSES, n)
+        right = rng.random(n) < accuracy
+        labels.append(truth)
+        predictions.append(np.where(right, truth, "a"))
+        names.append(np.full(n, group))
+    return Side(np.concatenate(predictions), np.concatenate(labels), np.concatenate(names))
+
+
+def test_bias_alarm_names_the_degraded_group_with_values_and_interval() -> None:
+    rng = np.random.default_rng(5)
+    reference = _traffic(rng, {"": 0.9}, 600)  # the evaluation set had no groups
+    fair = _traffic(rng, {"north": 0.9, "south": 0.9, "east": 0.9}, 150)
+    assert not group_gaps(fair, reference, list(CLASSES), BIAS, seed=0).alarms
+    degraded = _traffic(rng, {"north": 0.9, "south": 0.45, "east": 0.9}, 150)
+    result = group_gaps(degraded, reference, list(CLASSES), BIAS, seed=0)
+    named = {gap.group for gap in result.alarms}
+    assert named == {"south"}, [g.sentence() for g in result.alarms]
+    accuracy = next(g for g in result.alarms if g.metric == "accuracy")
+    assert accuracy.current < -0.3 and accuracy.reference == 0.0
+    low, high = accuracy.interval
+    assert low <= accuracy.current <= high < 0
+    assert "south" in accuracy.sentence() and "accuracy" in accuracy.sentence()
+
+
+def test_small_groups_and_missing_labels_are_not_judged() -> None:
+    rng = np.random.default_rng(6)
+    reference = _traffic(rng, {"": 0.9}, 300)
+    window = _traffic(rng, {"big": 0.9, "tiny": 0.1}, 40)
+    window = Side(window.predictions[:50], window.labels[:50], window.groups[:50])
+    unlabelled = Side(window.predictions, np.full(50, ""), window.groups)
+    result = group_gaps(unlabelled, reference, list(CLASSES), BIAS, seed=0)
+    assert not result.gaps and not result.alarms
+    assert any("'tiny'" in s and "min_group_size" in s for s in result.skipped)
+
+
+# --- checks on traffic through the real service --------------------------------------------
 
 
 @pytest.fixture
 def serve_traffic(trained_project: Path, service_client, tmp_path: Path):
-    """Send images through the real service app; checks write reports under tmp_path."""
-    params = load_params(trained_project, [f"paths.reports={tmp_path / 'reports'}"])
+    """Send images through the real service app; checks write under tmp_path.
+
+    The prediction log is per test too, so each test sees only its own traffic.
+    """
+    params = load_params(
+        trained_project,
+        [
+            f"paths.reports={tmp_path / 'reports'}",
+            "monitor.window=240",
+            "monitor.bias.min_group_size=60",
+            "monitor.bias.min_labelled=60",
+        ],
+    )
     pool = HeldOutPool(params.data.source, params.paths.prepared, seed=11)
 
-    def send(count: int, shift: str) -> None:
-        for image, _ in pool.take(count, shift):
+    def send(count: int, shift_name: str, group: str | None = None, feedback: bool = False):
+        for image, label in pool.take(count, shift_name):
+            data = {"group": group} if group else {}
             response = service_client.post(
-                "/v1/classify", files=[("images", ("x.png", png_bytes(image), "image/png"))]
+                "/v1/classify",
+                files=[("images", ("x.png", png_bytes(image), "image/png"))],
+                data=data,
             )
             assert response.status_code == 200
+            if feedback:
+                answer = response.json()[0]
+                sent = service_client.post(
+                    "/v1/feedback", json={"request_id": answer["request_id"], "label": label}
+                )
+                assert sent.status_code == 200
 
     return params, send
 
 
-def test_drift_verdicts_on_served_traffic(serve_traffic) -> None:
+def test_drift_verdicts_reports_and_workspace_on_served_traffic(serve_traffic) -> None:
     params, send = serve_traffic
     send(5, "none")
-    assert check_drift(params).status == "insufficient_data"
-    send(params.monitor.window, "none")
-    normal = check_drift(params)
+    small = params.model_copy(update={"monitor": params.monitor.model_copy(update={"window": 60})})
+    assert check_drift(small).status == "insufficient_data", "under monitor.min_window"
+    send(60, "none")
+    normal = check_drift(small)
     assert normal.status == "no_drift", normal.reasons
-    assert (Path(normal.report_dir) / "report.html").is_file()
-    send(params.monitor.window, "blur")
-    shifted = check_drift(params)
-    assert shifted.status == "drift"
-    assert any("MMD" in reason for reason in shifted.reasons), shifted.reasons
-    history = (params.paths.reports / "drift" / "history.jsonl").read_text().splitlines()
-    assert len(history) == 3
+    send(60, "blur")
+    shifted = check_drift(small)
+    assert shifted.status == "drift" and shifted.shift
+    assert shifted.tests["embedding"]["fired"] or shifted.tests["stat:sharpness"]["fired"]
+    assert shifted.stage_shift and shifted.shift_location in ("early", "late")
+
+    report = Path(shifted.report_dir)
+    html = (report / "report.html").read_text()
+    body = html[html.index("<body") :]
+    assert body.index('id="transferops-summary"') < 200, "the summary opens the page"
+    assert "DRIFT" in body[:3000] and "evidently" in body[3000:].lower(), "then Evidently's"
+    for picture in ("drift_history.png", "group_gaps.png", "stage_shift.png"):
+        assert (report / picture).stat().st_size > 5_000, picture
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["status"] == "drift" and summary["reasons"]
+    assert json.loads((report / "report.json").read_text())["metrics"]
+    assert not list(report.parent.glob(".*.partial")), "no half-written report left"
+
+    history = read_history(params.paths.reports / "drift")
+    assert [h["status"] for h in history] == ["insufficient_data", "no_drift", "drift"]
+    from evidently.ui.workspace import Workspace
+
+    workspace = Workspace(str(params.paths.reports / "drift" / "workspace"))
+    project = workspace.search_project(evidently_report.PROJECT)[0]
+    assert len(workspace.list_runs(project.id)) == 2, "each check with a report is in the UI"
+
+
+def test_failed_report_leaves_the_last_good_one(serve_traffic, monkeypatch) -> None:
+    from monitoring import summary
+
+    params, send = serve_traffic
+    small = params.model_copy(update={"monitor": params.monitor.model_copy(update={"window": 60})})
+    send(60, "none")
+    good = check_drift(small)
+
+    def broken(*_args, **_kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(summary, "plot_gaps", broken)
+    with pytest.raises(OSError, match="disk full"):
+        check_drift(small)
+    drift_dir = params.paths.reports / "drift"
+    folders = [p for p in drift_dir.iterdir() if p.is_dir() and p.name[0].isdigit()]
+    assert folders == [Path(good.report_dir)], "only the good report"
+    assert not list(drift_dir.glob(".*.partial"))
+    assert len(read_history(drift_dir)) == 1, "a failed check is not in the history"
+
+
+def test_bias_scenario_names_the_degraded_group(serve_traffic) -> None:
+    params, send = serve_traffic
+    for group in ("north", "south", "east"):
+        send(80, "none", group, feedback=True)
+    fair = check_drift(params)
+    assert not fair.bias_alarm, fair.reasons
+    for group, condition in (("north", "none"), ("south", "blur"), ("east", "none")):
+        send(80, condition, group, feedback=True)
+    degraded = check_drift(params)
+    assert degraded.bias_alarm, degraded.bias
+    named = {gap["group"] for gap in degraded.bias["alarms"]}
+    assert named == {"south"}, degraded.reasons
+    assert any(r.startswith("bias: group 'south'") for r in degraded.reasons)

@@ -1,0 +1,343 @@
+"""Power and false alarms of the drift check, per corruption, severity and window size.
+
+For a packaged model (default: the champion), held-out Fashion-MNIST images
+(never in its reference) are corrupted with the CIFAR-10-C ladders
+(``flows.traffic.CORRUPTIONS``: Gaussian noise, blur, brightness, contrast,
+JPEG, pixelation; severities 1-5) and embedded once. A class-prior shift
+puts a growing share of one class into the window. Windows are drawn from
+each cell and tested with the check's own tests and calibrated thresholds
+(``monitoring/shift.py``, the numbers the Evidently report shows). Then:
+
+- detection rate per cell and window size, false-alarm rate on unshifted
+  windows, and where the BatchNorm distances locate each shift;
+- a bias scenario: three groups, one group's images degrade, feedback labels
+  for all: how often the bias alarm names that group (and only it);
+- the time of one full check (Evidently report, pictures, workspace) over
+  10,000 logged predictions, cold (calibrating) and warm.
+
+Run from a project (or demo) workspace with a champion:
+
+    cd demo-workspace && ../.venv/bin/python ../benchmarks/drift_power.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from flows.traffic import CORRUPTIONS, HeldOutPool, corrupt
+from monitoring import drift, shift
+from monitoring.bias import Side, group_gaps
+from pipelines import champion
+from pipelines.bnshift import StageProbe
+from pipelines.classifier import eval_transform
+from pipelines.config import Params, load_params
+from pipelines.imagestats import image_statistics
+from pipelines.package import load_stored
+from pipelines.predlog import PredictionLog, PredictionRecord, utc_now
+from pipelines.profile import shift_location
+from pipelines.runtime import configure_runtime, set_threads
+
+PRIOR = "class_prior"
+PRIOR_SHARE = (0.1, 0.2, 0.35, 0.5, 0.7)  # of the window drawn from one class
+PRIOR_CLASS = "bag"
+SIZES = (50, 100, 200, 500)
+
+
+class Embedded:
+    """Images as the service sees them: embeddings, statistics, predictions, BN distances."""
+
+    def __init__(self, embeddings, stats, predictions, bn, labels) -> None:
+        self.embeddings, self.stats, self.predictions = embeddings, stats, predictions
+        self.bn, self.labels = bn, labels
+
+    def take(self, rows: np.ndarray) -> Embedded:
+        return Embedded(*(a[rows] for a in self.arrays()))
+
+    def arrays(self) -> tuple:
+        return self.embeddings, self.stats, self.predictions, self.bn, self.labels
+
+    @staticmethod
+    def join(parts: list[Embedded]) -> Embedded:
+        return Embedded(
+            *(np.concatenate(a) for a in zip(*(p.arrays() for p in parts), strict=True))
+        )
+
+
+def embed(model, config, items: list[tuple[Image.Image, str]], batch: int = 256) -> Embedded:
+    transform, probe = eval_transform(config), StageProbe(model)
+    parts = []
+    for start in range(0, len(items), batch):
+        chunk = items[start : start + batch]
+        tensor = torch.stack([transform(image.convert("RGB")) for image, _ in chunk])
+        emb, prob, bn = probe.run(tensor)
+        parts.append(
+            Embedded(
+                emb,
+                np.stack([image_statistics(image) for image, _ in chunk]).astype(float),
+                np.asarray(config.classes)[prob.argmax(1)],
+                bn,
+                np.asarray([label for _, label in chunk]),
+            )
+        )
+    return Embedded.join(parts)
+
+
+def build_cells(model, config, pool: HeldOutPool, per_cell: int, unshifted: int, seed: int):
+    """Embedded images per (corruption, severity), plus an unshifted pool."""
+    rng = np.random.default_rng(seed)
+    clean = pool.take(unshifted + per_cell * len(CORRUPTIONS))
+    base = embed(model, config, clean[:unshifted])
+    sources = clean[unshifted:]
+    cells = {}
+    for c, name in enumerate(track(list(CORRUPTIONS), description="corrupt + embed")):
+        items = sources[c * per_cell : (c + 1) * per_cell]
+        for severity in range(1, 6):
+            shifted = [(corrupt(image, name, severity, rng), label) for image, label in items]
+            cells[(name, severity)] = embed(model, config, shifted)
+    return base, cells
+
+
+def prior_window(base: Embedded, size: int, share: float, rng: np.random.Generator) -> Embedded:
+    of_class = np.flatnonzero(base.labels == PRIOR_CLASS)
+    others = np.flatnonzero(base.labels != PRIOR_CLASS)
+    k = round(size * share)
+    rows = np.concatenate(
+        [rng.choice(of_class, k, replace=False), rng.choice(others, size - k, replace=False)]
+    )
+    return base.take(rows)
+
+
+def test_window(window: Embedded, pca, reference: shift.Sample, calibration, stat_names) -> bool:
+    sample = drift.window_sample(pca, window.embeddings, window.stats, window.predictions)
+    values = shift.scores(sample, reference, stat_names)
+    return any(shift.fires(t, v, calibration.thresholds[t]) for t, v in values.items())
+
+
+def location(window: Embedded, ref: drift.Reference) -> str:
+    effects = shift.stage_shift(window.bn, ref.bn, ref.bn_stages)
+    return shift_location({s: abs(v) for s, v in effects.items()})
+
+
+def power(args, params: Params, ref: drift.Reference, base: Embedded, cells: dict) -> dict:
+    pca, reference = drift.reference_sample(ref, params)
+    rng = np.random.default_rng(args.seed)
+    results = {"sizes": list(args.sizes), "false_alarms": {}, "detection": {}, "early": {}}
+    for size in args.sizes:
+        rows = min(size, params.monitor.max_rows)
+        calibration = shift.calibrate(
+            reference,
+            rows,
+            ref.stat_names,
+            params.monitor.false_alarm_rate,
+            params.monitor.calibration_draws,
+            params.seed,
+        )
+
+        def alarms(draw, calibration=calibration) -> tuple[float, float]:
+            fired, early = 0, 0
+            for _ in range(args.windows):
+                window = draw()
+                fired += test_window(window, pca, reference, calibration, ref.stat_names)
+                early += location(window, ref) == "early"
+            return fired / args.windows, early / args.windows
+
+        quiet = [
+            test_window(
+                base.take(rng.choice(len(base.labels), size, replace=False)),
+                pca,
+                reference,
+                calibration,
+                ref.stat_names,
+            )
+            for _ in range(args.unshifted_windows)
+        ]
+        results["false_alarms"][size] = float(np.mean(quiet))
+        for (name, severity), cell in track(list(cells.items()), description=f"window {size}"):
+            rate, early = alarms(
+                lambda cell=cell, size=size: cell.take(rng.choice(len(cell.labels), size, False))
+            )
+            results["detection"][f"{name}:{severity}:{size}"] = rate
+            results["early"][f"{name}:{severity}:{size}"] = early
+        for severity, share in enumerate(PRIOR_SHARE, start=1):
+            rate, early = alarms(
+                lambda share=share, size=size: prior_window(base, size, share, rng)
+            )
+            results["detection"][f"{PRIOR}:{severity}:{size}"] = rate
+            results["early"][f"{PRIOR}:{severity}:{size}"] = early
+    return results
+
+
+def bias_scenario(args, params: Params, ref: drift.Reference, base: Embedded, cells: dict) -> dict:
+    """Three groups of ``args.group_size``; one degrades (``--bias-corruption`` at severity 3)."""
+    rng = np.random.default_rng(args.seed + 1)
+    degraded_cell = cells[(args.bias_corruption, 3)]
+    classes = sorted(set(ref.labels) | set(ref.predictions) | set(base.predictions))
+    reference = Side(ref.predictions, ref.labels, ref.groups)
+    outcome = {"named_only_degraded": 0, "named_other": 0, "fair_alarms": 0}
+    for _ in range(args.windows):
+        parts = []
+        for group in ("north", "south", "east"):
+            source = degraded_cell if group == "south" else base
+            picked = source.take(rng.choice(len(source.labels), args.group_size, replace=False))
+            parts.append((picked, group))
+        fair = [
+            (base.take(rng.choice(len(base.labels), args.group_size, False)), g) for _, g in parts
+        ]
+        for window, key in ((parts, "degraded"), (fair, "fair")):
+            side = Side(
+                np.concatenate([w.predictions for w, _ in window]),
+                np.concatenate([w.labels for w, _ in window]),
+                np.concatenate([np.full(len(w.labels), g) for w, g in window]),
+            )
+            named = {
+                g.group for g in group_gaps(side, reference, classes, params.monitor.bias, 0).alarms
+            }
+            if key == "fair":
+                outcome["fair_alarms"] += bool(named)
+            else:
+                outcome["named_only_degraded"] += named == {"south"}
+                outcome["named_other"] += bool(named - {"south"})
+    return {k: v / args.windows for k, v in outcome.items()} | {
+        "corruption": f"{args.bias_corruption}:3",
+        "group_size": args.group_size,
+        "windows": args.windows,
+    }
+
+
+def check_timing(params: Params, tag: str, base: Embedded, rows: int) -> dict:
+    """One real check_drift over ``rows`` logged predictions, cold and warm."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log_dir, reports = Path(tmp) / "log", Path(tmp) / "reports"
+        log = PredictionLog(log_dir)
+        order = np.arange(rows) % len(base.labels)
+        groups = np.array(["north", "south", "east"])
+        log.append(
+            [
+                PredictionRecord(
+                    request_id=f"r{i}",
+                    time=utc_now(),
+                    model_tag=tag,
+                    label=str(base.predictions[j]),
+                    confidence=0.9,
+                    probabilities=[0.9],
+                    embedding=base.embeddings[j],
+                    stats=dict(
+                        zip(drift.load_reference(tag).stat_names, base.stats[j], strict=True)
+                    ),
+                    group=str(groups[i % 3]),
+                    bn=base.bn[j].tolist(),
+                )
+                for i, j in enumerate(order)
+            ]
+        )
+        log.close()
+        check_params = load_params(
+            Path("params.yaml"),
+            [
+                f"paths.prediction_log={log_dir}",
+                f"paths.reports={reports}",
+                f"monitor.window={rows}",
+            ],
+        )
+        timings = {}
+        for run in ("cold", "warm"):
+            started = time.perf_counter()
+            verdict = drift.check_drift(check_params)
+            timings[run] = time.perf_counter() - started
+        timings["status"] = verdict.status
+        timings["rows"] = rows
+    return timings
+
+
+def print_tables(results: dict, console: Console) -> None:
+    sizes = results["sizes"]
+    table = Table(title="detection rate (false-alarm rate on unshifted windows in the first row)")
+    table.add_column("shift")
+    table.add_column("severity", justify="right")
+    for size in sizes:
+        table.add_column(f"n={size}", justify="right")
+    table.add_column("located early (n=200)", justify="right")
+    table.add_row("none", "-", *[f"{results['false_alarms'][s]:.1%}" for s in sizes], "-")
+    for name in [*CORRUPTIONS, PRIOR]:
+        for severity in range(1, 6):
+            cells = [results["detection"][f"{name}:{severity}:{s}"] for s in sizes]
+            early = results["early"].get(f"{name}:{severity}:200")
+            table.add_row(
+                name,
+                str(severity),
+                *[f"{c:.0%}" for c in cells],
+                "-" if early is None else f"{early:.0%}",
+            )
+    console.print(table)
+    bias = results["bias"]
+    console.print(
+        f"bias scenario ({bias['corruption']} on group 'south', {bias['group_size']} per group, "
+        f"{bias['windows']} windows): named 'south' alone {bias['named_only_degraded']:.0%}, "
+        f"named another group {bias['named_other']:.0%}, alarms on fair windows "
+        f"{bias['fair_alarms']:.0%}"
+    )
+    timing = results["timing"]
+    console.print(
+        f"one check over {timing['rows']:,} logged predictions: cold (calibrating) "
+        f"{timing['cold']:.1f} s, warm {timing['warm']:.1f} s ({timing['status']})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tag", help="BentoML model tag (default: the champion)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--windows", type=int, default=40, help="windows per cell")
+    parser.add_argument("--unshifted-windows", type=int, default=400)
+    parser.add_argument("--per-cell", type=int, default=1000, help="images per corruption")
+    parser.add_argument("--unshifted", type=int, default=2500, help="clean images")
+    parser.add_argument("--bias-corruption", default="gaussian_blur", choices=sorted(CORRUPTIONS))
+    parser.add_argument("--group-size", type=int, default=200)
+    parser.add_argument("--timing-rows", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("reports/benchmarks/drift_power.json"))
+    args = parser.parse_args()
+    params = load_params(Path("params.yaml"))
+    configure_runtime(params.paths.bentoml_home)
+    set_threads(params.threads)
+    holder = champion.current(params.paths.models)
+    tag = args.tag or (holder.tag if holder else None)
+    if tag is None:
+        parser.error(f"no champion in {params.paths.models}: pass --tag")
+    console = Console()
+    model, config = load_stored(tag)
+    ref = drift.load_reference(tag)
+    pool = HeldOutPool(params.data.source, params.paths.prepared, seed=args.seed)
+    started = time.perf_counter()
+    base, cells = build_cells(model, config, pool, args.per_cell, args.unshifted, args.seed)
+    console.print(
+        f"embedded {len(base.labels) + len(cells) * args.per_cell} images in "
+        f"{time.perf_counter() - started:.0f} s"
+    )
+    results = power(args, params, ref, base, cells)
+    results["bias"] = bias_scenario(args, params, ref, base, cells)
+    results["timing"] = check_timing(params, tag, base, args.timing_rows)
+    results |= {
+        "tag": tag,
+        "reference": len(ref.labels),
+        "args": vars(args) | {"out": str(args.out)},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print_tables(results, console)
+    console.print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The retrain decision: drift alone does not retrain; persistent drift outside a cooldown does.
+
+Guards, in order (``monitor.retrain`` in params.yaml):
+
+1. the latest check has a verdict (its window reached ``monitor.min_window``)
+   and found drift;
+2. persistence: at least ``alarms`` (K) of the last ``checks`` (N) checks of
+   the same model with a verdict found drift, so one unlucky window (the
+   calibrated false-alarm rate is not zero) does not start a retrain;
+3. cooldown: no retrain started in the last ``cooldown_hours``.
+
+A retrain gets a strategy: when the domain shift sits in the early stages
+(input-level: noise, blur, light) and ``surgical`` is on, the champion's own
+weights are fine-tuned in their first stages only (surgical fine-tuning, Lee
+et al., ICLR 2023): ``strategy.force=surgical`` and
+``model.weights=<champion weights>``. Otherwise the default strategy
+decides. Every decision, yes or no, is appended to ``decisions.jsonl`` with
+its reason; a retrain that starts is also appended to ``retrains.jsonl``,
+which the cooldown reads. Deciding and recording happen under one file
+lock, so two monitoring runs at once cannot both start a retrain.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from pipelines.config import RetrainParams
+
+DECISIONS, RETRAINS, LOCK = "decisions.jsonl", "retrains.jsonl", ".decision.lock"
+
+
+@dataclass
+class RetrainDecision:
+    retrain: bool
+    reason: str
+    strategy: str | None = None  # "surgical" | "default" when retraining
+    overrides: list[str] = field(default_factory=list)
+    alarms: int = 0  # drift verdicts among the checks considered
+    considered: int = 0  # checks with a verdict considered (at most N)
+    model_tag: str | None = None
+    check: str | None = None  # the report folder of the deciding check
+    decided_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+
+def decide(
+    history: list[dict],
+    retrains: list[dict],
+    cfg: RetrainParams,
+    now: datetime,
+    surgical_overrides: list[str] | None = None,
+) -> RetrainDecision:
+    """Pure: the decision from the check history (oldest first) and past retrains.
+
+    ``surgical_overrides`` are the params overrides of a surgical retrain
+    (None when there is no champion to start from).
+    """
+    if not history:
+        return RetrainDecision(False, "no drift check has run yet")
+    latest = history[-1]
+    tag = latest.get("model_tag")
+    base = {"model_tag": tag, "check": latest.get("report_dir")}
+    if latest["status"] == "insufficient_data":
+        return RetrainDecision(False, f"no verdict: {'; '.join(latest['reasons'])}", **base)
+    judged = [
+        h for h in history if h.get("model_tag") == tag and h["status"] != "insufficient_data"
+    ]
+    recent = judged[-cfg.checks :]
+    alarms = sum(h["status"] == "drift" for h in recent)
+    counts = {"alarms": alarms, "considered": len(recent)}
+    if latest["status"] != "drift":
+        return RetrainDecision(False, "the latest check found no drift", **base, **counts)
+    if alarms < cfg.alarms:
+        return RetrainDecision(
+            False,
+            f"drift in {alarms} of the last {len(recent)} checks; retraining needs "
+            f"{cfg.alarms} of {cfg.checks} (monitor.retrain.alarms/checks)",
+            **base,
+            **counts,
+        )
+    if retrains:
+        started = datetime.fromisoformat(retrains[-1]["decided_at"])
+        until = started + timedelta(hours=cfg.cooldown_hours)
+        if now < until:
+            return RetrainDecision(
+                False,
+                f"cooldown: a retrain started at {started.isoformat(timespec='seconds')}; "
+                f"the next may start after {until.isoformat(timespec='seconds')} "
+                f"(monitor.retrain.cooldown_hours = {cfg.cooldown_hours:g})",
+                **base,
+                **counts,
+            )
+    why = f"drift in {alarms} of the last {len(recent)} checks: " + "; ".join(latest["reasons"])
+    early = latest.get("shift") and latest.get("shift_location") == "early"
+    if cfg.surgical and early and surgical_overrides:
+        return RetrainDecision(
+            True,
+            why + ". The shift sits in the early stages (input-level): surgical fine-tuning "
+            "of the champion's first stages",
+            "surgical",
+            list(surgical_overrides),
+            **base,
+            **counts,
+        )
+    return RetrainDecision(True, why + ". Default strategy", "default", **base, **counts)
+
+
+def _read(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _append(path: Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+        handle.flush()
+
+
+@contextmanager
+def _locked(drift_dir: Path):
+    drift_dir.mkdir(parents=True, exist_ok=True)
+    with open(drift_dir / LOCK, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def decide_and_record(
+    drift_dir: Path,
+    history: list[dict],
+    cfg: RetrainParams,
+    surgical_overrides: list[str] | None = None,
+    now: datetime | None = None,
+) -> RetrainDecision:
+    """Decide under the lock; record the decision (and the retrain it starts)."""
+    drift_dir, now = Path(drift_dir), now or datetime.now(UTC)
+    with _locked(drift_dir):
+        decision = decide(history, _read(drift_dir / RETRAINS), cfg, now, surgical_overrides)
+        decision.decided_at = now.isoformat()
+        row = asdict(decision)
+        _append(drift_dir / DECISIONS, row)
+        if decision.retrain:
+            _append(drift_dir / RETRAINS, row)
+    return decision
+
+
+def read_decisions(drift_dir: Path) -> list[dict]:
+    return _read(Path(drift_dir) / DECISIONS)

@@ -1,0 +1,196 @@
+"""Domain-shift statistics and their calibration: the numbers the Evidently report shows.
+
+One check compares a window of traffic with the serving model's reference
+(its evaluation set) through a family of tests, each computed exactly as
+Evidently computes it (``tests/test_monitoring.py`` checks they agree):
+
+- ``embedding``: MMD² (unbiased; RBF kernel, bandwidth the median
+  reference-to-window distance) on the reference's principal components,
+  Evidently's ``MMDDriftMethod``. Higher = further apart.
+- ``stat:<name>``: two-sample Kolmogorov-Smirnov p-value of each image
+  statistic (``pipelines/imagestats.py``), Evidently's ``ks``.
+- ``prediction``: chi-square p-value of the window's predicted-class counts
+  against the reference's proportions, Evidently's ``chisquare``.
+
+Evidently's default thresholds fire on unshifted data, so the thresholds are
+calibrated on the reference itself: ``draws`` times, a random pseudo-window
+of the window's size is held out of the reference and tested against the
+rest. The thresholds are set jointly (on the smallest per-test tail rank of
+each draw), so that *any* test firing on an unshifted window happens in a
+``false_alarm_rate`` fraction of checks, not once per test. The MMD
+threshold is rescaled from the draws' sizes to the real ones (its null
+spread scales with 1/n + 1/m); a p-value threshold is never looser than
+``false_alarm_rate`` itself.
+
+The per-stage BatchNorm distances (``pipelines/bnshift.py``) do not vote:
+they say where a shift sits, early (input-level) or late (semantic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy.stats import chisquare, ks_2samp
+
+EMBEDDING, PREDICTION, STAT = "embedding", "prediction", "stat:"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What one side of a comparison holds, row for row."""
+
+    embeddings: np.ndarray  # (n, components): PCA coordinates
+    stats: np.ndarray  # (n, len(stat_names))
+    predictions: np.ndarray  # predicted class names
+    bn: np.ndarray | None = None  # (n, stages) or None when not logged
+
+    def __len__(self) -> int:
+        return len(self.predictions)
+
+    def take(self, rows: np.ndarray) -> Sample:
+        return Sample(
+            self.embeddings[rows],
+            self.stats[rows],
+            self.predictions[rows],
+            None if self.bn is None else self.bn[rows],
+        )
+
+
+@dataclass
+class Calibration:
+    """Per-test thresholds for windows of one size, against one reference."""
+
+    window: int  # rows in the windows it holds for
+    reference: int
+    draws: int
+    false_alarm_rate: float
+    # test -> threshold in the test's own scale: MMD fires above, p-values below
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def test_names(stat_names: list[str]) -> list[str]:
+    return [EMBEDDING, *[STAT + name for name in stat_names], PREDICTION]
+
+
+def fires(test: str, value: float, threshold: float) -> bool:
+    return value > threshold if test == EMBEDDING else value < threshold
+
+
+# --- the statistics ---------------------------------------------------------
+
+
+def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+    return np.maximum(d, 0)
+
+
+def _mmd2u_from_kernel(k: np.ndarray, m: int) -> float:
+    """MMD²_u with the first ``m`` rows/columns of ``k`` the reference, the rest the window."""
+    n = len(k) - m
+    kx, ky, kxy = k[:m, :m], k[m:, m:], k[:m, m:]
+    return float(
+        (kx.sum() - np.trace(kx)) / (m * (m - 1))
+        + (ky.sum() - np.trace(ky)) / (n * (n - 1))
+        - 2 * kxy.sum() / (m * n)
+    )
+
+
+def mmd2u(current: np.ndarray, reference: np.ndarray) -> float:
+    """Evidently's MMD statistic (clipped at 0), for up to 1,000 rows a side."""
+    sigma2 = np.median(np.sqrt(_sq_dists(reference, current))) ** 2
+    both = np.vstack([reference, current])
+    kernel = np.exp(-_sq_dists(both, both) / sigma2)
+    return max(_mmd2u_from_kernel(kernel, len(reference)), 0.0)
+
+
+def ks_p(current: np.ndarray, reference: np.ndarray) -> float:
+    return float(ks_2samp(reference, current).pvalue)
+
+
+def chisquare_p(current: np.ndarray, reference: np.ndarray) -> float:
+    """Window counts against reference proportions (a class the reference never saw: p = 0)."""
+    keys = sorted(set(reference.tolist()) | set(current.tolist()))
+    ref_counts = np.array([(reference == k).sum() for k in keys], dtype=float)
+    cur_counts = np.array([(current == k).sum() for k in keys], dtype=float)
+    expected = ref_counts * len(current) / len(reference)
+    if np.any((expected == 0) & (cur_counts > 0)):
+        return 0.0
+    keep = expected > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(chisquare(cur_counts[keep], expected[keep]).pvalue)
+
+
+def scores(current: Sample, reference: Sample, stat_names: list[str]) -> dict[str, float]:
+    """Every test's value for one window."""
+    values = {EMBEDDING: mmd2u(current.embeddings, reference.embeddings)}
+    for i, name in enumerate(stat_names):
+        values[STAT + name] = ks_p(current.stats[:, i], reference.stats[:, i])
+    values[PREDICTION] = chisquare_p(current.predictions, reference.predictions)
+    return values
+
+
+# --- calibration ------------------------------------------------------------
+
+
+def _extremeness(test: str, value: float) -> float:
+    """One direction for every test: larger = more shifted."""
+    return value if test == EMBEDDING else -np.log10(max(value, 1e-300))
+
+
+def calibrate(
+    reference: Sample,
+    window: int,
+    stat_names: list[str],
+    false_alarm_rate: float,
+    draws: int,
+    seed: int,
+) -> Calibration:
+    """Thresholds under which an unshifted window of ``window`` rows alarms at the set rate."""
+    rng = np.random.default_rng(seed)
+    total = len(reference)
+    held_out = min(window, total // 2)
+    tests = test_names(stat_names)
+    sq = _sq_dists(reference.embeddings, reference.embeddings)
+    values = np.empty((draws, len(tests)))
+    for d in range(draws):
+        order = rng.permutation(total)
+        held_in, out = order[held_out:], order[:held_out]
+        sigma2 = np.median(np.sqrt(sq[np.ix_(held_in, out)])) ** 2
+        arranged = np.concatenate([held_in, out])
+        kernel = np.exp(-sq[np.ix_(arranged, arranged)] / sigma2)
+        row = [_mmd2u_from_kernel(kernel, len(held_in))]
+        ref_part, cur_part = reference.take(held_in), reference.take(out)
+        row += [ks_p(cur_part.stats[:, i], ref_part.stats[:, i]) for i in range(len(stat_names))]
+        row.append(chisquare_p(cur_part.predictions, ref_part.predictions))
+        values[d] = [_extremeness(t, v) for t, v in zip(tests, row, strict=True)]
+    # Tail rank of each draw within each test; the family fires on the smallest.
+    ranks = (values[None, :, :] >= values[:, None, :]).sum(1) / draws  # (draws, tests)
+    tau = np.quantile(ranks.min(1), false_alarm_rate, method="lower")
+    k = int(np.floor(tau * draws))
+    thresholds = {}
+    for j, test in enumerate(tests):
+        cut = np.sort(values[:, j])[::-1][min(k, draws - 1)]
+        if test == EMBEDDING:
+            scale = (1 / window + 1 / total) / (1 / held_out + 1 / (total - held_out))
+            thresholds[test] = float(max(cut, 0.0) * scale)
+        else:
+            thresholds[test] = float(min(10.0**-cut, false_alarm_rate))
+    return Calibration(window, total, draws, false_alarm_rate, thresholds)
+
+
+# --- where the shift sits ---------------------------------------------------
+
+
+def stage_shift(current: np.ndarray, reference: np.ndarray, stages: list[str]) -> dict[str, float]:
+    """Per stage: how far the window's mean BatchNorm distance moved, in reference SDs.
+
+    ``pipelines.profile.shift_location`` on the absolute values then says
+    early (input-level) or late (semantic), by the profile's own rule.
+    """
+    spread = reference.std(0) + 1e-6
+    effect = (current.mean(0) - reference.mean(0)) / spread
+    return {stage: float(value) for stage, value in zip(stages, effect, strict=True)}

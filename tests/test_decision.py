@@ -1,0 +1,89 @@
+"""The guarded retrain decision: minimum window, K of N, cooldown, a reason, a strategy."""
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from monitoring.decision import RETRAINS, decide, decide_and_record, read_decisions
+from pipelines.config import RetrainParams
+
+CFG = RetrainParams(alarms=2, checks=3, cooldown_hours=24, surgical=True)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+SURGICAL = ["strategy.force=surgical", "model.weights=/models/champion/model.safetensors"]
+
+
+def check(status: str, location: str | None = "late", tag: str = "m:1") -> dict:
+    reasons = {"drift": ["embeddings moved"], "insufficient_data": ["12 predictions < 50"]}
+    return {
+        "status": status,
+        "model_tag": tag,
+        "reasons": reasons.get(status, []),
+        "shift": status == "drift",
+        "shift_location": location,
+        "report_dir": f"reports/drift/{status}",
+    }
+
+
+def test_a_window_under_the_minimum_never_retrains() -> None:
+    history = [check("drift"), check("drift"), check("insufficient_data")]
+    decision = decide(history, [], CFG, NOW)
+    assert not decision.retrain and "12 predictions < 50" in decision.reason
+
+
+def test_one_alarm_is_not_enough_two_of_three_are() -> None:
+    first = decide([check("no_drift"), check("drift")], [], CFG, NOW)
+    assert not first.retrain
+    assert "drift in 1 of the last 2 checks" in first.reason and "2 of 3" in first.reason
+    second = decide([check("no_drift"), check("drift"), check("drift")], [], CFG, NOW)
+    assert second.retrain and second.alarms == 2 and second.considered == 3
+    assert "embeddings moved" in second.reason and second.strategy == "default"
+
+
+def test_old_alarms_and_other_models_do_not_count() -> None:
+    stale = [check("drift"), check("no_drift"), check("no_drift"), check("drift")]
+    assert not decide(stale, [], CFG, NOW).retrain, "only the last 3 checks count"
+    other = [check("drift", tag="m:0"), check("drift")]
+    assert not decide(other, [], CFG, NOW).retrain, "the previous model's alarms do not count"
+    waiting = [check("drift"), check("drift"), check("insufficient_data"), check("drift")]
+    assert decide(waiting, [], CFG, NOW).retrain, "checks without a verdict are not counted"
+
+
+def test_input_level_shift_retrains_surgically_from_the_champion() -> None:
+    history = [check("drift", "early"), check("drift", "early")]
+    decision = decide(history, [], CFG, NOW, SURGICAL)
+    assert decision.retrain and decision.strategy == "surgical"
+    assert decision.overrides == SURGICAL and "surgical" in decision.reason
+    assert decide(history, [], CFG, NOW, None).strategy == "default", "no champion to start from"
+    off = RetrainParams(alarms=2, checks=3, cooldown_hours=24, surgical=False)
+    assert decide(history, [], off, NOW, SURGICAL).strategy == "default"
+
+
+def test_a_second_alarm_inside_the_cooldown_does_not_retrain(tmp_path: Path) -> None:
+    history = [check("drift"), check("drift")]
+    first = decide_and_record(tmp_path, history, CFG, now=NOW)
+    assert first.retrain
+    later = NOW + timedelta(hours=5)
+    second = decide_and_record(tmp_path, [*history, check("drift")], CFG, now=later)
+    assert not second.retrain and "cooldown" in second.reason
+    assert "2026-11-26T12:00:00" in second.reason, "says when the next may start"
+    after = decide_and_record(
+        tmp_path, [*history, check("drift")], CFG, now=NOW + timedelta(hours=25)
+    )
+    assert after.retrain
+    assert [d["retrain"] for d in read_decisions(tmp_path)] == [True, False, True]
+    assert len((tmp_path / RETRAINS).read_text().splitlines()) == 2
+
+
+def test_concurrent_decisions_start_one_retrain(tmp_path: Path) -> None:
+    history = [check("drift"), check("drift")]
+    results = []
+
+    def run() -> None:
+        results.append(decide_and_record(tmp_path, history, CFG, now=NOW).retrain)
+
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False] * 7 + [True]
