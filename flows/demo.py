@@ -108,6 +108,15 @@ def _accuracy(run: dict, level: float) -> str:
     return f"test accuracy {run['accuracy']:.3f} ({interval}), ECE {run['ece']:.3f}"
 
 
+def _retrain_line(decision: dict) -> str:
+    if not decision["retrain"]:
+        return f"\nno retrain: {decision['reason']}"
+    return (
+        f"\nretrain ({decision['strategy']} strategy): drift in {decision['alarms']} of the "
+        f"last {decision['considered']} checks"
+    )
+
+
 def summary_table(summary: dict, params: Params, workspace: Path) -> Table:
     table = Table(title=f"transferops demo (paths under {workspace})", show_lines=True)
     for column in ("step", "result", "where"):
@@ -135,7 +144,7 @@ def summary_table(summary: dict, params: Params, workspace: Path) -> Table:
         f"verdict: {shifted['status'].upper()} (shift located "
         f"{shifted.get('shift_location') or 'nowhere'})\n"
         + "\n".join(shifted["reasons"])
-        + f"\nretrain: {summary['decision']['reason']}",
+        + _retrain_line(summary["decision"]),
         f"{shifted.get('report_dir')}/report.html\n"
         f"evidently ui --workspace {params.paths.reports}/drift/workspace",
     )

@@ -15,7 +15,12 @@ data carried no groups, so no gap is expected. A gap alarms when it moved at
 least ``max_gap_change`` from the reference, the reference lies outside its
 bootstrap interval (``confidence``; group and rest resampled separately),
 and the group's own value moved more than the rest's, so a group that merely
-stood still while another degraded is not blamed. Sample guards skip a
+stood still while another degraded is not blamed. The intervals are normal
+intervals from the bootstrap's standard error, widened for every comparison
+the check makes (Bonferroni over groups, metrics and the classes each
+maximum was taken over), so ``confidence`` holds for the whole check: with
+three groups and ten classes that is some sixty comparisons, and per-test
+99% intervals alarmed on a fifth of fair windows. Sample guards skip a
 group with fewer than ``min_group_size`` predictions, ``min_labelled``
 labelled predictions (accuracy), or ``min_class_labelled`` per class (tpr).
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.stats import norm
 
 from pipelines.config import BiasParams
 
@@ -158,8 +164,7 @@ def group_gaps(
 ) -> BiasResult:
     """Every judged gap of every group in ``window``; ``reference`` has full labels."""
     rng = np.random.default_rng(seed)
-    gaps, skipped = [], []
-    level = (1 - cfg.confidence) / 2
+    gaps, spreads, skipped, comparisons = [], [], [], 0
     for group in sorted(set(window.groups.tolist()) - {""}):
         inside = window.groups == group
         if inside.sum() < cfg.min_group_size or (~inside).sum() < cfg.min_group_size:
@@ -185,6 +190,7 @@ def group_gaps(
                     f"{cfg.min_class_labelled} labelled predictions in the group and the rest"
                 )
                 continue
+            comparisons += int(usable.sum())
             ref_gap, ref_g, ref_r, source = _reference_gap(reference, group, metric, classes, cfg)
             g_now, r_now = _point(g_side, metric, classes), _point(r_side, metric, classes)
             change = np.where(usable, np.abs((g_now - r_now) - ref_gap), -np.inf)
@@ -193,25 +199,29 @@ def group_gaps(
                 _values(g_side, metric, classes, _resample(rng, len(g_side.labels), cfg))[:, c]
                 - _values(r_side, metric, classes, _resample(rng, len(r_side.labels), cfg))[:, c]
             )
-            low, high = np.nanquantile(boot, [level, 1 - level])
+            spreads.append(float(np.nanstd(boot)))
             gap = Gap(
                 group=group,
                 metric=metric,
                 detail=str(classes[c]) if metric != ACCURACY else "",
                 n=len(g_side.labels),
                 current=float(g_now[c] - r_now[c]),
-                interval=(float(low), float(high)),
+                interval=(0.0, 0.0),  # set below, once the comparisons are counted
                 reference=float(ref_gap[c]),
                 reference_source=source,
                 group_change=float(g_now[c] - ref_g[c]),
                 rest_change=float(r_now[c] - ref_r[c]),
             )
-            gap.alarm = bool(
-                abs(gap.current - gap.reference) >= cfg.max_gap_change
-                and not low <= gap.reference <= high
-                and abs(gap.group_change) > abs(gap.rest_change)
-            )
             gaps.append(gap)
+    z = norm.ppf(1 - (1 - cfg.confidence) / (2 * max(comparisons, 1)))
+    for gap, spread in zip(gaps, spreads, strict=True):
+        low, high = gap.current - z * spread, gap.current + z * spread
+        gap.interval = (float(low), float(high))
+        gap.alarm = bool(
+            abs(gap.current - gap.reference) >= cfg.max_gap_change
+            and not low <= gap.reference <= high
+            and abs(gap.group_change) > abs(gap.rest_change)
+        )
     return BiasResult(gaps, skipped)
 
 

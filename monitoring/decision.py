@@ -9,8 +9,9 @@ Guards, in order (``monitor.retrain`` in params.yaml):
    calibrated false-alarm rate is not zero) does not start a retrain;
 3. cooldown: no retrain started in the last ``cooldown_hours``.
 
-A retrain gets a strategy: when the domain shift sits in the early stages
-(input-level: noise, blur, light) and ``surgical`` is on, the champion's own
+A retrain gets a strategy: when the domain shift is input-level (located in
+the early stages, and an image statistic moved: ``shift.input_level``) and
+``surgical`` is on, the champion's own
 weights are fine-tuned in their first stages only (surgical fine-tuning, Lee
 et al., ICLR 2023): ``strategy.force=surgical`` and
 ``model.weights=<champion weights>``. Otherwise the default strategy
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from monitoring.shift import input_level
 from pipelines.config import RetrainParams
 
 DECISIONS, RETRAINS, LOCK = "decisions.jsonl", "retrains.jsonl", ".decision.lock"
@@ -95,12 +97,13 @@ def decide(
                 **counts,
             )
     why = f"drift in {alarms} of the last {len(recent)} checks: " + "; ".join(latest["reasons"])
-    early = latest.get("shift") and latest.get("shift_location") == "early"
+    fired = [test for test, result in latest.get("tests", {}).items() if result["fired"]]
+    early = input_level(latest.get("shift_location"), fired)
     if cfg.surgical and early and surgical_overrides:
         return RetrainDecision(
             True,
-            why + ". The shift sits in the early stages (input-level): surgical fine-tuning "
-            "of the champion's first stages",
+            why + ". The shift is input-level (early stages, and image statistics moved): "
+            "surgical fine-tuning of the champion's first stages",
             "surgical",
             list(surgical_overrides),
             **base,

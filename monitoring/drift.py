@@ -8,8 +8,8 @@ that came back for them.
 
 One check:
 
-1. domain shift: embedding MMD, a K-S test per image statistic and a
-   chi-square test of the predicted classes (``monitoring/shift.py``), with
+1. domain shift: embedding MMD, a Wasserstein distance per image statistic
+   and a chi-square test of the predicted classes (``monitoring/shift.py``), with
    thresholds calibrated on the reference for ``monitor.false_alarm_rate``
    (cached per model and window size), run as one Evidently report;
 2. where it sits: per-stage BatchNorm distances, early or late;
@@ -61,6 +61,7 @@ class DriftVerdict:
     tests: dict[str, dict] = field(default_factory=dict)  # test -> value, threshold, fired
     stage_shift: dict[str, float] = field(default_factory=dict)
     shift_location: str | None = None  # early | late, from the BatchNorm distances
+    untested: list[str] = field(default_factory=list)  # image statistics with no test, and why
     bias: dict = field(default_factory=dict)
     false_alarm_rate: float | None = None
     window_start: str | None = None
@@ -135,7 +136,7 @@ def calibration_for(
     cfg = params.monitor
     key = json.dumps(
         [rows, len(reference), cfg.false_alarm_rate, cfg.calibration_draws,
-         cfg.embedding_components, cfg.max_rows, params.seed],
+         cfg.embedding_components, cfg.max_rows, cfg.min_effect, params.seed],
     )  # fmt: skip
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     path = (
@@ -147,7 +148,13 @@ def calibration_for(
     if path.is_file():
         return shift.Calibration(**json.loads(path.read_text()))
     calibration = shift.calibrate(
-        reference, rows, stat_names, cfg.false_alarm_rate, cfg.calibration_draws, params.seed
+        reference,
+        rows,
+        stat_names,
+        cfg.false_alarm_rate,
+        cfg.calibration_draws,
+        params.seed,
+        cfg.min_effect,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
@@ -229,6 +236,8 @@ def check_drift(params: Params) -> DriftVerdict:
         if fired:
             verdict.reasons.append(_moved(test, value, threshold, current, ref_sample, stat_names))
     verdict.shift = any(t["fired"] for t in verdict.tests.values())
+    untested = sorted(set(stat_names) - set(shift.tested_stats(ref_sample.stats, stat_names)))
+    verdict.untested = [f"{name}: the same for every reference image" for name in untested]
     _locate(verdict, window, reference)
     _judge_bias(verdict, window, reference, params)
     verdict.status = "drift" if verdict.shift or verdict.bias_alarm else "no_drift"
@@ -243,19 +252,20 @@ def _detail(
 ) -> str:
     if test.startswith(shift.STAT):
         i = stat_names.index(test[len(shift.STAT) :])
-        return f"mean {reference.stats[:, i].mean():.4g} -> {current.stats[:, i].mean():.4g}"
+        ref, cur = reference.stats[:, i], current.stats[:, i]
+        return f"mean {ref.mean():.4g} -> {cur.mean():.4g} (reference SD {ref.std():.3g})"
     if test == shift.PREDICTION:
         classes = sorted(set(reference.predictions) | set(current.predictions))
         ref = {c: float(np.mean(reference.predictions == c)) for c in classes}
         cur = {c: float(np.mean(current.predictions == c)) for c in classes}
         c = max(classes, key=lambda k: abs(cur[k] - ref[k]))
-        return f"{c!r} predicted {ref[c]:.1%} -> {cur[c]:.1%}"
+        return f"{str(c)!r} predicted {ref[c]:.1%} -> {cur[c]:.1%}"
     return f"{current.embeddings.shape[1]} principal components"
 
 
 def _moved(test, value, threshold, current, reference, stat_names) -> str:
     title = summary.test_title(test)
-    relation = ">" if test == shift.EMBEDDING else "<"
+    relation = "<" if test == shift.PREDICTION else ">" if test == shift.EMBEDDING else ">="
     detail = _detail(test, current, reference, stat_names)
     return f"{title}: {value:.3g} {relation} threshold {threshold:.3g} ({detail})"
 

@@ -38,7 +38,8 @@ def run_report(
     stat_names: list[str],
     thresholds: dict[str, float],
 ):
-    """One Evidently report: embedding MMD, a K-S test per image statistic, predicted classes.
+    """One Evidently report: embedding MMD, a normed Wasserstein distance per tested image
+    statistic (those with a threshold), predicted classes.
 
     Returns the snapshot and each test's value by test name.
     """
@@ -61,8 +62,12 @@ def run_report(
             ),
         ),
         *[
-            (STAT + name, ValueDrift(column=name, method="ks", threshold=thresholds[STAT + name]))
+            (
+                STAT + name,
+                ValueDrift(column=name, method="wasserstein", threshold=thresholds[STAT + name]),
+            )
             for name in stat_names
+            if STAT + name in thresholds
         ],
         (
             PREDICTION,

@@ -21,15 +21,15 @@ COLOURS = {"drift": "#b00020", "no_drift": "#1b7f3b", "insufficient_data": "#666
 
 def test_title(test: str) -> str:
     if test.startswith(STAT):
-        return f"image {test[len(STAT) :]} (K-S p)"
+        return f"image {test[len(STAT) :]} (Wasserstein, ref. SDs)"
     return TEST_TITLES[test]
 
 
 def margin(test: str, value: float, threshold: float) -> float:
     """How far a test is towards its threshold: 1 at the threshold, above 1 fires."""
-    if test == EMBEDDING:
-        return value / threshold if threshold > 0 else float("inf") if value > 0 else 0.0
-    return np.log10(max(value, 1e-300)) / np.log10(threshold)
+    if test == PREDICTION:
+        return np.log10(max(value, 1e-300)) / np.log10(threshold)
+    return value / threshold if threshold > 0 else float("inf") if value > 0 else 0.0
 
 
 # --- pictures ---------------------------------------------------------------
@@ -52,11 +52,12 @@ def plot_history(history: list[dict], path: Path) -> None:
         for i, h in enumerate(checks):
             if h["status"] == "drift":
                 axes.axvspan(i - 0.4, i + 0.4, color="#b00020", alpha=0.12, lw=0)
-        labels = [h["checked_at"][5:16].replace("T", " ") for h in checks]
+        labels = [h["checked_at"][5:19].replace("T", " ") for h in checks]
         step = max(1, len(labels) // 8)
         axes.set_xticks(times[::step], labels[::step], rotation=20, fontsize=7)
     axes.axhline(1, color="black", ls="--", lw=1, label="calibrated threshold")
     axes.set_yscale("symlog", linthresh=1)
+    axes.set_ylim(bottom=0)
     axes.set(ylabel="score / threshold", title="Drift over time (red: drift verdict)")
     axes.legend(fontsize=6, ncol=2, loc="upper left")
     save_figure(figure, path)
@@ -131,7 +132,7 @@ def html_block(verdict: dict, pictures: list[Path]) -> str:
         [
             esc(test_title(t)),
             f"{v['value']:.3g}",
-            f"{'>' if t == EMBEDDING else '<'} {v['threshold']:.3g}",
+            f"{'<' if t == PREDICTION else '>' if t == EMBEDDING else '>='} {v['threshold']:.3g}",
             "<b>moved</b>" if fires(t, v["value"], v["threshold"]) else "-",
             esc(v.get("detail", "")),
         ]
@@ -161,6 +162,8 @@ def html_block(verdict: dict, pictures: list[Path]) -> str:
         if location
         else ""
     )
+    untested = "".join(f"<li>{esc(u)}: not tested</li>" for u in verdict.get("untested", []))
+    untested = f"<p>Image statistics:</p><ul>{untested}</ul>" if untested else ""
     head = "th{text-align:left;padding:2px 8px}td{padding:2px 8px;border-top:1px solid #ddd}"
     return f"""
 <div id="transferops-summary" style="font-family:sans-serif;margin:16px;padding:16px;
@@ -181,6 +184,7 @@ per check. Checked {esc(verdict["checked_at"])}.</p>
 <table><tr><th>group</th><th>metric</th><th>gap now [interval]</th><th>reference</th>
 <th>n</th><th></th></tr>{_rows(gaps)}</table>
 {f"<p>Not judged:</p><ul>{skipped}</ul>" if skipped else ""}
+{untested}
 {"".join(_image(p) for p in pictures if p.is_file())}
 <p style="color:#666">Below: Evidently's report of the same tests, with the same thresholds.</p>
 </div>

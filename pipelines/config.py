@@ -193,6 +193,7 @@ class MonitorParams(Section):
     max_rows: Annotated[int, Field(ge=50, le=20_000)]
     embedding_components: Annotated[int, Field(ge=2, le=256)]
     false_alarm_rate: Probability
+    min_effect: Annotated[float, Field(ge=0, le=10)]
     calibration_draws: Annotated[int, Field(ge=100, le=100_000)]
     bias: BiasParams
     retrain: RetrainParams

@@ -68,3 +68,10 @@ def test_stage_exits_2_with_the_message(tmp_path: Path, capsys: pytest.CaptureFi
     path = write_params(tmp_path / "bad.yaml", {"data.val_size": 0})
     assert main(["--params", str(path)]) == 2
     assert "data.val_size = 0" in capsys.readouterr().err
+
+
+def test_more_alarms_than_checks_is_refused() -> None:
+    with pytest.raises(
+        ParamsError, match=r"monitor.retrain.alarms = 4 > monitor.retrain.checks = 3"
+    ):
+        load_params(ROOT / "params.yaml", ["monitor.retrain.alarms=4"])

@@ -20,6 +20,7 @@ def check(status: str, location: str | None = "late", tag: str = "m:1") -> dict:
         "reasons": reasons.get(status, []),
         "shift": status == "drift",
         "shift_location": location,
+        "tests": {"embedding": {"fired": status == "drift"}, "stat:sharpness": {"fired": True}},
         "report_dir": f"reports/drift/{status}",
     }
 
@@ -56,6 +57,8 @@ def test_input_level_shift_retrains_surgically_from_the_champion() -> None:
     assert decide(history, [], CFG, NOW, None).strategy == "default", "no champion to start from"
     off = RetrainParams(alarms=2, checks=3, cooldown_hours=24, surgical=False)
     assert decide(history, [], off, NOW, SURGICAL).strategy == "default"
+    semantic = [*history[:-1], check("drift", "early") | {"tests": {"prediction": {"fired": True}}}]
+    assert decide(semantic, [], CFG, NOW, SURGICAL).strategy == "default", "no pixel evidence"
 
 
 def test_a_second_alarm_inside_the_cooldown_does_not_retrain(tmp_path: Path) -> None:

@@ -34,14 +34,16 @@ def test_statistics_are_evidently_s_own() -> None:
     """The calibration's numbers and the report's are the same computation."""
     rng = np.random.default_rng(3)
     reference, current = synthetic(rng, 300), synthetic(rng, 120, offset=0.2)
-    thresholds = {t: 0.01 for t in shift.test_names(STATS)}
+    tested = shift.tested_stats(reference.stats, STATS)
+    assert tested == ["brightness", "contrast", "sharpness"], "constant sizes are not tested"
+    thresholds = {t: 0.01 for t in shift.test_names(tested)}
     _, reported = evidently_report.run_report(
         evidently_report.frame(current.embeddings, current.predictions, current.stats, STATS),
         evidently_report.frame(reference.embeddings, reference.predictions, reference.stats, STATS),
         STATS,
         thresholds,
     )
-    ours = shift.scores(current, reference, STATS)
+    ours = shift.scores(current, reference, STATS, tested)
     assert reported.keys() == ours.keys()
     for test, value in ours.items():
         assert reported[test] == pytest.approx(value, rel=1e-9, abs=1e-12), test
@@ -50,11 +52,13 @@ def test_statistics_are_evidently_s_own() -> None:
 def test_unshifted_windows_stay_quiet_at_the_calibrated_rate_and_shift_fires() -> None:
     rng = np.random.default_rng(0)
     reference = synthetic(rng, 400)
-    calibration = shift.calibrate(reference, 100, STATS, 0.05, draws=300, seed=0)
-    assert calibration.thresholds["stat:width"] <= 0.05, "never looser than the set rate"
+    calibration = shift.calibrate(reference, 100, STATS, 0.05, draws=300, seed=0, min_effect=0.1)
+    assert "stat:width" not in calibration.thresholds, "the same for every reference image"
+    assert calibration.thresholds["prediction"] <= 0.05, "never looser than the set rate"
+    assert calibration.thresholds["stat:brightness"] >= 0.1, "never under min_effect"
 
     def alarms(window: shift.Sample) -> bool:
-        values = shift.scores(window, reference, STATS)
+        values = shift.scores(window, reference, STATS, calibration.tested_stats)
         return any(shift.fires(t, v, calibration.thresholds[t]) for t, v in values.items())
 
     quiet = [alarms(synthetic(rng, 100)) for _ in range(120)]
@@ -70,7 +74,7 @@ def test_a_darker_window_moves_brightness_only() -> None:
     calibration = shift.calibrate(reference, 150, STATS, 0.01, draws=200, seed=1)
     window = synthetic(rng, 150)
     window.stats[:, 2] *= 0.6  # a darker camera; everything else as before
-    values = shift.scores(window, reference, STATS)
+    values = shift.scores(window, reference, STATS, calibration.tested_stats)
     fired = {t for t, v in values.items() if shift.fires(t, v, calibration.thresholds[t])}
     assert fired == {"stat:brightness"}
 

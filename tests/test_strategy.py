@@ -123,3 +123,18 @@ def test_profile_command_on_an_unseen_image_folder(tmp_path: Path) -> None:
         assert key in record["numbers"], key
         assert key.split("_")[0].upper() in result.stdout.upper() or key in result.stdout
     assert (out / "strategy.png").stat().st_size > 10_000
+
+
+def test_surgical_trains_the_first_stages_only() -> None:
+    decision = decide(
+        numbers(100, 0.5), STAGES, strategy_params("strategy.force=surgical"), train_params()
+    )
+    assert decision.strategy == "surgical" and decision.forced
+    assert decision.trainable_stages == ["stem", "block0", "classifier"]
+    three = strategy_params("strategy.force=surgical", "strategy.surgical_stages=3")
+    assert decide(numbers(100, 0.5), STAGES, three, train_params()).trainable_stages == [
+        "stem",
+        "block0",
+        "block1",
+        "classifier",
+    ]

@@ -1,0 +1,52 @@
+"""Surgical fine-tuning for real: from a packaged model's weights, only its first stages move."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from pipelines.backbones import stage_namer
+from pipelines.classifier import WEIGHTS, load_classifier
+from pipelines.finetune import CHECKPOINT
+from tests.conftest import write_params
+
+
+def test_surgical_retrain_from_the_champion_weights(trained_project: Path, tmp_path: Path) -> None:
+    paths = yaml.safe_load(trained_project.read_text())["paths"]
+    champion_weights = Path(paths["model"]) / WEIGHTS
+    moved = {
+        f"paths.{key}": str(tmp_path / key)
+        for key in ("features", "model", "checkpoints", "train_log", "profile")
+    }
+    params = write_params(
+        tmp_path / "params.yaml",
+        moved | {"strategy.force": "surgical", "model.weights": str(champion_weights)},
+        base=trained_project,
+    )
+    for stage in ("features", "profile", "strategy", "train"):
+        done = subprocess.run(
+            [sys.executable, "-m", f"pipelines.{stage}", "--params", str(params)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    decision = json.loads((tmp_path / "profile" / "decision.json").read_text())
+    assert decision["strategy"] == "surgical"
+    assert decision["trainable_stages"] == ["stem", "block0", "classifier"]
+
+    before = load_file(str(champion_weights))
+    stage = stage_namer(load_classifier(tmp_path / "model")[0])
+    # The last epoch's state (the saved model is the best validation epoch, which
+    # on this tiny data may be the probe itself).
+    last = torch.load(tmp_path / "checkpoints" / CHECKPOINT, weights_only=True)["model"]
+    changed = {stage(k) for k in before if not before[k].equal(last[k])}
+    assert {"stem", "block0"} <= changed, "the first stages trained"
+    assert changed <= {"stem", "block0", "classifier"}, f"later stages moved: {changed}"
+    saved = load_file(str(tmp_path / "model" / WEIGHTS))
+    kept = {stage(k) for k in before if not before[k].equal(saved[k])}
+    assert kept <= {"stem", "block0", "classifier"}, "the champion's other stages are kept"
