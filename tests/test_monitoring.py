@@ -1,11 +1,15 @@
 """Drift and bias checks with real Evidently reports: calibrated, quiet on unshifted data."""
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from flows.serving import free_port
 from flows.traffic import HeldOutPool, png_bytes
 from monitoring import evidently_report, shift
 from monitoring.bias import Side, group_gaps
@@ -195,11 +199,35 @@ def test_drift_verdicts_reports_and_workspace_on_served_traffic(serve_traffic) -
 
     history = read_history(params.paths.reports / "drift")
     assert [h["status"] for h in history] == ["insufficient_data", "no_drift", "drift"]
-    from evidently.ui.workspace import Workspace
+    assert_in_evidently_ui(params.paths.reports / "drift" / "workspace", runs=2)
 
-    workspace = Workspace(str(params.paths.reports / "drift" / "workspace"))
-    project = workspace.search_project(evidently_report.PROJECT)[0]
-    assert len(workspace.list_runs(project.id)) == 2, "each check with a report is in the UI"
+
+def assert_in_evidently_ui(workspace: Path, runs: int) -> None:
+    """A real `evidently ui` on the workspace lists the project and its runs."""
+    import httpx
+
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "evidently"), "ui", "--workspace", str(workspace),
+         "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                projects = httpx.get(f"http://127.0.0.1:{port}/api/projects", timeout=5).json()
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "evidently ui did not start in 60 s"
+                time.sleep(0.5)
+        project = next(p for p in projects if p["name"] == evidently_report.PROJECT)
+        listed = httpx.get(f"http://127.0.0.1:{port}/api/projects/{project['id']}/snapshots")
+        assert len(listed.json()) == runs, "each check with a report is in the UI"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_failed_report_leaves_the_last_good_one(serve_traffic, monkeypatch) -> None:
