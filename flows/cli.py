@@ -38,12 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     monitor = commands.add_parser(
         "monitor",
-        help="run the monitoring flow (drift check)",
-        description="Compare the latest traffic window with the "
-        "serving model's reference; retrain on drift.",
+        help="run the monitoring flow (drift and bias check, retrain decision)",
+        description="Compare the latest traffic window with the serving model's reference "
+        "(domain shift, where it sits, per-group bias) and write the report under "
+        "reports/drift/; then decide whether to retrain (K of N alarms, cooldown) and, if so, "
+        "run the training flow (surgically for an input-level shift). docs/monitoring.md",
     )
     monitor.add_argument(
-        "--no-retrain", action="store_true", help="only report; never start the training flow"
+        "--no-retrain",
+        action="store_true",
+        help="only check and report; no retrain decision, never start the training flow",
     )
     monitor.add_argument("--new-data", help="labelled ImageFolder the retraining run adds")
     add_override_option(monitor)
