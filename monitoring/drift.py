@@ -265,7 +265,7 @@ def _detail(
 
 def _moved(test, value, threshold, current, reference, stat_names) -> str:
     title = summary.test_title(test)
-    relation = "<" if test == shift.PREDICTION else ">" if test == shift.EMBEDDING else ">="
+    relation = summary.RELATION.get(test, ">=")
     detail = _detail(test, current, reference, stat_names)
     return f"{title}: {value:.3g} {relation} threshold {threshold:.3g} ({detail})"
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from monitoring.shift import EMBEDDING, PREDICTION, STAT, fires
+from monitoring.shift import EMBEDDING, PREDICTION, STAT, fires, input_level
 from pipelines.figures import plt, save_figure
 
 TEST_TITLES = {EMBEDDING: "embeddings (MMD²)", PREDICTION: "predicted classes (chi-square p)"}
+RELATION = {EMBEDDING: ">", PREDICTION: "<"}  # how each test fires; image statistics: ">="
 COLOURS = {"drift": "#b00020", "no_drift": "#1b7f3b", "insufficient_data": "#666666"}
 
 
@@ -132,7 +133,7 @@ def html_block(verdict: dict, pictures: list[Path]) -> str:
         [
             esc(test_title(t)),
             f"{v['value']:.3g}",
-            f"{'<' if t == PREDICTION else '>' if t == EMBEDDING else '>='} {v['threshold']:.3g}",
+            esc(f"{RELATION.get(t, '>=')} {v['threshold']:.3g}"),
             "<b>moved</b>" if fires(t, v["value"], v["threshold"]) else "-",
             esc(v.get("detail", "")),
         ]
@@ -152,16 +153,25 @@ def html_block(verdict: dict, pictures: list[Path]) -> str:
     reasons = "".join(f"<li>{esc(r)}</li>" for r in verdict["reasons"]) or "<li>nothing moved</li>"
     skipped = "".join(f"<li>{esc(s)}</li>" for s in verdict.get("bias", {}).get("skipped", []))
     location = verdict.get("shift_location")
-    kind = (
-        "an input-level shift (noise, blur, light, a new camera)"
-        if location == "early"
-        else "a semantic shift"
-    )
+    fired = [t for t, v in verdict.get("tests", {}).items() if v["fired"]]
+    if input_level(location, fired):
+        kind = "with the image statistics, an input-level shift (noise, blur, light, a new camera)"
+    elif location == "early":
+        kind = "but no image statistic moved, so it is not called input-level"
+    else:
+        kind = "a semantic shift, or one the early stages absorb (noise and JPEG land here too)"
     where = (
-        f"<p>BatchNorm statistics moved most in the <b>{esc(location)}</b> stages: {kind}.</p>"
-        if location
+        f"<p>BatchNorm statistics moved most in the <b>{esc(location)}</b> stages: {esc(kind)}.</p>"
+        if location and verdict["status"] == "drift"
         else ""
     )
+    if not gaps:
+        why = (
+            "no group had enough traffic to judge"
+            if verdict.get("bias", {}).get("skipped")
+            else "no request in this window carried a group"
+        )
+        gaps = [["-", why, "", "", "", ""]]
     untested = "".join(f"<li>{esc(u)}: not tested</li>" for u in verdict.get("untested", []))
     untested = f"<p>Image statistics:</p><ul>{untested}</ul>" if untested else ""
     head = "th{text-align:left;padding:2px 8px}td{padding:2px 8px;border-top:1px solid #ddd}"
