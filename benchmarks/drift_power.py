@@ -44,7 +44,7 @@ from pipelines import champion
 from pipelines.bnshift import StageProbe
 from pipelines.classifier import eval_transform
 from pipelines.config import Params, load_params
-from pipelines.imagestats import image_statistics
+from pipelines.imagestats import STAT_NAMES, image_statistics
 from pipelines.package import load_stored
 from pipelines.predlog import PredictionLog, PredictionRecord, utc_now
 from pipelines.profile import shift_location
@@ -169,15 +169,7 @@ def power(args, params: Params, ref: drift.Reference, base: Embedded, cells: dic
     }
     for size in args.sizes:
         rows = min(size, params.monitor.max_rows)
-        calibration = shift.calibrate(
-            reference,
-            rows,
-            ref.stat_names,
-            params.monitor.false_alarm_rate,
-            params.monitor.calibration_draws,
-            params.seed,
-            params.monitor.min_effect,
-        )
+        calibration = drift.calibrate(reference, rows, ref.stat_names, params)
 
         def alarms(draw, calibration=calibration) -> tuple[float, float, float]:
             fired, early, surgical = 0, 0, 0
@@ -225,26 +217,24 @@ def other_references(args, params: Params, ref: drift.Reference, base: Embedded)
     unusual in some statistic raises the false-alarm rate of every check
     against it. This separates that luck from the calibration.
     """
-    from sklearn.decomposition import PCA
-
     rng = np.random.default_rng(args.seed + 2)
     size, rates = 200, []
     for _ in range(args.reference_trials):
         order = rng.permutation(len(base.labels))
         picked, rest = order[: len(ref.labels)], order[len(ref.labels) :]
-        pca = PCA(params.monitor.embedding_components, random_state=params.seed)
-        reference = shift.Sample(
-            pca.fit_transform(base.embeddings[picked]), base.stats[picked], base.predictions[picked]
+        drawn = base.take(picked)
+        other = drift.Reference(
+            embeddings=drawn.embeddings,
+            predictions=drawn.predictions,
+            labels=drawn.labels,
+            groups=np.full(len(picked), ""),
+            stats=drawn.stats,
+            stat_names=ref.stat_names,
+            bn=drawn.bn,
+            bn_stages=ref.bn_stages,
         )
-        calibration = shift.calibrate(
-            reference,
-            size,
-            ref.stat_names,
-            params.monitor.false_alarm_rate,
-            params.monitor.calibration_draws,
-            params.seed,
-            params.monitor.min_effect,
-        )
+        pca, reference = drift.reference_sample(other, params)
+        calibration = drift.calibrate(reference, size, ref.stat_names, params)
         fired = [
             test_window(
                 base.take(rng.choice(rest, size, replace=False)),
@@ -313,9 +303,7 @@ def check_timing(params: Params, tag: str, base: Embedded, rows: int) -> dict:
                     confidence=0.9,
                     probabilities=[0.9],
                     embedding=base.embeddings[j],
-                    stats=dict(
-                        zip(drift.load_reference(tag).stat_names, base.stats[j], strict=True)
-                    ),
+                    stats=dict(zip(STAT_NAMES, base.stats[j], strict=True)),
                     group=str(groups[i % 3]),
                     bn=base.bn[j].tolist(),
                 )

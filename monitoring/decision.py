@@ -23,15 +23,13 @@ lock, so two monitoring runs at once cannot both start a retrain.
 
 from __future__ import annotations
 
-import fcntl
-import json
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from monitoring.shift import input_level
 from pipelines.config import RetrainParams
+from pipelines.logfiles import append_jsonl, locked, read_jsonl
 
 DECISIONS, RETRAINS, LOCK = "decisions.jsonl", "retrains.jsonl", ".decision.lock"
 
@@ -112,35 +110,6 @@ def decide(
     return RetrainDecision(True, why + ". Default strategy", "default", **base, **counts)
 
 
-def _read(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
-def _append(path: Path, row: dict) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
-        handle.flush()
-
-
-@contextmanager
-def _locked(drift_dir: Path):
-    drift_dir.mkdir(parents=True, exist_ok=True)
-    with open(drift_dir / LOCK, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def decide_and_record(
     drift_dir: Path,
     history: list[dict],
@@ -150,15 +119,15 @@ def decide_and_record(
 ) -> RetrainDecision:
     """Decide under the lock; record the decision (and the retrain it starts)."""
     drift_dir, now = Path(drift_dir), now or datetime.now(UTC)
-    with _locked(drift_dir):
-        decision = decide(history, _read(drift_dir / RETRAINS), cfg, now, surgical_overrides)
+    with locked(drift_dir / LOCK):
+        decision = decide(history, read_jsonl(drift_dir / RETRAINS), cfg, now, surgical_overrides)
         decision.decided_at = now.isoformat()
         row = asdict(decision)
-        _append(drift_dir / DECISIONS, row)
+        append_jsonl(drift_dir / DECISIONS, row)
         if decision.retrain:
-            _append(drift_dir / RETRAINS, row)
+            append_jsonl(drift_dir / RETRAINS, row)
     return decision
 
 
 def read_decisions(drift_dir: Path) -> list[dict]:
-    return _read(Path(drift_dir) / DECISIONS)
+    return read_jsonl(Path(drift_dir) / DECISIONS)

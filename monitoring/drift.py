@@ -42,6 +42,7 @@ from sklearn.decomposition import PCA
 from monitoring import bias, evidently_report, shift, summary
 from pipelines.config import Params
 from pipelines.evaluate import REFERENCE
+from pipelines.logfiles import append_jsonl, read_jsonl
 from pipelines.predlog import read_feedback, read_predictions
 from pipelines.profile import shift_location
 from pipelines.stage import run_stage
@@ -129,6 +130,22 @@ def with_feedback(window: pd.DataFrame, log_dir: Path) -> np.ndarray:
     return labels.fillna("").astype(str).to_numpy()
 
 
+def calibrate(
+    reference: shift.Sample, rows: int, stat_names: list[str], params: Params
+) -> shift.Calibration:
+    """``shift.calibrate`` with the ``monitor`` settings (uncached)."""
+    cfg = params.monitor
+    return shift.calibrate(
+        reference,
+        rows,
+        stat_names,
+        cfg.false_alarm_rate,
+        cfg.calibration_draws,
+        params.seed,
+        cfg.min_effect,
+    )
+
+
 def calibration_for(
     reference: shift.Sample, rows: int, stat_names: list[str], params: Params, tag: str
 ) -> shift.Calibration:
@@ -147,15 +164,7 @@ def calibration_for(
     )
     if path.is_file():
         return shift.Calibration(**json.loads(path.read_text()))
-    calibration = shift.calibrate(
-        reference,
-        rows,
-        stat_names,
-        cfg.false_alarm_rate,
-        cfg.calibration_draws,
-        params.seed,
-        cfg.min_effect,
-    )
+    calibration = calibrate(reference, rows, stat_names, params)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(calibration.to_dict()))
@@ -227,16 +236,20 @@ def check_drift(params: Params) -> DriftVerdict:
     for test, value in values.items():
         threshold = calibration.thresholds[test]
         fired = shift.fires(test, value, threshold)
+        detail = _detail(test, current, ref_sample, stat_names)
         verdict.tests[test] = {
             "value": value,
             "threshold": threshold,
             "fired": fired,
-            "detail": _detail(test, current, ref_sample, stat_names),
+            "detail": detail,
         }
         if fired:
-            verdict.reasons.append(_moved(test, value, threshold, current, ref_sample, stat_names))
+            verdict.reasons.append(
+                f"{summary.test_title(test)}: {value:.3g} {shift.relation(test)} threshold "
+                f"{threshold:.3g} ({detail})"
+            )
     verdict.shift = any(t["fired"] for t in verdict.tests.values())
-    untested = sorted(set(stat_names) - set(shift.tested_stats(ref_sample.stats, stat_names)))
+    untested = sorted(set(stat_names) - set(calibration.tested_stats))
     verdict.untested = [f"{name}: the same for every reference image" for name in untested]
     _locate(verdict, window, reference)
     _judge_bias(verdict, window, reference, params)
@@ -261,13 +274,6 @@ def _detail(
         c = max(classes, key=lambda k: abs(cur[k] - ref[k]))
         return f"{str(c)!r} predicted {ref[c]:.1%} -> {cur[c]:.1%}"
     return f"{current.embeddings.shape[1]} principal components"
-
-
-def _moved(test, value, threshold, current, reference, stat_names) -> str:
-    title = summary.test_title(test)
-    relation = summary.RELATION.get(test, ">=")
-    detail = _detail(test, current, reference, stat_names)
-    return f"{title}: {value:.3g} {relation} threshold {threshold:.3g} ({detail})"
 
 
 def _locate(verdict: DriftVerdict, window: pd.DataFrame, reference: Reference) -> None:
@@ -332,8 +338,7 @@ def _record(params: Params, verdict: DriftVerdict, snapshot=None) -> DriftVerdic
             )
         except Exception as err:  # the report stands on its own; the UI is a convenience
             log.warning("could not add the run to the Evidently workspace: %s", err)
-    with open(drift_dir / HISTORY, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(verdict.to_dict()) + "\n")
+    append_jsonl(drift_dir / HISTORY, verdict.to_dict())
     log.info(
         "drift check: %s (%d predictions of %s) %s",
         verdict.status,
@@ -346,18 +351,8 @@ def _record(params: Params, verdict: DriftVerdict, snapshot=None) -> DriftVerdic
 
 def read_history(drift_dir: Path, model_tag: str | None = None) -> list[dict]:
     """Every recorded check, oldest first (of one model, when given)."""
-    path = Path(drift_dir) / HISTORY
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a torn last line
-            continue
-        if model_tag is None or row.get("model_tag") == model_tag:
-            rows.append(row)
-    return rows
+    rows = read_jsonl(Path(drift_dir) / HISTORY)
+    return [r for r in rows if model_tag is None or r.get("model_tag") == model_tag]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,7 @@ they say where a shift sits, early (input-level) or late (semantic).
 
 from __future__ import annotations
 
+import operator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -87,11 +88,14 @@ def test_names(stat_names: list[str]) -> list[str]:
     return [EMBEDDING, *[STAT + name for name in stat_names], PREDICTION]
 
 
+def relation(test: str) -> str:
+    """How a test fires, as Evidently decides: MMD above, a distance at or above, a p-value
+    below its threshold."""
+    return {EMBEDDING: ">", PREDICTION: "<"}.get(test, ">=")
+
+
 def fires(test: str, value: float, threshold: float) -> bool:
-    """As Evidently decides: MMD above, a distance at or above, a p-value below its threshold."""
-    if test == EMBEDDING:
-        return value > threshold
-    return value >= threshold if test.startswith(STAT) else value < threshold
+    return {">": operator.gt, ">=": operator.ge, "<": operator.lt}[relation(test)](value, threshold)
 
 
 def tested_stats(stats: np.ndarray, stat_names: list[str]) -> list[str]:

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from monitoring.shift import EMBEDDING, PREDICTION, STAT, fires, input_level
+from monitoring.shift import EMBEDDING, PREDICTION, STAT, fires, input_level, relation
 from pipelines.figures import plt, save_figure
 
 TEST_TITLES = {EMBEDDING: "embeddings (MMD²)", PREDICTION: "predicted classes (chi-square p)"}
-RELATION = {EMBEDDING: ">", PREDICTION: "<"}  # how each test fires; image statistics: ">="
 COLOURS = {"drift": "#b00020", "no_drift": "#1b7f3b", "insufficient_data": "#666666"}
 
 
@@ -133,7 +132,7 @@ def html_block(verdict: dict, pictures: list[Path]) -> str:
         [
             esc(test_title(t)),
             f"{v['value']:.3g}",
-            esc(f"{RELATION.get(t, '>=')} {v['threshold']:.3g}"),
+            esc(f"{relation(t)} {v['threshold']:.3g}"),
             "<b>moved</b>" if fires(t, v["value"], v["threshold"]) else "-",
             esc(v.get("detail", "")),
         ]

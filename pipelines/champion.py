@@ -14,16 +14,17 @@ Changes are serialised with an exclusive lock on ``<paths.models>/.lock``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import getpass
 import json
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+from pipelines.logfiles import append_line, locked, read_lines
 
 CHAMPION, HISTORY, LOCK = "champion.json", "history.jsonl", ".lock"
 
@@ -172,27 +173,15 @@ def _unlogged(models_dir: Path, logged: list[ChampionRecord]) -> ChampionRecord 
 
 
 def _logged(models_dir: Path) -> list[ChampionRecord]:
-    path = models_dir / HISTORY
-    if not path.is_file():
-        return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_lines(models_dir / HISTORY):
         with contextlib.suppress(ValueError, TypeError):  # a torn last line
             records.append(ChampionRecord.from_json(line))
     return records
 
 
 def _append(models_dir: Path, record: ChampionRecord) -> None:
-    path = models_dir / HISTORY
-    prefix = ""
-    if path.is_file() and path.stat().st_size:
-        with open(path, "rb") as handle:
-            handle.seek(-1, os.SEEK_END)
-            prefix = "" if handle.read(1) == b"\n" else "\n"  # after a torn line
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(prefix + record.to_json() + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    append_line(models_dir / HISTORY, record.to_json())
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -203,12 +192,5 @@ def _fsync_dir(directory: Path) -> None:
         os.close(descriptor)
 
 
-@contextlib.contextmanager
-def _locked(models_dir: Path) -> Iterator[None]:
-    models_dir.mkdir(parents=True, exist_ok=True)
-    with open(models_dir / LOCK, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _locked(models_dir: Path):
+    return locked(models_dir / LOCK)

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.imagestats import STAT_NAMES
+from pipelines.logfiles import read_jsonl
 
 PREDICTIONS, FEEDBACK = "pred", "feedback"
 COLUMNS = [
@@ -160,15 +161,7 @@ def _files(directory: Path, kind: str, since: datetime | None) -> list[Path]:
 
 
 def _lines(paths: list[Path]) -> list[dict]:
-    rows = []
-    for path in paths:
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:  # a torn last line
-                    continue
-    return rows
+    return [row for path in paths for row in read_jsonl(path)]
 
 
 def read_predictions(

@@ -1,0 +1,62 @@
+"""Append-only JSON Lines logs, and the file lock that serialises their writers.
+
+Used by the champion history, the drift-check history and the retrain
+decisions. A writer killed mid-line leaves a torn last line: readers skip it,
+and the next append starts on a fresh line, so neither it nor the new record
+is glued to the torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def read_lines(path: Path) -> list[str]:
+    """The file's complete lines (none when it does not exist)."""
+    path = Path(path)
+    return path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every record, oldest first; a torn line is skipped."""
+    rows = []
+    for line in read_lines(path):
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
+    return rows
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line and fsync it; after a torn last line, start a new one first."""
+    path = Path(path)
+    prefix = ""
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            prefix = "" if handle.read(1) == b"\n" else "\n"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(prefix + line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    append_line(path, json.dumps(row))
+
+
+@contextlib.contextmanager
+def locked(lock_file: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``lock_file`` (created with its folder) for the block."""
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
