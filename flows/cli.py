@@ -11,7 +11,7 @@ from pathlib import Path
 
 from flows.traffic import SHIFTS
 from pipelines.champion import ChampionError
-from pipelines.config import DEFAULT_PARAMS, ParamsError, load_params
+from pipelines.config import DEFAULT_PARAMS, FORCEABLE_STRATEGIES, ParamsError, load_params
 from pipelines.datasets import DataSourceError
 from pipelines.runtime import configure_runtime
 from pipelines.stage import add_override_option
@@ -33,7 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Snapshot the data with DVC, run `dvc repro` "
         "(or `dvc exp run` with -S), push to the DVC remote.",
     )
-    train.add_argument("--dataset", help="a labelled ImageFolder to add as a new data drop")
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--dataset", help="a labelled ImageFolder to add as a new data drop")
+    source.add_argument(
+        "--data-version",
+        help="train on a recorded data version (a DVC hash, e.g. a model's data_version)",
+    )
+    train.add_argument(
+        "--strategy",
+        choices=FORCEABLE_STRATEGIES,
+        help="force a freeze strategy (strategy.force) instead of the selector's choice",
+    )
     add_override_option(train)
 
     monitor = commands.add_parser(
@@ -42,12 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare the latest traffic window with the serving model's reference "
         "(domain shift, where it sits, per-group bias) and write the report under "
         "reports/drift/; then decide whether to retrain (K of N alarms, cooldown) and, if so, "
-        "run the training flow (surgically for an input-level shift). docs/monitoring.md",
+        "emit the Prefect event transferops.retrain.requested (surgical strategy for an "
+        "input-level shift). The training deployment of `transferops deploy` answers it. "
+        "docs/monitoring.md, docs/orchestration.md",
     )
     monitor.add_argument(
         "--no-retrain",
         action="store_true",
-        help="only check and report; no retrain decision, never start the training flow",
+        help="only check and report; no retrain decision, never request a retrain",
     )
     monitor.add_argument("--new-data", help="labelled ImageFolder the retraining run adds")
     add_override_option(monitor)
@@ -146,6 +158,28 @@ def build_parser() -> argparse.ArgumentParser:
         "`bentoml serve BENTO_TAG` or `bentoml containerize`.",
     )
 
+    commands.add_parser(
+        "deploy",
+        help="serve the Prefect deployments: scheduled checks, event-triggered retraining",
+        description="Register and serve transferops-monitoring/check (on orchestrate."
+        "monitor_cron) and transferops-training/retrain (answering transferops.retrain."
+        "requested: orchestrate.trigger_threshold events within monitor.retrain."
+        "cooldown_hours start one run; concurrency limit 1; and on orchestrate.retrain_cron "
+        "when set). Runs until interrupted. Needs a Prefect server that stays up: "
+        "`prefect server start`, then PREFECT_API_URL=http://127.0.0.1:4200/api.",
+        epilog="The UI: http://127.0.0.1:4200 (deployments, runs, logs, each run's record).",
+    )
+    report = commands.add_parser(
+        "report",
+        help="build the reviewers' HTML index (drift, bias, models, validation, runs)",
+        description="Write one static HTML page linking the latest drift and bias reports, "
+        "the model history (every champion change and why), the latest validation results "
+        "and the recent runs with what triggered them. Open it in any browser.",
+    )
+    report.add_argument(
+        "--out", type=Path, help="output file (default: <paths.reports>/index.html)"
+    )
+
     serve = commands.add_parser(
         "serve",
         help="serve the champion with `bentoml serve`",
@@ -208,10 +242,29 @@ def run_command(args: argparse.Namespace, params) -> int:
         return run_check(args.path, params, args.out)
     if args.command in ("gate", "promote", "rollback", "models", "bento"):
         return run_models(args, params)
+    if args.command == "deploy":
+        from flows.deploy import NoServerError, serve_deployments
+
+        try:
+            serve_deployments(params)
+        except NoServerError as err:
+            print(err, file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "report":
+        from monitoring.index import build_index
+
+        print(build_index(params, args.out))
+        return 0
     if args.command == "train":
         from flows.training import training_flow
 
-        result = training_flow(dataset=args.dataset, overrides=args.overrides)
+        result = training_flow(
+            dataset=args.dataset,
+            data_version=args.data_version,
+            overrides=args.overrides,
+            strategy=args.strategy,
+        )
     elif args.command == "monitor":
         from flows.monitoring import monitoring_flow
 

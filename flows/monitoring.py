@@ -1,4 +1,4 @@
-"""The monitoring flow: a drift check, the guarded retrain decision, and the retrain."""
+"""The monitoring flow: a drift check, the guarded retrain decision, the retrain request."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.training import training_flow
+from flows.events import api_url, request_retrain
+from flows.records import recorded_run
 from monitoring.decision import decide_and_record
 from monitoring.drift import check_drift, read_history
 from pipelines import champion
 from pipelines.classifier import WEIGHTS
 from pipelines.config import Params, load_params
-from pipelines.package import stored_model_dir
+from pipelines.package import stored_model, stored_model_dir
 
 
 @task(cache_policy=NO_CACHE)
@@ -42,34 +43,83 @@ def retrain_decision(params: Params) -> dict:
     return asdict(decision)
 
 
+@task(cache_policy=NO_CACHE)
+def emit_retrain_request(
+    verdict: dict, decision: dict, overrides: list[str], new_data: str | None
+) -> dict:
+    """The decision said retrain: emit the event the training deployment answers."""
+    logger = get_run_logger()
+    if api_url() is None:
+        logger.warning(
+            "PREFECT_API_URL is not set: the event goes to this run's temporary server and "
+            "nothing will retrain. Start `prefect server start` and `transferops deploy` "
+            "(docs/orchestration.md)."
+        )
+    why = {
+        "reason": decision["reason"],
+        "strategy": decision["strategy"],
+        "check": decision.get("check"),
+        "report_dir": verdict.get("report_dir"),
+        "model_tag": verdict.get("model_tag"),
+    }
+    sent = request_retrain(
+        model_tag=verdict.get("model_tag") or "unknown",
+        overrides=overrides,
+        new_data=new_data,
+        why=why,
+    )
+    logger.warning("retrain requested (%s): %s; event %s", why["strategy"], why["reason"], sent)
+    return sent
+
+
 @flow(name="transferops-monitoring", log_prints=True)
 def monitoring_flow(
-    retrain: bool = True, new_data: str | None = None, overrides: list[str] | None = None
+    retrain: bool = True,
+    new_data: str | None = None,
+    overrides: list[str] | None = None,
+    trigger: dict | None = None,
 ) -> dict:
-    """Check the latest traffic window; retrain when the decision says so.
+    """Check the latest traffic window; when the decision says retrain, emit the request.
+
+    The retraining itself is the training deployment's run, started by the
+    event through Prefect's guards (flows/events.py; ``transferops deploy``).
 
     Args:
-        retrain: decide (and maybe start the training flow) after the check;
+        retrain: decide after the check (and maybe request a retrain);
             False only reports.
         new_data: a labelled ImageFolder (e.g. labelled production images)
             that the retraining run adds to the dataset.
-        overrides: params overrides, ``key=value``.
+        overrides: params overrides, ``key=value``; they go to the retraining run too.
+        trigger: what started this run (a schedule fills this in); recorded.
     """
     logger = get_run_logger()
     overrides = list(overrides or [])
     params = load_params(Path("params.yaml"), overrides)
-    verdict = drift_check(params)
-    result = {"verdict": verdict, "decision": None, "retrained": None}
-    if not retrain:
-        logger.info("verdict %s; retraining off for this run", verdict["status"])
-        return result
-    decision = retrain_decision(params)
-    result["decision"] = decision
-    if decision["retrain"]:
-        logger.warning("retraining (%s): %s", decision["strategy"], decision["reason"])
-        result["retrained"] = training_flow(
-            dataset=new_data, overrides=[*overrides, *decision["overrides"]]
-        )
-    else:
-        logger.info("verdict %s; no retraining: %s", verdict["status"], decision["reason"])
+    with recorded_run(params.paths.reports, "monitoring", trigger) as result:
+        verdict = drift_check(params)
+        result |= {"verdict": verdict, "decision": None, "requested": None}
+        result["model_tag"] = verdict.get("model_tag")
+        result["report_dir"] = verdict.get("report_dir")
+        result["data_version"] = serving_data_version(verdict.get("model_tag"))
+        if not retrain:
+            logger.info("verdict %s; retraining off for this run", verdict["status"])
+            return result
+        decision = retrain_decision(params)
+        result["decision"] = decision
+        if decision["retrain"]:
+            result["requested"] = emit_retrain_request(
+                verdict, decision, [*overrides, *decision["overrides"]], new_data
+            )
+        else:
+            logger.info("verdict %s; no retraining: %s", verdict["status"], decision["reason"])
     return result
+
+
+def serving_data_version(model_tag: str | None) -> str | None:
+    """The data version the checked model was trained on (its package labels)."""
+    if not model_tag:
+        return None
+    try:
+        return stored_model(model_tag).info.labels.get("data_version")
+    except FileNotFoundError:
+        return None

@@ -1,30 +1,42 @@
 """The training flow: snapshot the data with DVC, reproduce the pipeline, push, gate.
 
-Prefect owns time and retries; DVC owns the stage graph. Each step is a task
-with its own logs in the Prefect UI; stages that are up to date are skipped
-by DVC, so re-running the flow on unchanged data costs seconds. The packaged
-candidate then faces the promotion gate (``pipelines/gate.py``): it becomes
-the champion only when it beats the current one.
+Prefect owns time and retries; DVC owns the stage graph. Every DVC stage is a
+task of its own (``dvc repro STAGE``, in dvc.yaml's order) with its logs in
+the Prefect UI, retried when it failed transiently (a held DVC lock, remote
+I/O); DVC calls are serialised across processes (flows/dvc.py). Stages that
+are up to date are skipped by DVC, so re-running the flow on unchanged data
+costs seconds. The packaged candidate then faces the promotion gate
+(``pipelines/gate.py``): it becomes the champion only when it beats the
+current one, and the flow waits for the service to serve it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 from prefect import flow, get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.data import add_dataset, require_passed
-from flows.dvc import run_dvc
+from flows.data import add_dataset, checkout_version, require_passed
+from flows.dvc import DvcError, pipeline_stages, run_dvc
+from flows.records import recorded_run
 from pipelines import champion
-from pipelines.config import Params, load_params
+from pipelines.config import Params, load_params, write_overrides
 from pipelines.evaluate import METRICS
 from pipelines.gate import run_gate
 from pipelines.package import PACKAGE_RECORD
 from pipelines.prepare import incoming_drops
 
 REPO = Path()
+PARAMS = Path("params.yaml")
+NO_ANSWER_S = 5  # tell_service: a service that has not answered at all by then is not running
+VERSIONS = Path("data") / "versions"  # data versions restored for a run (data_version=...)
 
 
 @task(cache_policy=NO_CACHE)
@@ -45,21 +57,65 @@ def snapshot_data(params: Params, dataset: str | None) -> list[str]:
     return [str(d) for d in drops]
 
 
+def transient_failure(task, task_run, state) -> bool:
+    """Prefect's retry condition: retry what may pass (DVC lock, remote I/O), not a bug."""
+    try:
+        state.result()
+    except DvcError as err:
+        return err.transient
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(task_run_name="dvc repro {stage}", cache_policy=NO_CACHE)
+def reproduce_stage(stage: str) -> str:
+    """``dvc repro STAGE``: DVC skips it when nothing it depends on changed."""
+    output = run_dvc(["repro", stage], REPO, get_run_logger())
+    return "ran" if f"Running stage '{stage}'" in output else "up to date"
+
+
 @task(cache_policy=NO_CACHE)
-def reproduce(overrides: list[str]) -> None:
-    """``dvc repro``; with overrides, ``dvc exp run -S ...`` (DVC's own form), for this run only."""
-    logger = get_run_logger()
-    if overrides:
-        # `dvc exp run -S` writes the overrides into params.yaml; they are for this
-        # run only (DVC keeps the experiment: `dvc exp show`), so put the file back.
-        params_file = REPO / "params.yaml"
-        original = params_file.read_bytes()
-        try:
-            run_dvc(["exp", "run", *[arg for o in overrides for arg in ("-S", o)]], REPO, logger)
-        finally:
-            params_file.write_bytes(original)
-    else:
-        run_dvc(["repro"], REPO, logger)
+def restore_data_version(version: str) -> list[str]:
+    """Materialise a recorded data version with DVC; overrides that make it the whole dataset.
+
+    The version is a prepared dataset (folder + ``manifest.csv`` with its
+    splits): it becomes the source, and no drops are merged on top of it.
+    """
+    folder = VERSIONS / version.removesuffix(".dir")
+    if not (folder / "manifest.csv").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        checkout_version(version, folder, REPO)
+    no_drops = VERSIONS / "no-drops"
+    no_drops.mkdir(parents=True, exist_ok=True)
+    return [
+        "data.format=imagefolder",
+        f"data.source={folder / 'manifest.csv'}",
+        f"paths.incoming={no_drops}",
+    ]
+
+
+@contextlib.contextmanager
+def params_for_this_run(overrides: list[str]) -> Iterator[None]:
+    """Write the overrides into params.yaml (DVC reads it) and put the file back afterwards."""
+    if not overrides:
+        yield
+        return
+    original = PARAMS.read_bytes()
+    try:
+        write_overrides(PARAMS, overrides)
+        yield
+    finally:
+        PARAMS.write_bytes(original)
+
+
+@task(cache_policy=NO_CACHE)
+def save_experiment(overrides: list[str]) -> str:
+    """Keep a run with overrides as a DVC experiment (``dvc exp show`` lists it)."""
+    saved = run_dvc(["exp", "save"], REPO, get_run_logger()).strip()
+    return saved.rpartition(":")[2].strip()  # "Experiment has been saved as: NAME"
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -91,30 +147,106 @@ def training_outcome(params: Params) -> dict:
     }
 
 
+@task(cache_policy=NO_CACHE)
+def tell_service(params: Params, champion_tag: str | None) -> dict:
+    """Wait until the service at ``orchestrate.service_url`` serves the champion.
+
+    The service follows ``models/champion.json`` by itself (it looks every
+    ``serve.switch_poll_s``); this confirms the switch. A service that does
+    not answer or has not switched in ``orchestrate.switch_timeout_s`` is a
+    warning, not a failed run: the promotion stands either way.
+    """
+    logger = get_run_logger()
+    url = params.orchestrate.service_url
+    if not url or champion_tag is None:
+        return {"url": url, "serving": None, "switched": None}
+    headers = {}
+    if params.serve.api_key_env:
+        headers["X-API-Key"] = os.environ.get(params.serve.api_key_env, "")
+    started, answered = time.monotonic(), False
+    serving = None
+    while time.monotonic() - started < params.orchestrate.switch_timeout_s:
+        try:
+            response = httpx.get(f"{url}/v1/metadata", headers=headers, timeout=5)
+            answered = True
+            serving = response.json().get("model") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            serving = None
+        if serving == champion_tag:
+            waited = time.monotonic() - started
+            logger.info("%s serves %s (after %.1f s)", url, champion_tag, waited)
+            return {"url": url, "serving": serving, "switched": True, "after_s": round(waited, 1)}
+        if not answered and time.monotonic() - started > NO_ANSWER_S:
+            logger.warning(
+                "no service answers at %s; it will load %s when it starts", url, champion_tag
+            )
+            return {"url": url, "serving": None, "switched": None}
+        time.sleep(1)
+    logger.warning("%s still serves %s, not the champion %s", url, serving, champion_tag)
+    return {"url": url, "serving": serving, "switched": False}
+
+
+def run_overrides(overrides: list[str] | None, strategy: str | None) -> list[str]:
+    """The run's params overrides; a forced strategy is one more (``strategy.force``)."""
+    return [*(overrides or []), *([f"strategy.force={strategy}"] if strategy else [])]
+
+
 @flow(name="transferops-training", log_prints=True)
-def training_flow(dataset: str | None = None, overrides: list[str] | None = None) -> dict:
-    """Snapshot data -> ``dvc repro`` -> ``dvc push`` -> gate; returns what happened.
+def training_flow(
+    dataset: str | None = None,
+    data_version: str | None = None,
+    overrides: list[str] | None = None,
+    strategy: str | None = None,
+    trigger: dict | None = None,
+) -> dict:
+    """Snapshot data -> ``dvc repro``, stage by stage -> push -> gate -> tell the service.
 
     The result names the packaged candidate (``model_tag``), its metrics and
-    data version, the gate's verdict and the champion afterwards.
+    data version, the gate's verdict, the champion afterwards and whether the
+    service switched to it; a record of the run goes under ``reports/runs/``.
 
     Args:
-        dataset: a labelled ImageFolder to add as a new drop before training.
-        overrides: params overrides in DVC's form, e.g. ``["train.lr=0.01"]``.
+        dataset: a labelled ImageFolder or manifest to add as a new drop first.
+        data_version: train on a recorded data version instead (a DVC hash,
+            e.g. a model's ``data_version``), restored with DVC.
+        overrides: params overrides for this run, e.g. ``["train.lr=0.01"]``.
+        strategy: force a freeze strategy (``strategy.force``).
+        trigger: what started the run (a drift event fills this in); recorded.
     """
-    overrides = list(overrides or [])
-    params = load_params(Path("params.yaml"), overrides)  # bad overrides fail here, named
-    drops = snapshot_data(params, dataset)
-    reproduce(overrides)
-    push_to_remote()
-    outcome = training_outcome(params) | {"drops": drops}
-    outcome["gate"] = gate_candidate(params)
-    outcome["champion"] = champion.current(params.paths.models).tag
-    get_run_logger().info(
-        "trained %s: accuracy %.3f (data %s); champion %s",
-        outcome["model_tag"],
-        outcome["accuracy"],
-        outcome["data_version"],
-        outcome["champion"],
-    )
+    overrides = run_overrides(overrides, strategy)
+    params = load_params(PARAMS, overrides)  # bad overrides fail here, named
+    with recorded_run(params.paths.reports, "training", trigger) as outcome:
+        if data_version:
+            overrides += restore_data_version(data_version)
+            params = load_params(PARAMS, overrides)
+        outcome["overrides"] = overrides
+        outcome["drops"] = snapshot_data(params, dataset)
+        with params_for_this_run(overrides):
+            retried = reproduce_stage.with_options(
+                retries=params.orchestrate.stage_retries,
+                retry_delay_seconds=params.orchestrate.retry_delay_s,
+                retry_condition_fn=transient_failure,
+            )
+            outcome["stages"] = {stage: retried(stage) for stage in pipeline_stages(REPO)}
+            if overrides:
+                outcome["experiment"] = save_experiment(overrides)
+        push_to_remote()
+        outcome |= training_outcome(params)
+        outcome["gate"] = gate_candidate(params)
+        holder = champion.current(params.paths.models)
+        outcome["champion"] = holder.tag if holder else None
+        outcome["service"] = tell_service(params, outcome["champion"])
+        outcome["reports"] = {
+            "gate": outcome["gate"]["report"],
+            "validation": str(Path(params.paths.validation) / "docs" / "index.html"),
+            "evaluation": str(Path(params.paths.evaluation)),
+            "decision": str(Path(params.paths.profile) / "decision.txt"),
+        }
+        get_run_logger().info(
+            "trained %s: accuracy %.3f (data %s); champion %s",
+            outcome["model_tag"],
+            outcome["accuracy"],
+            outcome["data_version"],
+            outcome["champion"],
+        )
     return outcome

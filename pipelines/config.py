@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -28,6 +28,10 @@ CPU_IMAGE_SIZE = 64  # px: ``model.image_size: auto`` on CPU (EfficientNet-Lite0
 PositiveInt = Annotated[int, Field(gt=0)]
 Probability = Annotated[float, Field(gt=0, lt=1)]
 Fraction = Annotated[float, Field(gt=0, le=1)]
+ForcedStrategy = Literal["linear_probe", "top_blocks", "most_blocks", "full", "surgical"]
+FORCEABLE_STRATEGIES: tuple[str, ...] = get_args(ForcedStrategy)
+# Five cron fields (minute hour day month weekday); Prefect checks the values at deploy.
+CronText = Annotated[str, Field(pattern=r"^\s*\S+(\s+\S+){4}\s*$")]
 
 
 class Section(BaseModel):
@@ -103,7 +107,7 @@ class ProfileParams(Section):
 
 
 class StrategyParams(Section):
-    force: Literal["linear_probe", "top_blocks", "most_blocks", "full", "surgical"] | None = None
+    force: ForcedStrategy | None = None
     surgical_stages: PositiveInt = 2  # `surgical`: how many stages from the input train
     small_per_class: Annotated[int, Field(ge=1)] = 50
     large_per_class: Annotated[int, Field(ge=1)] = 500
@@ -199,6 +203,17 @@ class MonitorParams(Section):
     retrain: RetrainParams
 
 
+class OrchestrateParams(Section):
+    monitor_cron: CronText | None
+    retrain_cron: CronText | None
+    timezone: str
+    trigger_threshold: PositiveInt
+    stage_retries: Annotated[int, Field(ge=0, le=10)]
+    retry_delay_s: Annotated[float, Field(ge=0, le=3600)]
+    service_url: str | None
+    switch_timeout_s: Annotated[float, Field(gt=0, le=3600)]
+
+
 class Params(Section):
     seed: Annotated[int, Field(ge=0)]
     device: Literal["auto", "cpu", "cuda"]
@@ -216,6 +231,7 @@ class Params(Section):
     gate: GateParams
     serve: ServeParams
     monitor: MonitorParams
+    orchestrate: OrchestrateParams
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -278,6 +294,29 @@ def format_validation_error(err: ValidationError, path: Path) -> str:
         else:
             lines.append(f"  {path}: {key} = {item['input']!r}: {item['msg']}")
     return "\n".join(lines)
+
+
+def write_overrides(path: Path, overrides: Sequence[str]) -> None:
+    """Write ``key.sub=value`` overrides into the params file, keeping its comments.
+
+    The overrides are validated first (:func:`load_params`), so a bad one
+    changes nothing. DVC reads ``params.yaml`` itself: a run with overrides
+    writes them there, and the caller restores the file afterwards.
+    """
+    from ruamel.yaml import YAML
+
+    load_params(path, overrides)
+    document = YAML()  # round-trip: comments and key order survive
+    document.width = 4096
+    document.preserve_quotes = True
+    document.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    raw = document.load(Path(path).read_text())
+    for override in overrides:
+        apply_override(raw, override, source=path)
+    with open(path, "w") as handle:
+        document.dump(raw, handle)
 
 
 def to_flat_dict(params: Params) -> dict[str, Any]:

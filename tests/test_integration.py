@@ -1,51 +1,80 @@
-"""The skeleton loop for real: a git+DVC repo, Prefect runs, `bentoml serve` on localhost.
+"""The whole loop for real, as a team runs it.
 
-Train through the Prefect training flow (`dvc repro` inside), check that a
-second `dvc repro` has nothing to do, serve the model with a real
-`bentoml serve`, send in-distribution then blurred traffic, and let the
-monitoring flow find drift and retrain with a labelled drop of shifted images.
+A Prefect server (``prefect server start``) started by the test, the
+deployments registered and served by ``transferops deploy``, a git + DVC
+workspace, ``bentoml serve`` on localhost. Train through the training flow,
+serve, send in-distribution then blurred traffic; the monitoring flow finds
+drift, and its retrain request (a Prefect event) starts the training
+deployment through the automation; the candidate faces the gate and the
+service switches to it. The same request sent again inside the cooldown
+starts nothing. Finally the reviewers' index page renders in Chromium.
 """
 
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from flows.data import checkout_version
-from flows.serving import running_service
+from flows.deploy import MONITORING_DEPLOYMENT, TRAINING_DEPLOYMENT
+from flows.prefect_server import (
+    api_get,
+    api_post,
+    flow_runs,
+    running_deployments,
+    running_prefect_server,
+    wait_for_run,
+)
+from flows.serving import free_port, running_service
 from flows.traffic import HeldOutPool, send, write_labelled_drop
 from flows.workspace import create_workspace
 from pipelines.datasets import read_manifest
+from pipelines.runlog import read_records
 from tests.conftest import ROOT, TINY, write_params
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-
-def git(repo: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-    )
+SERVICE_PORT = free_port()
+STAGES = ["prepare", "validate", "features", "profile", "strategy", "train", "evaluate", "package"]
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = create_workspace(ROOT, tmp_path_factory.mktemp("repo") / "project")
-    write_params(root / "params.yaml", TINY, base=root / "params.yaml")
+    settings = TINY | {
+        "orchestrate.service_url": f"http://127.0.0.1:{SERVICE_PORT}",
+        "orchestrate.monitor_cron": "0 0 1 1 *",  # registered, but not due during the test
+    }
+    write_params(root / "params.yaml", settings, base=root / "params.yaml")
     return root
 
 
 @pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_api(tmp_path_factory: pytest.TempPathFactory):
+    """A real Prefect server for this module; flows in this process report to it."""
+    from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    # First start on a fresh PREFECT_HOME runs migrations: allow for it.
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
+    home = tmp_path_factory.mktemp("prefect-home")
+    EventsWorker.drain_all(timeout=10)  # no events client from an earlier server lingers
+    with running_prefect_server(home, log_file=home / "server.log") as api:
+        with temporary_settings(updates={PREFECT_API_URL: api}):
+            yield api, home
+        EventsWorker.drain_all(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def deployed(repo: Path, prefect_api):
+    """``transferops deploy`` in the workspace; yields {name: deployment}."""
+    api, home = prefect_api
+    names = [MONITORING_DEPLOYMENT, TRAINING_DEPLOYMENT]
+    log = repo.parent / "deploy.log"
+    with running_deployments(repo, api, home, names, log_file=log) as found:
+        yield dict(zip(names, found, strict=True))
 
 
 def dvc(repo: Path, *args: str) -> str:
@@ -56,82 +85,221 @@ def dvc(repo: Path, *args: str) -> str:
     return result.stdout
 
 
-def test_train_serve_detect_drift_and_retrain(
-    repo: Path, prefect_server, monkeypatch: pytest.MonkeyPatch
+def record_of(repo: Path, run_id: str) -> dict:
+    matches = [r for r in read_records(repo / "reports") if r["run"]["id"] == run_id]
+    assert len(matches) == 1, f"one record for run {run_id}"
+    return matches[0]
+
+
+def test_deployments_are_registered_with_their_guards(repo: Path, prefect_api, deployed) -> None:
+    api, _ = prefect_api
+    monitoring, training = deployed[MONITORING_DEPLOYMENT], deployed[TRAINING_DEPLOYMENT]
+    assert [s["schedule"]["cron"] for s in monitoring["schedules"]] == ["0 0 1 1 *"]
+    assert training["schedules"] == [], "scheduled retraining is off by default"
+    assert training["global_concurrency_limit"]["limit"] == 1
+    assert training["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+    automations = api_get(api, f"automations/related-to/prefect.deployment.{training['id']}")
+    assert len(automations) == 1
+    trigger = automations[0]["trigger"]
+    assert trigger["expect"] == ["transferops.retrain.requested"]
+    assert trigger["posture"] == "Reactive" and trigger["threshold"] == 1
+    assert trigger["within"] == 24 * 3600, "the window is monitor.retrain.cooldown_hours"
+
+
+def test_drift_event_retrains_once_and_the_service_switches(
+    repo: Path, prefect_api, deployed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from flows.events import request_retrain
     from flows.monitoring import monitoring_flow
     from flows.training import training_flow
     from pipelines.config import load_params
 
+    api, _ = prefect_api
+    training_id = deployed[TRAINING_DEPLOYMENT]["id"]
     monkeypatch.chdir(repo)
     params = load_params(repo / "params.yaml")
 
-    first = training_flow()
+    first = training_flow(trigger={"kind": "test", "by": "pytest"})
     assert first["gate"]["promoted"] and first["champion"] == first["model_tag"], "first model"
-    lock = (repo / "dvc.lock").read_text()
-    assert first["data_version"].endswith(".dir") and first["data_version"] in lock, (
-        "the model's data version is DVC's hash of the prepared dataset"
-    )
+    assert list(first["stages"]) == STAGES and set(first["stages"].values()) == {"ran"}
+    assert (
+        first["data_version"].endswith(".dir")
+        and first["data_version"] in (repo / "dvc.lock").read_text()
+    ), "the model's data version is DVC's hash of the prepared dataset"
     assert "Data and pipelines are up to date" in dvc(repo, "repro")
     assert any((repo / ".dvcstore").rglob("*")), "dvc push filled the local remote"
+    first_record = read_records(repo / "reports")[-1]
+    assert first_record["flow"] == "training" and first_record["status"] == "completed"
+    assert first_record["trigger"] == {"kind": "test", "by": "pytest"}
+    assert first_record["result"]["data_version"] == first["data_version"]
+    # Each DVC stage was a task of its own in the Prefect run.
+    tasks = api_post(
+        api, "task_runs/filter", {"flow_runs": {"id": {"any_": [first_record["run"]["id"]]}}}
+    )
+    assert {f"dvc repro {s}" for s in STAGES} <= {t["name"] for t in tasks}
 
     pool = HeldOutPool(params.data.source, params.paths.prepared, params.seed)
     drop = write_labelled_drop(pool.take(100, "blur"), repo.parent / "labelled-blur")
-    with running_service(log_file=repo / "serve.log") as url:
+    with running_service(port=SERVICE_PORT, log_file=repo / "serve.log") as url:
         assert send(url, pool.take(params.monitor.window)) > 0.3
         normal = monitoring_flow(retrain=False)
         send(url, pool.take(params.monitor.window, "blur"))
         once = monitoring_flow(retrain=True, new_data=str(drop))
         send(url, pool.take(params.monitor.window, "blur"))
-    assert normal["verdict"]["status"] == "no_drift", normal["verdict"]["reasons"]
-    assert normal["retrained"] is None
-    assert once["verdict"]["status"] == "drift" and once["retrained"] is None
-    assert "drift in 1 of the last 2 checks" in once["decision"]["reason"], "K of N: not yet"
+        assert flow_runs(api, training_id) == [], "no request yet, no retraining run"
+        shifted = monitoring_flow(retrain=True, new_data=str(drop))
 
-    shifted = monitoring_flow(retrain=True, new_data=str(drop))
+        run = wait_for_run(api, training_id, known=set(), timeout=500)
+        served = httpx.get(f"{url}/v1/metadata", timeout=10).json()["model"]
+
+    assert normal["verdict"]["status"] == "no_drift", normal["verdict"]["reasons"]
+    assert normal["decision"] is None and normal["requested"] is None
+    assert once["verdict"]["status"] == "drift" and once["requested"] is None
+    assert "drift in 1 of the last 2 checks" in once["decision"]["reason"], "K of N: not yet"
     assert shifted["verdict"]["status"] == "drift"
-    decision = shifted["decision"]
+    decision, requested = shifted["decision"], shifted["requested"]
     assert decision["retrain"] and decision["alarms"] == 2, decision
-    retrained = shifted["retrained"]
+    assert requested["event"] == "transferops.retrain.requested"
+
+    # The event started the training deployment; the run's record says so.
+    assert run["state_type"] == "COMPLETED", run
+    record = record_of(repo, run["id"])
+    assert record["deployment"] == "retrain" and record["status"] == "completed"
+    assert record["trigger"]["kind"] == "drift event"
+    assert record["trigger"]["event_id"] == requested["id"]
+    assert record["trigger"]["reason"] == decision["reason"]
+    assert record["trigger"]["report_dir"] == shifted["verdict"]["report_dir"]
+    retrained = record["result"]
+    assert retrained["overrides"] == decision["overrides"]
     assert retrained["model_tag"] != first["model_tag"]
     assert retrained["data_version"] != first["data_version"]
+    assert retrained["drops"] == ["data/incoming/labelled-blur"], "the labelled drop came along"
     assert (repo / "data" / "incoming" / "labelled-blur.dvc").is_file(), "drop snapshotted"
-    record = json.loads((params.paths.package / "bento_model.json").read_text())
-    assert record["tag"] == retrained["model_tag"]
-    # The decision's strategy is what trained; a surgical run starts from the champion.
     applied = json.loads((params.paths.profile / "decision.json").read_text())
     if decision["strategy"] == "surgical":
         assert applied["strategy"] == "surgical" and applied["forced"]
         assert applied["trainable_stages"] == ["stem", "block0", "classifier"]
-        assert any(o.startswith("model.weights=") for o in decision["overrides"])
-    else:
-        assert applied["strategy"] != "surgical"
     assert "force: null" in (repo / "params.yaml").read_text(), "overrides were for that run"
-    # The retrained candidate faced the gate against the first model.
-    verdict = json.loads(Path(retrained["gate"]["report"]).read_text())
+    # The candidate faced the gate against the first model; the service followed.
+    verdict = json.loads((repo / retrained["gate"]["report"]).read_text())
     assert verdict["champion"] == first["model_tag"] and verdict["n"] > 0
     expected = retrained["model_tag"] if verdict["promote"] else first["model_tag"]
-    assert retrained["champion"] == expected
+    assert retrained["champion"] == expected and served == expected
+    if verdict["promote"]:
+        assert retrained["service"]["switched"] is True
 
-    # The same shifted window checked again: drift, but inside the cooldown.
-    again = monitoring_flow(retrain=True)
-    assert again["verdict"]["status"] == "drift" and again["retrained"] is None
-    assert "cooldown" in again["decision"]["reason"]
+    # The same request again, inside the cooldown: Prefect's trigger drops it.
+    again = request_retrain(
+        model_tag=first["model_tag"],
+        overrides=decision["overrides"],
+        new_data=str(drop),
+        why={"reason": "sent again by the test"},
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the server has it...
+        found = api_post(api, "events/filter", {"filter": {"id": {"id": [again["id"]]}}})
+        if found["events"]:
+            break
+        time.sleep(1)
+    assert found["events"], "the second request reached the server"
+    time.sleep(10)  # ...and had time to start a run, had the trigger let it
+    assert [r["id"] for r in flow_runs(api, training_id)] == [run["id"]], "exactly one retrain"
 
-    # The first model's data version can be checked out again with DVC.
-    restored = checkout_version(first["data_version"], Path("restored"))
-    assert len(read_manifest(restored)) == 260, "the first dataset: 100 + 40 + 120 images"
+    # Our own decision layer says the same for the next check.
+    later = monitoring_flow(retrain=True)
+    assert later["requested"] is None and "cooldown" in later["decision"]["reason"]
+    kinds = [(r["flow"], r["status"]) for r in read_records(repo / "reports")]
+    assert kinds.count(("monitoring", "completed")) == 4
 
 
-def test_override_runs_a_dvc_experiment(
-    repo: Path, prefect_server, monkeypatch: pytest.MonkeyPatch
+def test_train_on_a_recorded_data_version_with_a_forced_strategy(
+    repo: Path, prefect_api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flows.training import training_flow
 
     monkeypatch.chdir(repo)
-    before = json.loads((repo / "artifacts/package/bento_model.json").read_text())["tag"]
-    outcome = training_flow(overrides=["train.probe_epochs=7"])
-    assert "probe_epochs: 7\n" not in (repo / "params.yaml").read_text(), "for that run only"
-    assert "probe_epochs: 7\n" in (repo / "dvc.lock").read_text(), "dvc exp run -S applied it"
-    assert outcome["model_tag"] != before
+    first = read_records(repo / "reports")[0]["result"]
+    restored = checkout_version(first["data_version"], Path("restored"))
+    assert len(read_manifest(restored)) == 260, "the first dataset: 100 + 40 + 120 images"
+
+    outcome = training_flow(
+        data_version=first["data_version"],
+        strategy="linear_probe",
+        overrides=["train.probe_epochs=7"],
+    )
+    prepared = read_manifest(repo / "data" / "prepared")
+    assert len(prepared) == 260, "that version alone, without the blurred drop added since"
+    assert prepared["split"].value_counts().to_dict() == {"test": 120, "train": 100, "val": 40}
+    applied = json.loads((repo / "artifacts/profile/decision.json").read_text())
+    assert applied["strategy"] == "linear_probe" and applied["forced"]
+    params_text = (repo / "params.yaml").read_text()
+    assert "probe_epochs: 7\n" not in params_text and "force: null" in params_text
+    assert "probe_epochs: 7\n" in (repo / "dvc.lock").read_text(), "what ran is in dvc.lock"
+    assert outcome["experiment"] in dvc(repo, "exp", "list", "--name-only")
     assert outcome["gate"]["reasons"], "the experiment's model faced the gate too"
+
+
+def test_report_index_renders_in_chromium(repo: Path, tmp_path: Path, monkeypatch) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    monkeypatch.chdir(repo)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "transferops"), "report"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    index = repo / result.stdout.strip().splitlines()[-1]
+    assert index.is_file()
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium'}")
+    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    try:
+        driver.set_window_size(1300, 1000)
+        driver.get(index.resolve().as_uri())
+        assert driver.title == "transferops: review"
+        for key in ("drift", "bias", "decisions", "models", "validation", "runs"):
+            section = driver.find_element(By.ID, key)
+            assert section.is_displayed() and section.size["height"] > 40, key
+        champion = json.loads((repo / "models" / "champion.json").read_text())["tag"]
+        assert champion in driver.find_element(By.ID, "champion").text
+        assert "drift" in driver.find_element(By.ID, "latest-verdict").text
+        assert "passed" in driver.find_element(By.ID, "latest-validation").text
+        runs = driver.find_elements(By.CSS_SELECTOR, "#runs tr")
+        assert len(runs) >= 1 + 7, "a header and every run of this module"
+        assert "drift event" in driver.find_element(By.ID, "runs").text
+        changes = driver.find_elements(By.CSS_SELECTOR, "#models tr")
+        assert len(changes) >= 2, "the first promotion at least"
+        images = driver.find_elements(By.TAG_NAME, "img")
+        assert len(images) >= 3
+        for image in images:  # every picture loaded and has pixels
+            width = driver.execute_script("return arguments[0].naturalWidth", image)
+            assert width > 0, image.get_attribute("src")
+        for link in driver.find_elements(By.CSS_SELECTOR, "a[href]"):
+            href = link.get_attribute("href")
+            if href.startswith("file://"):
+                target = Path(href.removeprefix("file://").split("#")[0])
+                assert target.exists(), f"broken link {href}"
+        driver.save_screenshot(str(tmp_path / "index.png"))
+    finally:
+        driver.quit()
+
+
+# Debian's chromium offline, as root: no sandbox, no background network.
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)

@@ -1,0 +1,99 @@
+"""``transferops deploy``: the project's Prefect deployments, served by one process.
+
+- ``transferops-monitoring/check``: the drift check on ``orchestrate.monitor_cron``.
+- ``transferops-training/retrain``: retraining, answering the drift event
+  (flows/events.py: threshold within the cooldown window) and, when
+  ``orchestrate.retrain_cron`` is set, on that schedule too. Its concurrency
+  limit is 1: a run that comes while one trains waits its turn.
+
+Schedules and event triggers need a Prefect server that outlives the runs
+(``prefect server start``, the UI at http://127.0.0.1:4200): the temporary
+server a lone flow run starts has no scheduler, and an automation fires only
+while this process is alive to run what it starts. ``serve`` runs each flow
+run in a subprocess of this process, in the project folder it was started in.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.schedules import Cron
+
+from flows.events import api_url, retrain_trigger
+from flows.monitoring import monitoring_flow
+from flows.training import training_flow
+from pipelines.config import Params
+
+MONITORING = "check"
+TRAINING = "retrain"
+MONITORING_DEPLOYMENT = f"{monitoring_flow.name}/{MONITORING}"
+TRAINING_DEPLOYMENT = f"{training_flow.name}/{TRAINING}"
+
+SERVER_HELP = """\
+`transferops deploy` needs a Prefect server that stays up: schedules and event
+triggers do not run on the temporary server a single flow run starts.
+
+  terminal 1:  prefect server start            # UI and API on http://127.0.0.1:4200
+  terminal 2:  export PREFECT_API_URL=http://127.0.0.1:4200/api
+               transferops deploy
+
+Runs, their logs and records then show in the UI. docs/orchestration.md; for
+a shared server on Postgres and workers on Docker/Kubernetes, docs/scaling.md."""
+
+log = logging.getLogger(__name__)
+
+
+class NoServerError(RuntimeError):
+    """``PREFECT_API_URL`` is not set: there is no server to register deployments with."""
+
+
+def build_deployments(params: Params) -> list:
+    """The deployments, not yet registered (``serve`` registers them)."""
+    orchestrate = params.orchestrate
+    zone = orchestrate.timezone
+    monitoring = monitoring_flow.to_deployment(
+        name=MONITORING,
+        description="The drift and bias check over the latest traffic window; on a "
+        "retrain decision it emits transferops.retrain.requested.",
+        schedules=(
+            [Cron(orchestrate.monitor_cron, timezone=zone, parameters=_scheduled("monitor_cron"))]
+            if orchestrate.monitor_cron
+            else []
+        ),
+        concurrency_limit=ConcurrencyLimitConfig(
+            limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+        ),
+        tags=["transferops", "monitoring"],
+    )
+    training = training_flow.to_deployment(
+        name=TRAINING,
+        description="Snapshot -> dvc repro -> gate -> promote -> service. Started by the "
+        "drift event (guarded) or by the retraining schedule when one is set.",
+        schedules=(
+            [Cron(orchestrate.retrain_cron, timezone=zone, parameters=_scheduled("retrain_cron"))]
+            if orchestrate.retrain_cron
+            else []
+        ),
+        triggers=[retrain_trigger(params)],
+        concurrency_limit=ConcurrencyLimitConfig(
+            limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+        ),
+        tags=["transferops", "training"],
+    )
+    return [monitoring, training]
+
+
+def _scheduled(key: str) -> dict:
+    return {"trigger": {"kind": "schedule", "setting": f"orchestrate.{key}"}}
+
+
+def serve_deployments(params: Params) -> None:
+    """Register the deployments and run what they start until interrupted."""
+    from prefect import serve
+
+    if api_url() is None:
+        raise NoServerError(SERVER_HELP)
+    deployments = build_deployments(params)
+    log.info("serving %s and %s on %s", MONITORING_DEPLOYMENT, TRAINING_DEPLOYMENT, api_url())
+    serve(*deployments, print_starting_message=True)

@@ -1,0 +1,155 @@
+"""A real ``prefect server start`` on localhost, and waiting on what it runs.
+
+The demo and the tests start one so that schedules, event triggers and the
+UI behave as they do for a team (the temporary server a lone flow run
+starts has no scheduler and vanishes with the run). Its database lives in
+``PREFECT_HOME``, so the runs can be browsed later by starting a server on
+the same home.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from flows.serving import free_port, stop_server
+
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def prefect_command(*args: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "prefect"), *args]
+
+
+def server_env(home: Path, api_url: str | None = None) -> dict[str, str]:
+    """Environment for processes that use this server (telemetry off)."""
+    env = {
+        "PREFECT_HOME": str(Path(home).resolve()),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+@contextlib.contextmanager
+def running_prefect_server(
+    home: Path, port: int | None = None, log_file: Path | None = None, timeout: float = 120
+) -> Iterator[str]:
+    """Start ``prefect server start`` with its database under ``home``; yield the API URL.
+
+    The first start on a new home creates the database (about 10 s here).
+    """
+    port = port or free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    Path(home).mkdir(parents=True, exist_ok=True)
+    log = open(log_file, "ab") if log_file else contextlib.nullcontext(subprocess.DEVNULL)  # noqa: SIM115
+    with log as out:
+        process = subprocess.Popen(
+            prefect_command("server", "start", "--host", "127.0.0.1", "--port", str(port)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **server_env(home)},
+            start_new_session=True,
+        )
+    try:
+        wait_healthy(api, process, timeout)
+        yield api
+    finally:
+        stop_server(process)
+
+
+def wait_healthy(api: str, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"prefect server exited with code {process.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"prefect server not healthy at {api} after {timeout:.0f} s")
+
+
+def api_get(api: str, path: str) -> dict | list:
+    response = httpx.get(f"{api}/{path}", timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def api_post(api: str, path: str, body: dict) -> dict | list:
+    response = httpx.post(f"{api}/{path}", json=body, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def deployment(api: str, name: str) -> dict | None:
+    """A deployment by ``flow/deployment`` name, or None while it is not registered."""
+    flow, _, short = name.partition("/")
+    response = httpx.get(f"{api}/deployments/name/{flow}/{short}", timeout=10)
+    return response.json() if response.status_code == 200 else None
+
+
+def wait_for_deployments(api: str, names: list[str], process: subprocess.Popen, timeout: float):
+    """Block until every deployment is registered and its serving process polls for runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"`transferops deploy` exited with code {process.returncode}")
+        found = [deployment(api, name) for name in names]
+        if all(d and d.get("status") == "READY" for d in found):
+            return found
+        time.sleep(1)
+    raise TimeoutError(f"deployments {names} not ready on {api} after {timeout:.0f} s")
+
+
+def flow_runs(api: str, deployment_id: str) -> list[dict]:
+    """Every flow run of a deployment, newest first."""
+    body = {"deployments": {"id": {"any_": [deployment_id]}}, "sort": "EXPECTED_START_TIME_DESC"}
+    return list(api_post(api, "flow_runs/filter", body))
+
+
+def wait_for_run(
+    api: str, deployment_id: str, *, known: set[str], timeout: float, poll: float = 2
+) -> dict:
+    """Wait for a run of the deployment not in ``known`` to finish; return it.
+
+    Raises TimeoutError when none started, or none finished, in time.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = [r for r in flow_runs(api, deployment_id) if r["id"] not in known]
+        done = [r for r in new if (r.get("state_type") or "") in TERMINAL]
+        if done:
+            return done[-1]
+        time.sleep(poll)
+    raise TimeoutError(f"no run of deployment {deployment_id} finished within {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def running_deployments(
+    cwd: Path, api: str, home: Path, names: list[str], log_file: Path | None = None
+) -> Iterator[list[dict]]:
+    """``transferops deploy`` in ``cwd`` against ``api``; yield the registered deployments."""
+    log = open(log_file, "ab") if log_file else contextlib.nullcontext(subprocess.DEVNULL)  # noqa: SIM115
+    with log as out:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "transferops"), "deploy"],
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **server_env(home, api)},
+            start_new_session=True,
+        )
+    try:
+        yield wait_for_deployments(api, names, process, timeout=120)
+    finally:
+        stop_server(process)

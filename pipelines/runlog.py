@@ -1,0 +1,40 @@
+"""Run records on disk: one JSON file per flow run and an index of them all.
+
+The flows write them (flows/records.py adds Prefect's side); the reviewers'
+index page reads them. ``reports/runs/<time>-<flow>-<run>.json`` holds one
+run whole; ``reports/runs/runs.jsonl`` has every record, oldest first.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipelines.logfiles import append_jsonl, read_jsonl
+
+RUNS_DIR = "runs"
+RUNS_LOG = "runs.jsonl"
+
+
+def runs_dir(reports: Path) -> Path:
+    return Path(reports) / RUNS_DIR
+
+
+def write_record(reports: Path, record: dict) -> Path:
+    """Write the run's file (whole, then renamed into place) and append it to the index."""
+    folder = runs_dir(reports)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = record["started_at"].replace(":", "").replace("+0000", "Z")
+    path = folder / f"{stamp}-{record['flow']}-{record['run']['name'] or 'local'}.json"
+    record["record"] = str(path)
+    text = json.dumps(record, indent=2, default=str)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    partial.replace(path)
+    append_jsonl(folder / RUNS_LOG, json.loads(text))
+    return path
+
+
+def read_records(reports: Path) -> list[dict]:
+    """Every run record, oldest first."""
+    return read_jsonl(runs_dir(reports) / RUNS_LOG)
