@@ -15,7 +15,9 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install data demo test lint format clean
+CHROMIUM := /usr/bin/chromium
+CHROMEDRIVER := /usr/bin/chromedriver
+.PHONY: help install data browser demo test lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -42,10 +44,23 @@ data: ## make sure Debian's Fashion-MNIST is present (installs it with apt when 
 		exit 1; \
 	fi
 
+browser: ## make sure Debian's chromium + chromium-driver are present (the report page's test)
+	@if [ -x $(CHROMIUM) ] && [ -x $(CHROMEDRIVER) ]; then exit 0; fi; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium and chromium-driver with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	elif command -v apt-get >/dev/null && command -v sudo >/dev/null; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else \
+		echo "chromium is missing: install Debian's 'chromium' and 'chromium-driver'"; \
+		echo "(the test that opens the report page in a headless browser needs them)."; \
+		exit 1; \
+	fi
+
 demo: install data ## install, then run the whole loop on the bundled Fashion-MNIST
 	$(VENV)/bin/transferops demo
 
-test: install data lint ## install, lint, then run the whole test suite
+test: install data browser lint ## install, lint, then run the whole test suite
 	$(PY) -m pytest
 
 lint: install ## ruff lint and format check

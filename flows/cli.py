@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "`bentoml serve BENTO_TAG` or `bentoml containerize`.",
     )
 
-    commands.add_parser(
+    deploy = commands.add_parser(
         "deploy",
         help="serve the Prefect deployments: scheduled checks, event-triggered retraining",
         description="Register and serve transferops-monitoring/check (on orchestrate."
@@ -167,7 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
         "cooldown_hours start one run; concurrency limit 1; and on orchestrate.retrain_cron "
         "when set). Runs until interrupted. Needs a Prefect server that stays up: "
         "`prefect server start`, then PREFECT_API_URL=http://127.0.0.1:4200/api.",
-        epilog="The UI: http://127.0.0.1:4200 (deployments, runs, logs, each run's record).",
+        epilog="The UI: http://127.0.0.1:4200 (deployments, runs, logs, each run's record). "
+        "With --work-pool, the deployments are registered on that pool and the command "
+        "returns; `prefect worker start --pool POOL` runs them (docs/scaling.md).",
+    )
+    deploy.add_argument(
+        "--work-pool",
+        metavar="POOL",
+        help="register on this Prefect work pool (process, docker, kubernetes) instead of "
+        "serving from this process; create it first: prefect work-pool create POOL --type process",
+    )
+    deploy.add_argument(
+        "--image",
+        help="with --work-pool of type docker or kubernetes: the image flow runs start in "
+        "(build it from flows/infra/Dockerfile)",
     )
     report = commands.add_parser(
         "report",
@@ -243,12 +256,17 @@ def run_command(args: argparse.Namespace, params) -> int:
     if args.command in ("gate", "promote", "rollback", "models", "bento"):
         return run_models(args, params)
     if args.command == "deploy":
-        from flows.deploy import NoServerError, serve_deployments
+        from flows.deploy import NoServerError, deploy_to_work_pool, serve_deployments
 
         try:
-            serve_deployments(params)
-        except NoServerError as err:
-            print(err, file=sys.stderr)
+            if args.work_pool:
+                ids = deploy_to_work_pool(params, args.work_pool, args.image)
+                print(f"registered {len(ids)} deployments on work pool {args.work_pool!r}: {ids}")
+                print(f"run them with: prefect worker start --pool {args.work_pool}")
+            else:
+                serve_deployments(params)
+        except (NoServerError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
             return 2
         return 0
     if args.command == "report":

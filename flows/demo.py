@@ -1,18 +1,24 @@
-"""The end-to-end demo on the bundled Fashion-MNIST.
+"""The end-to-end demo on the bundled Fashion-MNIST, run the way a team runs it.
 
 It runs in ``demo-workspace/``, a fresh git + DVC copy of the project made at
 each start, so the checkout stays clean and every demo starts from the default.
 
+0. A Prefect server (``prefect server start``, its database in the
+   workspace) and ``transferops deploy``: the scheduled check and the
+   training deployment that answers retrain requests.
 1. The training flow trains and packages the first model.
 2. ``bentoml serve`` serves it on localhost.
 3. In-distribution traffic; the monitoring flow finds no drift.
 4. Shifted traffic (blurred images by default); the monitoring flow finds
    drift, but one alarm does not retrain (K of N checks must).
-5. More shifted traffic; the second alarm retrains: the training flow adds a
+5. More shifted traffic; the second alarm requests a retrain: a Prefect
+   event. The automation starts the training deployment, which adds a
    labelled drop of shifted images (as annotators would label a sample of
-   production traffic), surgically when the shift is input-level. The
-   retrained candidate faces the promotion gate against the first model.
-6. The service restarts on the champion; the shifted traffic is scored again.
+   production traffic), surgically when the shift is input-level, and puts
+   the candidate through the promotion gate.
+6. The running service switches to the new champion by itself; the shifted
+   traffic is scored again.
+7. The reviewers' index page; a summary table with links to every report.
 """
 
 from __future__ import annotations
@@ -20,22 +26,30 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 from rich.console import Console
 from rich.table import Table
 
+from flows.deploy import MONITORING_DEPLOYMENT, TRAINING_DEPLOYMENT
 from flows.monitoring import monitoring_flow
-from flows.serving import running_service
+from flows.prefect_server import running_deployments, running_prefect_server, wait_for_run
+from flows.serving import free_port, running_service
 from flows.traffic import HeldOutPool, send, write_labelled_drop
 from flows.training import training_flow
 from flows.workspace import create_workspace
-from pipelines.config import Params, load_params
+from monitoring.index import build_index
+from pipelines.config import Params, load_params, write_overrides
+from pipelines.runlog import read_records
 from pipelines.strategy import DECISION
 
 log = logging.getLogger(__name__)
+
+PREFECT_UI_PORT = 4200  # the usual port; another one when it is taken
 
 
 @dataclass
@@ -44,6 +58,7 @@ class DemoSettings:
     window: int = 200  # images per traffic phase
     labelled_drop: int = 600  # shifted images that "annotators" label for retraining
     workspace: Path = Path("demo-workspace")
+    retrain_timeout_s: float = 900  # the triggered training run must finish within this
 
 
 def run_demo(
@@ -53,11 +68,17 @@ def run_demo(
 
     The outcome is also printed as a table and saved as JSON.
     """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     settings, console = settings or DemoSettings(), console or Console()
     started = time.monotonic()
     workspace = create_workspace(Path(root), Path(settings.workspace).resolve())
     console.print(f"demo workspace: {workspace} (a fresh git + DVC copy of the project)")
     os.chdir(workspace)
+    service_url = f"http://127.0.0.1:{free_port()}"
+    # The training deployment confirms that the service switched after a promotion.
+    write_overrides(workspace / "params.yaml", [f"orchestrate.service_url={service_url}"])
+    _commit(workspace, "demo: the service's URL")
     params = load_params(workspace / "params.yaml")
     if params.data.format != "fashion_mnist":
         raise ValueError(
@@ -65,41 +86,113 @@ def run_demo(
         )
     runs = Path(params.paths.reports) / "demo"
     runs.mkdir(parents=True, exist_ok=True)
+    home = workspace / ".prefect"
+    port = PREFECT_UI_PORT if _port_free(PREFECT_UI_PORT) else free_port()
 
-    console.rule("1. train the first model (Prefect flow -> dvc repro)")
-    first = training_flow()
-    pool = HeldOutPool(params.data.source, params.paths.prepared, params.seed)
-    summary: dict = {"first_model": first}
-
-    console.rule(f"2. serve {first['model_tag']} (bentoml serve on localhost)")
-    drop = write_labelled_drop(
-        pool.take(settings.labelled_drop, settings.shift),
-        runs / f"labelled-{settings.shift}",
-    )
-    with running_service(log_file=runs / "serve-1.log") as url:
-        console.rule("3. in-distribution traffic")
-        summary["normal_accuracy"] = send(url, pool.take(settings.window))
-        summary["normal"] = monitoring_flow(retrain=False)["verdict"]
-        console.rule(f"4. shifted traffic ({settings.shift}): one alarm is not enough")
-        summary["shifted_accuracy_before"] = send(url, pool.take(settings.window, settings.shift))
-        summary["first_alarm"] = monitoring_flow(retrain=True, new_data=str(drop))["decision"]
-        send(url, pool.take(settings.window, settings.shift))
-    console.rule("5. the alarm persists: the monitoring flow retrains")
-    shifted_run = monitoring_flow(retrain=True, new_data=str(drop))
-    summary["shifted"], summary["retrained"] = shifted_run["verdict"], shifted_run["retrained"]
-    summary["decision"] = shifted_run["decision"]
-
-    if summary["retrained"]:
-        console.rule(f"6. serving the champion {summary['retrained']['champion']}")
-        with running_service(log_file=runs / "serve-2.log") as url:
-            summary["shifted_accuracy_after"] = send(
-                url, pool.take(settings.window, settings.shift)
-            )
+    console.rule("0. Prefect server + `transferops deploy` (scheduled check, retrain on event)")
+    with (
+        running_prefect_server(home, port=port, log_file=runs / "prefect-server.log") as api,
+        running_deployments(
+            workspace,
+            api,
+            home,
+            [MONITORING_DEPLOYMENT, TRAINING_DEPLOYMENT],
+            log_file=runs / "deploy.log",
+        ) as deployments,
+        temporary_settings(updates={PREFECT_API_URL: api}),
+    ):
+        console.print(
+            f"Prefect API {api}; deployments: {', '.join(d['name'] for d in deployments)}"
+        )
+        summary = _loop(params, settings, console, runs, service_url, api, deployments[1]["id"])
+    summary["prefect"] = {"api": api, "home": str(home), "port": port}
+    summary["index"] = str(build_index(params))
     summary["shift"] = settings.shift
     summary["minutes"] = (time.monotonic() - started) / 60
     (runs / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     console.print(summary_table(summary, params, workspace))
+    console.print(how_to_look(summary, params, workspace))
     return summary
+
+
+def _loop(
+    params: Params,
+    settings: DemoSettings,
+    console: Console,
+    runs: Path,
+    service_url: str,
+    api: str,
+    training_deployment: str,
+) -> dict:
+    console.rule("1. train the first model (training flow: DVC stages as Prefect tasks)")
+    first = training_flow(trigger={"kind": "demo", "step": "first model"})
+    pool = HeldOutPool(params.data.source, params.paths.prepared, params.seed)
+    summary: dict = {"first_model": first}
+    drop = write_labelled_drop(
+        pool.take(settings.labelled_drop, settings.shift),
+        runs / f"labelled-{settings.shift}",
+    )
+    port = int(service_url.rsplit(":", 1)[1])
+
+    console.rule(f"2. serve {first['model_tag']} (bentoml serve on localhost)")
+    with running_service(port=port, log_file=runs / "serve.log") as url:
+        console.rule("3. in-distribution traffic")
+        summary["normal_accuracy"] = send(url, pool.take(settings.window))
+        summary["normal"] = monitoring_flow(retrain=True, new_data=str(drop))["verdict"]
+        console.rule(f"4. shifted traffic ({settings.shift}): one alarm is not enough")
+        summary["shifted_accuracy_before"] = send(url, pool.take(settings.window, settings.shift))
+        summary["first_alarm"] = monitoring_flow(retrain=True, new_data=str(drop))["decision"]
+        send(url, pool.take(settings.window, settings.shift))
+
+        console.rule("5. the alarm persists: the monitoring flow requests a retrain (event)")
+        check = monitoring_flow(retrain=True, new_data=str(drop))
+        summary["shifted"], summary["decision"] = check["verdict"], check["decision"]
+        summary["requested"] = check["requested"]
+        if check["requested"]:
+            asked = time.monotonic()
+            console.print(
+                f"event {check['requested']['id']} sent; waiting for the training deployment "
+                f"(its log: {runs / 'deploy.log'})"
+            )
+            run = wait_for_run(
+                api, training_deployment, known=set(), timeout=settings.retrain_timeout_s
+            )
+            summary["retrain_minutes"] = (time.monotonic() - asked) / 60
+            record = next(
+                r for r in read_records(params.paths.reports) if r["run"]["id"] == run["id"]
+            )
+            summary["retrain_run"] = {
+                "name": run["name"],
+                "state": run["state_type"],
+                "trigger": record["trigger"],
+                "record": record["record"],
+            }
+            if record["status"] != "completed":
+                raise RuntimeError(f"the retraining run failed: {record.get('error')}")
+            summary["retrained"] = record["result"]
+
+            console.rule("6. the service follows the champion; shifted traffic again")
+            summary["serving_after"] = httpx.get(f"{url}/v1/metadata", timeout=10).json()["model"]
+            summary["shifted_accuracy_after"] = send(
+                url, pool.take(settings.window, settings.shift)
+            )
+    return summary
+
+
+def _commit(workspace: Path, message: str) -> None:
+    git = ["git", "-c", "user.name=transferops", "-c", "user.email=transferops@localhost"]
+    subprocess.run([*git, "commit", "-qam", message], cwd=workspace, check=True)
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _accuracy(run: dict, level: float) -> str:
@@ -148,16 +241,33 @@ def summary_table(summary: dict, params: Params, workspace: Path) -> Table:
         f"{shifted.get('report_dir')}/report.html\n"
         f"evidently ui --workspace {params.paths.reports}/drift/workspace",
     )
-    if retrained:
-        gate = retrained["gate"]
+    requested, run = summary.get("requested"), summary.get("retrain_run")
+    if requested and run:
         table.add_row(
-            "retraining (triggered by drift) and the promotion gate",
+            "retrain request -> Prefect automation -> training deployment",
+            f"event {requested['event']} ({requested['id'][:8]})\n"
+            f"started run {run['name']} of {TRAINING_DEPLOYMENT}: {run['state']}, "
+            f"{summary['retrain_minutes']:.1f} min after the event",
+            f"{run['record']}",
+        )
+    if retrained:
+        gate, service = retrained["gate"], retrained.get("service") or {}
+        table.add_row(
+            "the candidate and the promotion gate",
             f"{retrained['model_tag']}\n{_accuracy(retrained, params.evaluate.confidence)}\n"
             f"gate: {'PROMOTED' if gate['promoted'] else 'CHAMPION KEPT'}\n"
-            + "\n".join(gate["reasons"])
-            + f"\nshifted traffic accuracy now "
-            f"{summary.get('shifted_accuracy_after', float('nan')):.3f}",
+            + "\n".join(gate["reasons"]),
             f"{gate['report']}\ndata version {retrained['data_version']}",
+        )
+        switched = (
+            f"switched after {service['after_s']} s" if service.get("switched") else "no switch"
+        )
+        table.add_row(
+            "the service (kept running throughout)",
+            f"serves {summary.get('serving_after')} ({switched})\n"
+            f"shifted traffic accuracy {summary['shifted_accuracy_before']:.3f} -> "
+            f"{summary.get('shifted_accuracy_after', float('nan')):.3f}",
+            f"{service.get('url')}/v1/metadata",
         )
     decision = json.loads((Path(params.paths.profile) / DECISION).read_text())
     table.add_row(
@@ -176,5 +286,25 @@ def summary_table(summary: dict, params: Params, workspace: Path) -> Table:
         "transferops models [--history]",
         f"{params.paths.models}/history.jsonl",
     )
+    table.add_row(
+        "reviewers' index (drift, bias, models, validation, runs)",
+        "transferops report",
+        summary["index"],
+    )
     table.add_row("total time", f"{summary['minutes']:.1f} min", f"{params.paths.reports}/demo")
     return table
+
+
+def how_to_look(summary: dict, params: Params, workspace: Path) -> str:
+    """Commands that open the UIs on what the demo left behind."""
+    prefect = summary["prefect"]
+    return f"""
+[bold]Look at the results[/bold] (in {workspace}):
+  Prefect UI (flow runs, task logs, the automation, each run's record):
+    PREFECT_HOME={prefect["home"]} prefect server start --port {prefect["port"]}
+    then open http://127.0.0.1:{prefect["port"]}
+  Evidently UI (every drift check):
+    evidently ui --workspace {params.paths.reports}/drift/workspace   then open http://127.0.0.1:8000
+  Reviewers' index: open {workspace / summary["index"]}
+  The loop for real: `prefect server start`, then `transferops deploy` (docs/orchestration.md)
+"""

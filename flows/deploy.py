@@ -16,6 +16,7 @@ run in a subprocess of this process, in the project folder it was started in.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.schedules import Cron
@@ -48,8 +49,12 @@ class NoServerError(RuntimeError):
     """``PREFECT_API_URL`` is not set: there is no server to register deployments with."""
 
 
-def build_deployments(params: Params) -> list:
-    """The deployments, not yet registered (``serve`` registers them)."""
+def build_deployments(params: Params, **where) -> list:
+    """The deployments, not yet registered (``serve`` or ``deploy`` registers them).
+
+    ``where``: ``to_deployment`` options for a work pool (entrypoint type,
+    job variables); none when this process serves them itself.
+    """
     orchestrate = params.orchestrate
     zone = orchestrate.timezone
     monitoring = monitoring_flow.to_deployment(
@@ -65,6 +70,7 @@ def build_deployments(params: Params) -> list:
             limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
         ),
         tags=["transferops", "monitoring"],
+        **where,
     )
     training = training_flow.to_deployment(
         name=TRAINING,
@@ -80,6 +86,7 @@ def build_deployments(params: Params) -> list:
             limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
         ),
         tags=["transferops", "training"],
+        **where,
     )
     return [monitoring, training]
 
@@ -97,3 +104,33 @@ def serve_deployments(params: Params) -> None:
     deployments = build_deployments(params)
     log.info("serving %s and %s on %s", MONITORING_DEPLOYMENT, TRAINING_DEPLOYMENT, api_url())
     serve(*deployments, print_starting_message=True)
+
+
+def deploy_to_work_pool(params: Params, pool: str, image: str | None = None) -> list[str]:
+    """Register the same deployments on a work pool; its workers run them. Returns their ids.
+
+    The flows are referenced by module path (``flows.training.training_flow``),
+    which the project's installation provides wherever a worker runs: a
+    process worker starts them in this project folder; a Docker or
+    Kubernetes worker in ``image`` (flows/infra/Dockerfile), whose working
+    directory is the project. Nothing is built or pushed here.
+    """
+    from prefect import deploy
+    from prefect.deployments.runner import EntrypointType
+
+    if api_url() is None:
+        raise NoServerError(SERVER_HELP)
+    variables = {} if image else {"working_dir": str(Path.cwd().resolve())}
+    deployments = build_deployments(
+        params, entrypoint_type=EntrypointType.MODULE_PATH, job_variables=variables
+    )
+    ids = deploy(
+        *deployments,
+        work_pool_name=pool,
+        image=image,
+        build=False,
+        push=False,
+        print_next_steps_message=False,
+        ignore_warnings=True,
+    )
+    return [str(i) for i in ids]

@@ -1,12 +1,13 @@
 """Every command answers --help; bad params stop with a named error."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, STAGES, write_params
+from tests.conftest import ROOT, STAGES, absolute_paths, write_params
 
 COMMANDS = [
     ["transferops"],
@@ -25,6 +26,8 @@ COMMANDS = [
     ["transferops", "rollback"],
     ["transferops", "models"],
     ["transferops", "bento"],
+    ["transferops", "deploy"],
+    ["transferops", "report"],
     *[["stage", s] for s in STAGES],
     ["module", "monitoring.drift"],
 ]
@@ -76,3 +79,33 @@ def test_unreadable_source_is_named_without_a_traceback(tmp_path: Path, command:
     assert result.returncode == 2, result.stderr
     assert f"error: {missing}: expected an ImageFolder" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_deploy_without_a_server_explains_how_to_start_one(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "--params", str(ROOT / "params.yaml"), "deploy"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env | {"PREFECT_HOME": str(tmp_path / "prefect")},
+    )
+    assert result.returncode == 2, result.stderr
+    assert "prefect server start" in result.stderr
+    assert "PREFECT_API_URL=http://127.0.0.1:4200/api" in result.stderr
+
+
+def test_report_on_a_project_with_no_runs_yet_explains_each_section(tmp_path: Path) -> None:
+    params = write_params(tmp_path / "params.yaml", absolute_paths(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "--params", str(params), "report"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "reports" / "index.html").read_text()
+    assert result.stdout.strip() == str(tmp_path / "reports" / "index.html")
+    for key in ("drift", "bias", "decisions", "models", "validation", "runs"):
+        assert f'<section id="{key}">' in page
+    assert "No drift check yet" in page and "No champion yet" in page and "No run yet" in page

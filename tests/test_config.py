@@ -75,3 +75,31 @@ def test_more_alarms_than_checks_is_refused() -> None:
         ParamsError, match=r"monitor.retrain.alarms = 4 > monitor.retrain.checks = 3"
     ):
         load_params(ROOT / "params.yaml", ["monitor.retrain.alarms=4"])
+
+
+def test_run_overrides_are_written_keeping_comments_and_a_bad_one_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    from pipelines.config import write_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text())
+    original = path.read_text()
+    write_overrides(path, ["train.lr=0.01", "strategy.force=surgical"])
+    changed = path.read_text()
+    diff = [
+        (a, b) for a, b in zip(original.splitlines(), changed.splitlines(), strict=True) if a != b
+    ]
+    assert len(diff) == 2 and len(changed.splitlines()) == len(original.splitlines())
+    assert all("#" in new for _, new in diff), "the lines keep their comments"
+    assert load_params(path).train.lr == 0.01 and load_params(path).strategy.force == "surgical"
+    assert "force: null" not in changed and "retrain_cron: null" in changed, "nulls stay null"
+
+    with pytest.raises(ParamsError, match=r"strategy\.force"):
+        write_overrides(path, ["strategy.force=everything"])
+    assert path.read_text() == changed
+
+
+def test_a_cron_that_is_not_five_fields_is_refused() -> None:
+    with pytest.raises(ParamsError, match=r"orchestrate\.monitor_cron = 'hourly'"):
+        load_params(ROOT / "params.yaml", ["orchestrate.monitor_cron=hourly"])

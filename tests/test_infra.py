@@ -1,0 +1,136 @@
+"""The configuration for growing past one machine (docs/scaling.md).
+
+What can run here runs: a DVC remote on S3-compatible object storage (a
+local moto server speaks the S3 API) behind the project's own data commands.
+What needs a Docker engine or a cluster (none here) is checked for agreeing
+with the project: the Prefect server's version, the worker's pool, the
+service's port and probes.
+"""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from flows.data import add_dataset, checkout_version
+from flows.serving import free_port, stop_server
+from flows.workspace import create_workspace
+from pipelines.config import load_params
+from tests.conftest import ROOT
+from tests.imagefiles import clean_folder
+
+BUCKET = "transferops-dvc"
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture
+def s3_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A local S3 endpoint (moto's server) with an empty bucket."""
+    import boto3
+
+    port = free_port()
+    with open(tmp_path / "moto.log", "wb") as log:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "moto_server"), "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(url, timeout=2)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        for key, value in S3_ENV.items():
+            monkeypatch.setenv(key, value)
+        s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+        yield url, s3
+    finally:
+        stop_server(server)
+
+
+@pytest.mark.integration
+def test_dvc_remote_on_object_storage(tmp_path: Path, s3_endpoint, monkeypatch) -> None:
+    url, s3 = s3_endpoint
+    repo = create_workspace(ROOT, tmp_path / "project")
+    monkeypatch.chdir(repo)
+
+    def dvc(*args: str) -> None:
+        done = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    # docs/scaling.md: the remote, as a team would point it at S3/MinIO/R2.
+    dvc("remote", "add", "-d", "-f", "local", f"s3://{BUCKET}/transferops")
+    dvc("remote", "modify", "local", "endpointurl", url)
+    params = load_params(repo / "params.yaml")
+
+    added = add_dataset(clean_folder(tmp_path / "drop", per_class=3), params, "first-drop")
+    assert added.status == "passed" and added.version
+    stored = s3.list_objects_v2(Bucket=BUCKET, Prefix="transferops/")
+    assert stored.get("KeyCount", 0) >= added.images, "dvc push put every image in the bucket"
+
+    # A fresh clone has no cache: the version comes back from object storage.
+    dvc("cache", "dir", str(tmp_path / "empty-cache"))
+    restored = checkout_version(added.version, Path("restored"))
+    restored_files = sorted(p.relative_to(restored) for p in restored.rglob("*.png"))
+    original = sorted(p.relative_to(tmp_path / "drop") for p in (tmp_path / "drop").rglob("*.png"))
+    assert restored_files == original and len(original) == added.images
+    assert any((tmp_path / "empty-cache").rglob("*")), "pulled into the new cache"
+
+
+def test_prefect_server_compose_matches_the_pinned_prefect() -> None:
+    from importlib.metadata import version
+
+    compose = yaml.safe_load((ROOT / "flows/infra/docker-compose.yaml").read_text())
+    server = compose["services"]["prefect-server"]
+    assert server["image"].startswith(f"prefecthq/prefect:{version('prefect')}-")
+    url = server["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert url.startswith("postgresql+asyncpg://") and "@postgres:5432/" in url
+    assert "postgres" in compose["services"] and "prefect-db" in compose["volumes"]
+    worker = compose["services"]["worker"]
+    assert worker["build"]["dockerfile"] == "flows/infra/Dockerfile"
+    assert (ROOT / "flows/infra" / worker["build"]["context"] / "pyproject.toml").is_file()
+
+
+def test_worker_image_installs_the_project_and_serves_the_compose_pool() -> None:
+    dockerfile = (ROOT / "flows/infra/Dockerfile").read_text()
+    assert "pip install --no-cache-dir -e ." in dockerfile
+    pins = (ROOT / "pyproject.toml").read_text()
+    s3 = next(line for line in dockerfile.splitlines() if "dvc-s3==" in line)
+    assert s3.split('"')[1] in pins, "the image's dvc-s3 is the one pyproject.toml pins"
+    assert '"--pool", "transferops"' in dockerfile
+    compose = (ROOT / "flows/infra/docker-compose.yaml").read_text()
+    assert "prefect work-pool create transferops --type process" in compose
+
+
+def test_bento_manifests_agree_with_the_service() -> None:
+    documents = {
+        d["kind"]: d for d in yaml.safe_load_all((ROOT / "services/k8s/bento.yaml").read_text())
+    }
+    deployment, service = documents["Deployment"], documents["Service"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["ports"][0]["containerPort"] == 3000, "bentoml serve's port"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert "TRANSFEROPS_MODEL_TAG" in env and env["BENTOML_DO_NOT_TRACK"] == "True"
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    claim = documents["PersistentVolumeClaim"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"], "every replica logs to it"
+    log_dir = load_params(ROOT / "params.yaml").paths.prediction_log
+    mount = container["volumeMounts"][0]["mountPath"]
+    assert mount.endswith("/" + Path(log_dir).parts[0]), "the mount holds paths.prediction_log"

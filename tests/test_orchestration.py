@@ -1,0 +1,90 @@
+"""DVC under Prefect: transient failures are retried, others are not; DVC calls queue."""
+
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from prefect import flow, task
+
+from flows.dvc import LOCK_FILE, DvcError, run_dvc
+from flows.training import transient_failure
+
+log = logging.getLogger(__name__)
+
+
+@pytest.fixture
+def dvc_repo(tmp_path: Path) -> Path:
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    return tmp_path
+
+
+def test_dvc_busy_with_another_process_is_a_transient_failure(dvc_repo: Path) -> None:
+    import zc.lockfile  # DVC's own repo lock
+
+    held = zc.lockfile.LockFile(str(dvc_repo / ".dvc" / "tmp" / "lock"))
+    try:
+        with pytest.raises(DvcError) as caught:
+            run_dvc(["status"], dvc_repo, log)
+    finally:
+        held.close()
+    assert caught.value.transient, str(caught.value)
+    run_dvc(["status"], dvc_repo, log)  # the lock is free again: no error
+
+
+def test_a_broken_pipeline_is_not_transient(dvc_repo: Path) -> None:
+    (dvc_repo / "dvc.yaml").write_text("stages:\n  broken:\n    cmd: exit 3\n")
+    with pytest.raises(DvcError) as caught:
+        run_dvc(["repro", "broken"], dvc_repo, log)
+    assert not caught.value.transient and "exit 3" in str(caught.value)
+
+
+@pytest.mark.parametrize(("transient", "expected_calls"), [(True, 2), (False, 1)])
+def test_only_transient_failures_are_retried(transient: bool, expected_calls: int) -> None:
+    calls: list[int] = []
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=transient_failure)
+    def stage() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise DvcError("`dvc repro x` failed", transient=transient)
+        return "ran"
+
+    @flow
+    def pipeline() -> str:
+        return stage()
+
+    if transient:
+        assert pipeline() == "ran"
+    else:
+        with pytest.raises(DvcError):
+            pipeline()
+    assert len(calls) == expected_calls
+
+
+def test_dvc_calls_wait_for_each_other_across_processes(dvc_repo: Path, tmp_path: Path) -> None:
+    released = tmp_path / "released"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, pathlib\n"
+            "from pipelines.logfiles import locked\n"
+            f"with locked(pathlib.Path({str(dvc_repo / LOCK_FILE)!r})):\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(2)\n"
+            f"    pathlib.Path({str(released)!r}).write_text(str(time.time()))\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    )
+    assert holder.stdout.readline().strip() == "held"
+    run_dvc(["status"], dvc_repo, log)
+    returned = time.time()
+    holder.wait(timeout=30)
+    assert released.is_file(), "our DVC call ran only after the other process let go"
+    assert float(released.read_text()) <= returned
