@@ -20,7 +20,7 @@ from flows.data import add_dataset, checkout_version
 from flows.serving import free_port, stop_server
 from flows.workspace import create_workspace
 from pipelines.config import load_params
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TINY, write_params
 from tests.imagefiles import clean_folder
 
 BUCKET = "transferops-dvc"
@@ -66,6 +66,9 @@ def s3_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def test_dvc_remote_on_object_storage(tmp_path: Path, s3_endpoint, monkeypatch) -> None:
     url, s3 = s3_endpoint
     repo = create_workspace(ROOT, tmp_path / "project")
+    write_params(
+        repo / "params.yaml", TINY | {"validate.min_per_class": 1}, base=repo / "params.yaml"
+    )
     monkeypatch.chdir(repo)
 
     def dvc(*args: str) -> None:
@@ -77,7 +80,7 @@ def test_dvc_remote_on_object_storage(tmp_path: Path, s3_endpoint, monkeypatch) 
     dvc("remote", "modify", "local", "endpointurl", url)
     params = load_params(repo / "params.yaml")
 
-    added = add_dataset(clean_folder(tmp_path / "drop", per_class=3), params, "first-drop")
+    added = add_dataset(clean_folder(tmp_path / "drop"), params, "first-drop")
     assert added.status == "passed" and added.version
     stored = s3.list_objects_v2(Bucket=BUCKET, Prefix="transferops/")
     assert stored.get("KeyCount", 0) >= added.images, "dvc push put every image in the bucket"
