@@ -42,11 +42,16 @@ def server_env(home: Path, api_url: str | None = None) -> dict[str, str]:
 
 @contextlib.contextmanager
 def running_prefect_server(
-    home: Path, port: int | None = None, log_file: Path | None = None, timeout: float = 120
+    home: Path,
+    port: int | None = None,
+    log_file: Path | None = None,
+    timeout: float = 120,
+    settings: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """Start ``prefect server start`` with its database under ``home``; yield the API URL.
 
     The first start on a new home creates the database (about 10 s here).
+    ``settings``: more ``PREFECT_*`` variables for the server.
     """
     port = port or free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -57,7 +62,7 @@ def running_prefect_server(
             prefect_command("server", "start", "--host", "127.0.0.1", "--port", str(port)),
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **server_env(home)},
+            env={**os.environ, **server_env(home), **(settings or {})},
             start_new_session=True,
         )
     try:

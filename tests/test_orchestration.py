@@ -88,3 +88,24 @@ def test_dvc_calls_wait_for_each_other_across_processes(dvc_repo: Path, tmp_path
     holder.wait(timeout=30)
     assert released.is_file(), "our DVC call ran only after the other process let go"
     assert float(released.read_text()) <= returned
+
+
+def test_scheduled_retraining_is_off_by_default_and_on_with_a_cron() -> None:
+    from flows.deploy import build_deployments
+    from pipelines.config import load_params
+    from tests.conftest import ROOT
+
+    monitoring, training = build_deployments(load_params(ROOT / "params.yaml"))
+    assert [s.schedule.cron for s in monitoring.schedules] == ["*/30 * * * *"]
+    assert training.schedules == [] and len(training.triggers) == 1
+
+    weekly = load_params(ROOT / "params.yaml", ["orchestrate.retrain_cron=0 3 * * 0"])
+    _, training = build_deployments(weekly)
+    (schedule,) = training.schedules
+    assert schedule.schedule.cron == "0 3 * * 0" and schedule.schedule.timezone == "UTC"
+    assert schedule.parameters == {
+        "trigger": {"kind": "schedule", "setting": "orchestrate.retrain_cron"}
+    }
+    trigger = training.triggers[0]
+    assert trigger.threshold == 1 and trigger.within.total_seconds() == 24 * 3600
+    assert trigger.parameters["overrides"] == "{{ event.payload.overrides }}"

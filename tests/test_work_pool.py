@@ -3,7 +3,8 @@
 ``transferops deploy --work-pool`` registers the deployments on a Prefect
 process work pool (a Docker or Kubernetes pool takes the same command plus
 ``--image``), and ``prefect worker start`` runs what the pool is given: here
-a training run, started through the API as a schedule or an automation would.
+a training run, started through the API as an automation would, and the drift
+check on its cron schedule, which only a real server's scheduler starts.
 """
 
 import os
@@ -34,9 +35,11 @@ POOL = "transferops-local"
 
 def test_process_work_pool_worker_runs_the_training_flow(tmp_path: Path) -> None:
     repo = create_workspace(ROOT, tmp_path / "project")
-    write_params(repo / "params.yaml", TINY, base=repo / "params.yaml")
+    every_minute = {"orchestrate.monitor_cron": "* * * * *"}
+    write_params(repo / "params.yaml", TINY | every_minute, base=repo / "params.yaml")
     home = tmp_path / "prefect-home"
-    with running_prefect_server(home, log_file=tmp_path / "server.log") as api:
+    scheduler = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}  # default: 60
+    with running_prefect_server(home, log_file=tmp_path / "server.log", settings=scheduler) as api:
         env = {**os.environ, **server_env(home, api)}
 
         def run(*command: str) -> str:
@@ -72,12 +75,18 @@ def test_process_work_pool_worker_runs_the_training_flow(tmp_path: Path) -> None
             )
         try:
             finished = wait_for_run(api, training["id"], known=set(), timeout=500)
+            # The scheduler made runs of the cron deployment; the worker ran the first due.
+            scheduled = wait_for_run(api, monitoring["id"], known=set(), timeout=180)
         finally:
             stop_server(worker)
     assert finished["state_type"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-3000:]
-    records = read_records(repo / "reports")
-    assert [r["run"]["id"] for r in records] == [finished["id"]]
-    record = records[0]
+    assert scheduled["state_type"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-3000:]
+    records = {r["run"]["id"]: r for r in read_records(repo / "reports")}
+    record = records[finished["id"]]
     assert record["trigger"] == trigger and record["deployment"] == "retrain"
     assert record["result"]["gate"]["promoted"], "the first model becomes the champion"
     assert (repo / "models" / "champion.json").is_file()
+    check = records[scheduled["id"]]
+    assert check["deployment"] == "check"
+    assert check["trigger"] == {"kind": "schedule", "setting": "orchestrate.monitor_cron"}
+    assert check["result"]["verdict"]["status"] == "insufficient_data", "no traffic yet"
