@@ -93,9 +93,9 @@ def monitoring_flow(
         trigger: what started this run (a schedule fills this in); recorded.
     """
     logger = get_run_logger()
-    overrides = list(overrides or [])
-    params = load_params(Path("params.yaml"), overrides)
-    with recorded_run(params.paths.reports, "monitoring", trigger) as result:
+    with recorded_run(load_params(Path("params.yaml")), "monitoring", trigger) as result:
+        overrides = list(overrides or [])
+        params = load_params(Path("params.yaml"), overrides)  # bad overrides fail here, named
         verdict = drift_check(params)
         result |= {"verdict": verdict, "decision": None, "requested": None}
         result["model_tag"] = verdict.get("model_tag")

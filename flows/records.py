@@ -24,6 +24,7 @@ from pathlib import Path
 from prefect import runtime
 
 from pipelines import runlog
+from pipelines.config import Params
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,12 @@ def describe_trigger(trigger: dict | None) -> dict:
 
 
 @contextlib.contextmanager
-def recorded_run(reports: Path, flow: str, trigger: dict | None) -> Iterator[dict]:
+def recorded_run(params: Params, flow: str, trigger: dict | None) -> Iterator[dict]:
     """Yield the ``result`` dict for the flow to fill; write the record when the block ends.
 
     On an exception the record says ``failed`` with the error, and the
-    exception goes on.
+    exception goes on. Then the reviewers' index page is rebuilt, so it
+    always shows the latest runs.
     """
     record = {
         "flow": flow,
@@ -70,7 +72,18 @@ def recorded_run(reports: Path, flow: str, trigger: dict | None) -> Iterator[dic
         raise
     finally:
         record["finished_at"] = _now()
-        write_record(reports, record)
+        write_record(params.paths.reports, record)
+        refresh_index(params)
+
+
+def refresh_index(params: Params) -> None:
+    """Rebuild ``reports/index.html`` (best effort: a failure never fails the run)."""
+    from monitoring.index import build_index
+
+    try:
+        build_index(params)
+    except Exception as err:
+        log.warning("could not rebuild the reviewers' index: %s", err)
 
 
 def write_record(reports: Path, record: dict) -> Path:

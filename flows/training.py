@@ -112,7 +112,7 @@ def params_for_this_run(overrides: list[str]) -> Iterator[None]:
 
 
 @task(cache_policy=NO_CACHE)
-def save_experiment(overrides: list[str]) -> str:
+def save_experiment() -> str:
     """Keep a run with overrides as a DVC experiment (``dvc exp show`` lists it)."""
     saved = run_dvc(["exp", "save"], REPO, get_run_logger()).strip()
     return saved.rpartition(":")[2].strip()  # "Experiment has been saved as: NAME"
@@ -213,9 +213,9 @@ def training_flow(
         strategy: force a freeze strategy (``strategy.force``).
         trigger: what started the run (a drift event fills this in); recorded.
     """
-    overrides = run_overrides(overrides, strategy)
-    params = load_params(PARAMS, overrides)  # bad overrides fail here, named
-    with recorded_run(params.paths.reports, "training", trigger) as outcome:
+    with recorded_run(load_params(PARAMS), "training", trigger) as outcome:
+        overrides = run_overrides(overrides, strategy)
+        params = load_params(PARAMS, overrides)  # bad overrides fail here, named
         if data_version:
             overrides += restore_data_version(data_version)
             params = load_params(PARAMS, overrides)
@@ -229,7 +229,7 @@ def training_flow(
             )
             outcome["stages"] = {stage: retried(stage) for stage in pipeline_stages(REPO)}
             if overrides:
-                outcome["experiment"] = save_experiment(overrides)
+                outcome["experiment"] = save_experiment()
         push_to_remote()
         outcome |= training_outcome(params)
         outcome["gate"] = gate_candidate(params)

@@ -109,3 +109,39 @@ def test_scheduled_retraining_is_off_by_default_and_on_with_a_cron() -> None:
     trigger = training.triggers[0]
     assert trigger.threshold == 1 and trigger.within.total_seconds() == 24 * 3600
     assert trigger.parameters["overrides"] == "{{ event.payload.overrides }}"
+
+
+def test_a_failed_training_run_leaves_a_record_and_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.training import training_flow
+    from flows.workspace import create_workspace
+    from pipelines.config import ParamsError
+    from pipelines.datasets import DataSourceError
+    from pipelines.runlog import read_records
+    from tests.conftest import ROOT
+
+    repo = create_workspace(ROOT, tmp_path / "project")
+    monkeypatch.chdir(repo)
+    bad = tmp_path / "labelled"
+    (bad / "cat").mkdir(parents=True)
+    (bad / "cat" / "0.png").write_bytes(b"not a png")
+    params_before = (repo / "params.yaml").read_text()
+
+    with pytest.raises(DataSourceError):
+        training_flow(dataset=str(bad), strategy="full", trigger={"kind": "test"})
+    (record,) = read_records(repo / "reports")
+    assert record["status"] == "failed" and record["trigger"] == {"kind": "test"}
+    assert record["error"].startswith("DataSourceError") and str(bad) in record["error"]
+    assert record["finished_at"] >= record["started_at"]
+    assert Path(record["record"]).is_file()
+    index = (repo / "reports" / "index.html").read_text()
+    assert '<span class="status failed">failed</span>' in index, "the index shows the failure"
+    assert not (repo / "data" / "incoming" / "labelled").exists(), "the bad data never landed"
+    assert (repo / "params.yaml").read_text() == params_before
+    assert not (repo / "models" / "champion.json").exists()
+
+    with pytest.raises(ParamsError):
+        training_flow(overrides=["train.lr=fast"], trigger={"kind": "test"})
+    bad_override = read_records(repo / "reports")[-1]
+    assert bad_override["status"] == "failed" and "train.lr = 'fast'" in bad_override["error"]
