@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron
 
 from flows.events import api_url, retrain_trigger
@@ -52,9 +53,12 @@ class NoServerError(RuntimeError):
 def build_deployments(params: Params, **where) -> list:
     """The deployments, not yet registered (``serve`` or ``deploy`` registers them).
 
-    ``where``: ``to_deployment`` options for a work pool (entrypoint type,
-    job variables); none when this process serves them itself.
+    ``where``: more ``to_deployment`` options (a work pool's job variables).
+    The flows are referenced by module path (``flows.training.training_flow``),
+    not by file: loading a flow from its file puts ``flows/`` on ``sys.path``,
+    where ``flows/monitoring.py`` would hide the ``monitoring`` package.
     """
+    where = {"entrypoint_type": EntrypointType.MODULE_PATH, **where}
     orchestrate = params.orchestrate
     zone = orchestrate.timezone
     monitoring = monitoring_flow.to_deployment(
@@ -116,14 +120,11 @@ def deploy_to_work_pool(params: Params, pool: str, image: str | None = None) -> 
     directory is the project. Nothing is built or pushed here.
     """
     from prefect import deploy
-    from prefect.deployments.runner import EntrypointType
 
     if api_url() is None:
         raise NoServerError(SERVER_HELP)
     variables = {} if image else {"working_dir": str(Path.cwd().resolve())}
-    deployments = build_deployments(
-        params, entrypoint_type=EntrypointType.MODULE_PATH, job_variables=variables
-    )
+    deployments = build_deployments(params, job_variables=variables)
     ids = deploy(
         *deployments,
         work_pool_name=pool,

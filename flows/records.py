@@ -78,9 +78,9 @@ def recorded_run(params: Params, flow: str, trigger: dict | None) -> Iterator[di
 
 def refresh_index(params: Params) -> None:
     """Rebuild ``reports/index.html`` (best effort: a failure never fails the run)."""
-    from monitoring.index import build_index
-
     try:
+        from monitoring.index import build_index
+
         build_index(params)
     except Exception as err:
         log.warning("could not rebuild the reviewers' index: %s", err)

@@ -316,7 +316,7 @@ class Page:
                     when(record.get("started_at", "")),
                     esc(record.get("flow")),
                     esc(trigger.get("kind", "-"))
-                    + (f"<br>{esc(trigger['reason'])}" if trigger.get("reason") else ""),
+                    + (f"<br>{esc(_short(trigger['reason']))}" if trigger.get("reason") else ""),
                     badge(record.get("status")),
                     what,
                     self.link(record.get("record"), "record"),
@@ -341,10 +341,15 @@ def _run_summary(result: dict) -> str:
     if isinstance(result.get("verdict"), dict):
         parts.append(f"verdict {esc(result['verdict'].get('status'))}")
     if isinstance(result.get("decision"), dict):
-        parts.append(esc(result["decision"].get("reason", "")))
+        parts.append(esc(_short(result["decision"].get("reason", ""))))
     if result.get("requested"):
         parts.append(f"retrain requested (event {esc(result['requested'].get('id', ''))[:8]})")
     return "<br>".join(parts)
+
+
+def _short(text: str, limit: int = 160) -> str:
+    """The start of a long reason (the record and the decisions table have all of it)."""
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 def section(key: str, title: str, body: str) -> str:

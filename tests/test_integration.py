@@ -96,6 +96,7 @@ def test_deployments_are_registered_with_their_guards(repo: Path, prefect_api, d
     monitoring, training = deployed[MONITORING_DEPLOYMENT], deployed[TRAINING_DEPLOYMENT]
     assert [s["schedule"]["cron"] for s in monitoring["schedules"]] == ["0 0 1 1 *"]
     assert training["schedules"] == [], "scheduled retraining is off by default"
+    assert training["entrypoint"] == "flows.training.training_flow"
     assert training["global_concurrency_limit"]["limit"] == 1
     assert training["concurrency_options"]["collision_strategy"] == "ENQUEUE"
     automations = api_get(api, f"automations/related-to/prefect.deployment.{training['id']}")
