@@ -23,6 +23,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.runlog import read_records
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_MINUTES = 15
 
@@ -41,11 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             [str(Path(sys.executable).parent / "transferops"), "demo"], cwd=ROOT, check=True
         )
     summary = json.loads((args.workspace / "reports/demo/summary.json").read_text())
-    records = [
-        json.loads(line)
-        for line in (args.workspace / "reports/runs/runs.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
+    records = read_records(args.workspace / "reports")
     table = Table(title="make demo: flow runs and hand-offs (seconds)")
     for column in ("step", "trigger", "seconds"):
         table.add_column(column)

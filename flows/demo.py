@@ -75,7 +75,8 @@ def run_demo(
     workspace = create_workspace(Path(root), Path(settings.workspace).resolve())
     console.print(f"demo workspace: {workspace} (a fresh git + DVC copy of the project)")
     os.chdir(workspace)
-    service_url = f"http://127.0.0.1:{free_port()}"
+    service_port = free_port()
+    service_url = f"http://127.0.0.1:{service_port}"
     # The training deployment confirms that the service switched after a promotion.
     # The demo runs each check itself, at its step: a scheduled check landing between
     # two steps (the cron fires every 30 min) would count in K of N and change the story.
@@ -92,7 +93,7 @@ def run_demo(
     runs = Path(params.paths.reports) / "demo"
     runs.mkdir(parents=True, exist_ok=True)
     home = workspace / ".prefect"
-    port = PREFECT_UI_PORT if _port_free(PREFECT_UI_PORT) else free_port()
+    port = free_port(PREFECT_UI_PORT)
 
     console.rule("0. Prefect server + `transferops deploy` (scheduled check, retrain on event)")
     with (
@@ -109,7 +110,7 @@ def run_demo(
         console.print(
             f"Prefect API {api}; deployments: {', '.join(d['name'] for d in deployments)}"
         )
-        summary = _loop(params, settings, console, runs, service_url, api, deployments[1]["id"])
+        summary = _loop(params, settings, console, runs, service_port, api, deployments[1]["id"])
     summary["prefect"] = {"api": api, "home": str(home), "port": port}
     summary["index"] = str(build_index(params))
     summary["shift"] = settings.shift
@@ -125,7 +126,7 @@ def _loop(
     settings: DemoSettings,
     console: Console,
     runs: Path,
-    service_url: str,
+    service_port: int,
     api: str,
     training_deployment: str,
 ) -> dict:
@@ -137,10 +138,8 @@ def _loop(
         pool.take(settings.labelled_drop, settings.shift),
         runs / f"labelled-{settings.shift}",
     )
-    port = int(service_url.rsplit(":", 1)[1])
-
     console.rule(f"2. serve {first['model_tag']} (bentoml serve on localhost)")
-    with running_service(port=port, log_file=runs / "serve.log") as url:
+    with running_service(port=service_port, log_file=runs / "serve.log") as url:
         console.rule("3. in-distribution traffic")
         summary["normal_accuracy"] = send(url, pool.take(settings.window))
         summary["normal"] = monitoring_flow(
@@ -198,17 +197,6 @@ def _step(name: str) -> dict:
 def _commit(workspace: Path, message: str) -> None:
     git = ["git", "-c", "user.name=transferops", "-c", "user.email=transferops@localhost"]
     subprocess.run([*git, "commit", "-qam", message], cwd=workspace, check=True)
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _accuracy(run: dict, level: float) -> str:

@@ -59,17 +59,11 @@ def build_deployments(params: Params, **where) -> list:
     where ``flows/monitoring.py`` would hide the ``monitoring`` package.
     """
     where = {"entrypoint_type": EntrypointType.MODULE_PATH, **where}
-    orchestrate = params.orchestrate
-    zone = orchestrate.timezone
     monitoring = monitoring_flow.to_deployment(
         name=MONITORING,
         description="The drift and bias check over the latest traffic window; on a "
         "retrain decision it emits transferops.retrain.requested.",
-        schedules=(
-            [Cron(orchestrate.monitor_cron, timezone=zone, parameters=_scheduled("monitor_cron"))]
-            if orchestrate.monitor_cron
-            else []
-        ),
+        schedules=_cron(params, "monitor_cron"),
         concurrency_limit=ConcurrencyLimitConfig(
             limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
         ),
@@ -80,11 +74,7 @@ def build_deployments(params: Params, **where) -> list:
         name=TRAINING,
         description="Snapshot -> dvc repro -> gate -> promote -> service. Started by the "
         "drift event (guarded) or by the retraining schedule when one is set.",
-        schedules=(
-            [Cron(orchestrate.retrain_cron, timezone=zone, parameters=_scheduled("retrain_cron"))]
-            if orchestrate.retrain_cron
-            else []
-        ),
+        schedules=_cron(params, "retrain_cron"),
         triggers=[retrain_trigger(params)],
         concurrency_limit=ConcurrencyLimitConfig(
             limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
@@ -95,8 +85,13 @@ def build_deployments(params: Params, **where) -> list:
     return [monitoring, training]
 
 
-def _scheduled(key: str) -> dict:
-    return {"trigger": {"kind": "schedule", "setting": f"orchestrate.{key}"}}
+def _cron(params: Params, key: str) -> list:
+    """The schedule ``orchestrate.<key>`` names (none when null); its runs record it as trigger."""
+    cron = getattr(params.orchestrate, key)
+    if not cron:
+        return []
+    trigger = {"kind": "schedule", "setting": f"orchestrate.{key}"}
+    return [Cron(cron, timezone=params.orchestrate.timezone, parameters={"trigger": trigger})]
 
 
 def serve_deployments(params: Params) -> None:

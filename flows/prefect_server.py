@@ -10,7 +10,6 @@ the same home.
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from flows.serving import free_port, stop_server
+from flows.serving import free_port, spawn, stop_server, wait_ready
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -56,32 +55,16 @@ def running_prefect_server(
     port = port or free_port()
     api = f"http://127.0.0.1:{port}/api"
     Path(home).mkdir(parents=True, exist_ok=True)
-    log = open(log_file, "ab") if log_file else contextlib.nullcontext(subprocess.DEVNULL)  # noqa: SIM115
-    with log as out:
-        process = subprocess.Popen(
-            prefect_command("server", "start", "--host", "127.0.0.1", "--port", str(port)),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **server_env(home), **(settings or {})},
-            start_new_session=True,
-        )
+    process = spawn(
+        prefect_command("server", "start", "--host", "127.0.0.1", "--port", str(port)),
+        log_file=log_file,
+        env={**server_env(home), **(settings or {})},
+    )
     try:
-        wait_healthy(api, process, timeout)
+        wait_ready(f"{api}/health", process, timeout, name="prefect server")
         yield api
     finally:
         stop_server(process)
-
-
-def wait_healthy(api: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"prefect server exited with code {process.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"prefect server not healthy at {api} after {timeout:.0f} s")
 
 
 def api_get(api: str, path: str) -> dict | list:
@@ -144,16 +127,12 @@ def running_deployments(
     cwd: Path, api: str, home: Path, names: list[str], log_file: Path | None = None
 ) -> Iterator[list[dict]]:
     """``transferops deploy`` in ``cwd`` against ``api``; yield the registered deployments."""
-    log = open(log_file, "ab") if log_file else contextlib.nullcontext(subprocess.DEVNULL)  # noqa: SIM115
-    with log as out:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "transferops"), "deploy"],
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **server_env(home, api)},
-            start_new_session=True,
-        )
+    process = spawn(
+        [str(Path(sys.executable).parent / "transferops"), "deploy"],
+        log_file=log_file,
+        env=server_env(home, api),
+        cwd=cwd,
+    )
     try:
         yield wait_for_deployments(api, names, process, timeout=120)
     finally:

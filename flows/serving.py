@@ -24,25 +24,57 @@ def bentoml_command(port: int, target: str = SERVICE) -> list[str]:
     return [str(bentoml), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
 
 
-def free_port() -> int:
+def free_port(preferred: int | None = None) -> int:
+    """``preferred`` when it is free on localhost, else any free port."""
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        try:
+            probe.bind(("127.0.0.1", preferred or 0))
+        except OSError:
+            probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-def wait_ready(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
-    """Poll BentoML's readiness endpoint until it answers 200."""
+def spawn(
+    command: list[str],
+    *,
+    log_file: Path | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen:
+    """Start a server process in a session of its own, its output appended to ``log_file``.
+
+    ``env`` is added to this process's environment. Stop it with :func:`stop_server`.
+    """
+    log = open(log_file, "ab") if log_file else contextlib.nullcontext(subprocess.DEVNULL)  # noqa: SIM115
+    with log as out:  # the server keeps its own copy of the handle
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+
+
+def wait_ready(
+    url: str, process: subprocess.Popen, timeout: float = 120, name: str = "bentoml serve"
+) -> None:
+    """Poll ``url`` (a readiness or health endpoint) until it answers 200.
+
+    Raises RuntimeError when the process exits first, TimeoutError after ``timeout``.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with code {process.returncode}")
+            raise RuntimeError(f"{name} exited with code {process.returncode}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"bentoml serve not ready at {url} after {timeout:.0f} s")
+    raise TimeoutError(f"{name} not ready at {url} after {timeout:.0f} s")
 
 
 def start_server(
@@ -59,18 +91,9 @@ def start_server(
     """
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    log = open(log_file, "ab") if log_file else contextlib.nullcontext(subprocess.DEVNULL)  # noqa: SIM115
-    with log as out:  # the server keeps its own copy of the handle
-        process = subprocess.Popen(
-            bentoml_command(port, target),
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
+    process = spawn(bentoml_command(port, target), log_file=log_file, env=env, cwd=cwd)
     try:
-        wait_ready(url, process)
+        wait_ready(f"{url}/readyz", process)
     except BaseException:
         stop_server(process)
         raise

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from monitoring.decision import DECISIONS
 from monitoring.drift import HISTORY
+from monitoring.summary import gap_cells
 from pipelines import champion
 from pipelines.config import Params
 from pipelines.logfiles import read_jsonl
@@ -163,9 +164,7 @@ class Page:
                 badge(c["status"]),
                 f"<code>{esc(c.get('model_tag'))}</code>",
                 esc("; ".join(c.get("reasons", []))[:300]),
-                self.link(Path(c["report_dir"]) / "report.html", "report")
-                if c.get("report_dir")
-                else "-",
+                self.link(c.get("report_dir") and Path(c["report_dir"]) / "report.html", "report"),
             ]
             for c in reversed(checks[-RECENT:])
         ]
@@ -185,15 +184,7 @@ class Page:
             return section("bias", "Bias", '<p class="empty">No check yet.</p>')
         bias = latest.get("bias") or {}
         rows = [
-            [
-                esc(g["group"]),
-                esc(f"{g['metric']} {g.get('detail', '')}".strip()),
-                f"{g['current']:+.3f} [{g['interval'][0]:+.3f}, {g['interval'][1]:+.3f}]",
-                f"{g['reference']:+.3f}",
-                esc(g["n"]),
-                badge("alarm") if g.get("alarm") else "-",
-            ]
-            for g in bias.get("gaps", [])
+            [*gap_cells(g), badge("alarm") if g.get("alarm") else "-"] for g in bias.get("gaps", [])
         ]
         alarms = "".join(f"<li>{esc(a)}</li>" for a in bias.get("alarms", []))
         skipped = "".join(f"<li>{esc(s)}</li>" for s in bias.get("skipped", []))

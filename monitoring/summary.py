@@ -119,6 +119,18 @@ def _rows(rows: list[list[str]]) -> str:
     return "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
 
 
+def gap_cells(gap: dict) -> list[str]:
+    """A bias gap as table cells (HTML-escaped): group, metric, gap [interval], reference, n."""
+    low, high = gap["interval"]
+    return [
+        html.escape(str(gap["group"])),
+        html.escape(f"{gap['metric']} {gap.get('detail', '')}".strip()),
+        f"{gap['current']:+.3f} [{low:+.3f}, {high:+.3f}]",
+        f"{gap['reference']:+.3f}",
+        str(gap["n"]),
+    ]
+
+
 def html_block(verdict: dict, pictures: list[Path]) -> str:
     """The summary that opens the report: verdict, what moved, by how much, sample sizes."""
     esc = html.escape
@@ -139,14 +151,7 @@ def html_block(verdict: dict, pictures: list[Path]) -> str:
         for t, v in verdict.get("tests", {}).items()
     ]
     gaps = [
-        [
-            esc(g["group"]),
-            esc(f"{g['metric']} {g['detail']}".strip()),
-            f"{g['current']:+.3f} [{g['interval'][0]:+.3f}, {g['interval'][1]:+.3f}]",
-            f"{g['reference']:+.3f}",
-            str(g["n"]),
-            "<b>ALARM</b>" if g["alarm"] else "-",
-        ]
+        [*gap_cells(g), "<b>ALARM</b>" if g["alarm"] else "-"]
         for g in verdict.get("bias", {}).get("gaps", [])
     ]
     reasons = "".join(f"<li>{esc(r)}</li>" for r in verdict["reasons"]) or "<li>nothing moved</li>"

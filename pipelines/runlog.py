@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipelines.logfiles import append_jsonl, read_jsonl
+from pipelines.logfiles import append_line, read_jsonl
 
 RUNS_DIR = "runs"
 RUNS_LOG = "runs.jsonl"
@@ -27,11 +27,10 @@ def write_record(reports: Path, record: dict) -> Path:
     stamp = record["started_at"].replace(":", "").replace("+0000", "Z")
     path = folder / f"{stamp}-{record['flow']}-{record['run']['name'] or 'local'}.json"
     record["record"] = str(path)
-    text = json.dumps(record, indent=2, default=str)
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
+    partial.write_text(json.dumps(record, indent=2, default=str))
     partial.replace(path)
-    append_jsonl(folder / RUNS_LOG, json.loads(text))
+    append_line(folder / RUNS_LOG, json.dumps(record, default=str))
     return path
 
 
