@@ -141,7 +141,10 @@ def test_drift_event_retrains_once_and_the_service_switches(
 
     pool = HeldOutPool(params.data.source, params.paths.prepared, params.seed)
     drop = write_labelled_drop(pool.take(100, "blur"), repo.parent / "labelled-blur")
-    with running_service(port=SERVICE_PORT, log_file=repo / "serve.log") as url:
+    # The workspace's params and its champion, whatever an in-process service test of
+    # this session pinned (conftest's service_client sets both for the session).
+    unpinned = {"TRANSFEROPS_PARAMS": str(repo / "params.yaml"), "TRANSFEROPS_MODEL_TAG": ""}
+    with running_service(port=SERVICE_PORT, log_file=repo / "serve.log", env=unpinned) as url:
         assert send(url, pool.take(params.monitor.window)) > 0.3
         normal = monitoring_flow(retrain=False)
         send(url, pool.take(params.monitor.window, "blur"))
