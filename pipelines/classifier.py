@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipelines.backbones import build_transform
+from pipelines.pictures import PictureSettings
 
 WEIGHTS = "model.safetensors"
 CONFIG = "model.json"
@@ -31,6 +32,11 @@ class ClassifierConfig:
     data_config: dict[str, Any]
     strategy: str
     extra: dict[str, Any] = field(default_factory=dict)
+    picture: dict[str, Any] = field(default_factory=dict)  # PictureSettings, as trained
+
+    def picture_settings(self) -> PictureSettings:
+        """How files became pictures in training; serving and evaluation do the same."""
+        return PictureSettings.from_dict(self.picture)
 
     def to_json(self) -> str:
         config = asdict(self)

@@ -11,13 +11,15 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from PIL import Image
+
+from pipelines.pictures import DEFAULT_PICTURE, PictureSettings, open_rgb, to_rgb
 
 MANIFEST = "manifest.csv"
 CLASSES = "classes.json"
@@ -110,9 +112,11 @@ def read_classes(prepared: Path) -> list[str]:
     return json.loads((Path(prepared) / CLASSES).read_text())
 
 
-def load_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
+def load_rgb(
+    path: Path, picture: PictureSettings = DEFAULT_PICTURE, side: int | None = None
+) -> Image.Image:
+    """The picture the model sees (pipelines/pictures.py); ``side`` lets JPEGs decode small."""
+    return open_rgb(path, picture, side)
 
 
 class ManifestImages:
@@ -124,34 +128,66 @@ class ManifestImages:
     """
 
     def __init__(
-        self, frame: pd.DataFrame, root: Path, classes: list[str], transform: Callable
+        self,
+        frame: pd.DataFrame,
+        root: Path,
+        classes: list[str],
+        transform: Callable,
+        picture: PictureSettings = DEFAULT_PICTURE,
     ) -> None:
         self.paths = [Path(root) / p for p in frame["path"]]
         index = {name: i for i, name in enumerate(classes)}
         self.targets = [index[label] for label in frame["label"]]
         self.transform = transform
+        self.picture = picture
+        self.side = _input_side(transform)
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def load(self, item: int) -> Image.Image:
+        return load_rgb(self.paths[item], self.picture, self.side)
+
     def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
-        return self.transform(load_rgb(self.paths[item])), self.targets[item]
+        return self.transform(self.load(item)), self.targets[item]
+
+
+def _input_side(transform: Callable) -> int | None:
+    """The side a timm transform resizes to, when it says (JPEGs can then decode small)."""
+    for step in getattr(transform, "transforms", []):
+        size = getattr(step, "size", None)
+        if size is not None:
+            return int(size if isinstance(size, int) else max(size))
+    return None
 
 
 class ArrayImages:
-    """In-memory images (N, H, W) or (N, H, W, 3) uint8 with label indices, transformed.
+    """In-memory images with label indices, transformed.
 
-    The same contract as :class:`ManifestImages`, for data that never touches
-    disk: benchmark suites and tests.
+    ``images``: uint8 arrays (N, H, W) or (N, H, W, 3), or a list of PIL
+    images of any size and mode. The same contract as :class:`ManifestImages`,
+    for data that never touches disk: benchmark suites and tests.
     """
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray, transform: Callable) -> None:
+    def __init__(
+        self,
+        images: Sequence[np.ndarray | Image.Image],
+        targets: Sequence[int],
+        transform: Callable,
+        picture: PictureSettings = DEFAULT_PICTURE,
+    ) -> None:
         self.images = images
         self.targets = [int(t) for t in targets]
         self.transform = transform
+        self.picture = picture
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def load(self, item: int) -> Image.Image:
+        image = self.images[item]
+        image = image if isinstance(image, Image.Image) else Image.fromarray(image)
+        return to_rgb(image, self.picture)
+
     def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
-        return self.transform(Image.fromarray(self.images[item]).convert("RGB")), self.targets[item]
+        return self.transform(self.load(item)), self.targets[item]

@@ -32,11 +32,10 @@ from pipelines.classifier import (
     load_classifier,
 )
 from pipelines.config import EvaluateParams, Params
-from pipelines.datasets import ManifestImages, load_rgb, read_accepted
-from pipelines.features import loader_for
+from pipelines.datasets import ManifestImages, read_accepted
 from pipelines.figures import plt, save_figure
 from pipelines.imagestats import STAT_NAMES, image_statistics
-from pipelines.runtime import select_device, set_threads
+from pipelines.runtime import loader_for, select_device, set_threads
 from pipelines.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -69,7 +68,7 @@ class Scored:
 
 class _ImagesWithStats(ManifestImages):
     def __getitem__(self, item: int):
-        image = load_rgb(self.paths[item])
+        image = self.load(item)
         return self.transform(image), self.targets[item], image_statistics(image)
 
 
@@ -91,7 +90,9 @@ def score_split(
     from tqdm import tqdm
 
     names = sorted(set(frame["label"]))
-    dataset = _ImagesWithStats(frame, root, names, eval_transform(config))
+    dataset = _ImagesWithStats(
+        frame, root, names, eval_transform(config), config.picture_settings()
+    )
     model = model.to(device).eval()
     probe = StageProbe(model)
     embeddings, probabilities, stats, bn = [], [], [], []

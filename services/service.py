@@ -49,11 +49,13 @@ with bentoml.importing():
     from pipelines.imagecheck import BadImage, decode_upload
     from pipelines.imagestats import STAT_NAMES, image_statistics
     from pipelines.package import stored_model
+    from pipelines.pictures import to_rgb
     from pipelines.predlog import PredictionLog, PredictionRecord, has_request, utc_now
 
 PARAMS = load_params(Path(os.environ.get("TRANSFEROPS_PARAMS", "params.yaml")))
 configure_runtime(PARAMS.paths.bentoml_home)
 SERVE = PARAMS.serve
+PICTURE = PARAMS.data.picture()
 log = logging.getLogger(__name__)
 RAW_TYPES = ("image/", "application/octet-stream")  # one image as the whole body
 RECENT_IDS = 100_000
@@ -254,8 +256,10 @@ def decode_all(uploads: list[tuple[str, bytes, str | None]]) -> list[tuple[np.nd
             )
         except BadImage as err:
             raise HTTPException(err.status, str(err)) from err
-        stats = dict(zip(STAT_NAMES, image_statistics(image).tolist(), strict=True))
-        decoded.append((np.asarray(image.convert("RGB")), stats))
+        # The same flattening and padding as training and the reference (pipelines/pictures.py).
+        rgb = to_rgb(image, PICTURE)
+        stats = dict(zip(STAT_NAMES, image_statistics(rgb).tolist(), strict=True))
+        decoded.append((np.asarray(rgb), stats))
     return decoded
 
 
