@@ -33,15 +33,10 @@ from rich.table import Table
 from pipelines.backbones import build_transform, data_config_for, load_backbone
 from pipelines.classifier import build_classifier
 from pipelines.datasets import ArrayImages, load_fashion_mnist
-from pipelines.features import extract_features, loader_for
-from pipelines.finetune import (
-    FineTuneConfig,
-    fine_tune,
-    parameter_groups,
-    set_trainable,
-    stage_sequence,
-)
-from pipelines.runtime import configure_runtime, select_device
+from pipelines.features import extract_features
+from pipelines.finetune import FineTuneConfig, fine_tune
+from pipelines.freezing import parameter_groups, set_trainable, stage_sequence
+from pipelines.runtime import configure_runtime, loader_for, select_device
 from pipelines.strategy import learning_rates, trainable_stages
 from pipelines.train import fit_linear_probe
 

@@ -28,10 +28,11 @@ from pipelines.classifier import ClassifierConfig, build_classifier, save_classi
 from pipelines.config import Params, TrainParams
 from pipelines.datasets import ManifestImages, read_accepted, read_classes
 from pipelines.features import load_split
-from pipelines.finetune import FineTuneConfig, World, fine_tune, load_checkpoint
+from pipelines.finetune import FineTuneConfig, FitResult, World, fine_tune, load_checkpoint
+from pipelines.recipe import epochs_for, read_side
 from pipelines.runtime import select_device, set_threads
 from pipelines.stage import run_stage
-from pipelines.strategy import DECISION, epochs_for
+from pipelines.strategy import DECISION
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,29 @@ def finetune_config(
         seed=params.seed,
         device=device,
         compile=cfg.compile,
+        lr_scales=tuple(cfg.lr_race),
+        race_margin=cfg.race_margin,
+        patience=cfg.patience,
+        patience_from=cfg.patience_from,
     )
+
+
+def finetune_summary(result: FitResult, rates: dict[str, float]) -> dict:
+    """What the run record and model lineage keep of phase 2: the race, the stop, the cost."""
+    won = result.lr_scale
+    return {
+        "best_val_accuracy": result.best_val_accuracy,
+        "probe_val_accuracy": result.probe_val_accuracy,
+        "best_epoch": result.best_epoch,
+        "kept": "probe" if won is None else f"fine-tuned at lr x{won:g}",
+        "classifier_lr": None if won is None else rates["classifier"] * won,
+        "candidates": result.candidates,
+        "planned_epochs": result.planned_epochs,
+        "resumed_from": result.resumed_from,
+        "cached_views": result.cache_views,
+        "train_seconds": round(result.train_seconds, 1),
+        "seconds_saved_by_early_stopping": round(result.seconds_saved, 1),
+    }
 
 
 def fingerprint(params: Params, decision: dict, manifest) -> str:
@@ -173,7 +196,7 @@ def train(params: Params) -> dict[str, float]:
     summary = {"probe": {"best_val_accuracy": best["val_accuracy"], "best_epoch": best["epoch"]}}
     backbone = load_backbone(params.model.backbone, params.model.weights)
     model = build_classifier(backbone.model, backbone.name, len(classes), weight, bias)
-    data_config = data_config_for(backbone, params.model.input_side(device))
+    data_config = data_config_for(backbone, read_side(paths.features))
     if fine_tuning:
         transforms = {
             "train": train_transform(data_config, cfg),
@@ -181,7 +204,11 @@ def train(params: Params) -> dict[str, float]:
         }
         images = {
             split: ManifestImages(
-                manifest[manifest["split"] == split], paths.prepared, classes, transforms[split]
+                manifest[manifest["split"] == split],
+                paths.prepared,
+                classes,
+                transforms[split],
+                params.data.picture(),
             )
             for split in ("train", "val")
         }
@@ -201,12 +228,7 @@ def train(params: Params) -> dict[str, float]:
             fingerprint=run_id,
             world=world,
         )
-        summary["finetune"] = {
-            "best_val_accuracy": result.best_val_accuracy,
-            "best_epoch": result.best_epoch,
-            "resumed_from": result.resumed_from,
-            "cached_views": result.cache_views,
-        }
+        summary["finetune"] = finetune_summary(result, decision["learning_rates"])
     if world.main:
         for group, values in summary.items():  # next to the latest values DVCLive logged
             live.summary.setdefault(group, {}).update(values)
@@ -216,6 +238,7 @@ def train(params: Params) -> dict[str, float]:
             classes=classes,
             strategy=decision["strategy"],
             data_config=data_config,
+            picture=params.data.picture().to_dict(),
             extra={
                 "weights": params.model.weights,
                 "trainable_stages": decision["trainable_stages"],

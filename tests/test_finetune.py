@@ -23,13 +23,8 @@ import yaml
 from pipelines.backbones import build_transform, data_config_for, load_backbone, stage_namer
 from pipelines.classifier import build_classifier, load_classifier
 from pipelines.datasets import ArrayImages, load_fashion_mnist
-from pipelines.finetune import (
-    CHECKPOINT,
-    FineTuneConfig,
-    fine_tune,
-    split_model,
-    unfrozen_at,
-)
+from pipelines.finetune import CHECKPOINT, FineTuneConfig, fine_tune
+from pipelines.freezing import split_model, unfrozen_at
 from pipelines.strategy import learning_rates, trainable_stages
 from tests.conftest import FASHION_MNIST, ROOT, TINY, absolute_paths, write_params
 
@@ -125,6 +120,67 @@ def test_gradual_unfreezing_adds_one_stage_per_epoch_from_the_top() -> None:
     assert unfrozen_at(0, trainable, False) == trainable
 
 
+@torch.no_grad()
+def val_accuracy(model: torch.nn.Module, val) -> float:
+    model.eval()
+    loader = torch.utils.data.DataLoader(val, batch_size=64)
+    correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in loader)
+    return correct / len(val)
+
+
+def test_a_collapsing_learning_rate_stops_early_and_the_best_state_is_kept() -> None:
+    model, train, val = small_task(n_train=64, n_val=32)
+    # x30 the rates (0.03 for the classifier) wrecks the pretrained features.
+    cfg = config_for(
+        "most_blocks", epochs=8, lr_scales=(1.0, 30.0), patience=2, patience_from=0.25,
+        keep_best=True, race_margin=1.0,
+    )  # fmt: skip
+    result = fine_tune(model, train, val, cfg)
+    first, second = result.candidates
+    assert (first["lr_scale"], second["lr_scale"]) == (1.0, 30.0)
+    assert second["stopped_early"] and second["epochs_run"] < 8, second
+    assert not second["won"], "the collapsed rate does not win"
+    assert result.seconds_saved > 0 and result.planned_epochs == 8
+    assert {h["candidate"] for h in result.history} == {0, 1}
+    assert val_accuracy(model, val) == pytest.approx(result.best_val_accuracy), (
+        "the model returned is the best validation state"
+    )
+
+
+def test_no_higher_rate_is_tried_once_fine_tuning_beats_the_probe_by_the_margin() -> None:
+    model, train, val = small_task(n_train=64, n_val=32)
+    # margin 0: any result at all (the probe included) is "beaten by >= 0": one candidate only.
+    cfg = config_for("top_blocks", epochs=2, lr_scales=(1.0, 3.0), race_margin=0.0)
+    result = fine_tune(model, train, val, cfg)
+    assert [c["lr_scale"] for c in result.candidates] == [1.0]
+    always = config_for("top_blocks", epochs=2, lr_scales=(1.0, 3.0), race_margin=1.0)
+    model, train, val = small_task(n_train=64, n_val=32)
+    assert [c["lr_scale"] for c in fine_tune(model, train, val, always).candidates] == [1.0, 3.0]
+
+
+def test_an_interrupted_race_resumes_its_candidate_and_ends_where_a_whole_run_ends(
+    tmp_path: Path,
+) -> None:
+    cfg = config_for("top_blocks", epochs=3, lr_scales=(1.0, 2.0), race_margin=1.0, keep_best=True)
+    model, train, val = small_task(n_train=64, n_val=32)
+    partial = fine_tune(
+        model, train, val, cfg, checkpoint_dir=tmp_path / "ckpt", fingerprint="x", stop_after=2
+    )
+    assert partial.candidates == [], "interrupted inside the first candidate"
+    model, train, val = small_task(n_train=64, n_val=32)
+    resumed = fine_tune(model, train, val, cfg, checkpoint_dir=tmp_path / "ckpt", fingerprint="x")
+    assert resumed.resumed_from == 2
+    assert [c["epochs_run"] for c in resumed.candidates] == [3, 3]
+    whole_model, train, val = small_task(n_train=64, n_val=32)
+    whole = fine_tune(whole_model, train, val, cfg, checkpoint_dir=tmp_path / "w", fingerprint="x")
+    assert resumed.best_val_accuracy == whole.best_val_accuracy
+    assert resumed.lr_scale == whole.lr_scale
+    a, b = snapshot(model), snapshot(whole_model)
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a), (
+        "the resumed race ends on the uninterrupted race's weights"
+    )
+
+
 @pytest.fixture(scope="module")
 def finetune_project(trained_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny trained project, re-decided as ``full`` (slow enough to interrupt)."""
@@ -143,6 +199,9 @@ def finetune_project(trained_project: Path, tmp_path_factory: pytest.TempPathFac
             "train.batch_size": 16,
             "train.cache_mb": 0,
             "train.probe_epochs": 5,
+            # one learning rate, every epoch: the resume test compares whole runs
+            "train.lr_race": [1.0],
+            "train.patience": 0,
         },
     )
     stage(params, "strategy")
