@@ -85,6 +85,11 @@ class Backbone:
     def num_features(self) -> int:
         return int(self.model.num_features)
 
+    @property
+    def native_side(self) -> int:
+        """The input side the weights were trained at (224 for EfficientNet-Lite0)."""
+        return int(self.data_config["input_size"][-1])
+
 
 def map_lite_state_dict(source: dict[str, torch.Tensor], model: torch.nn.Module) -> dict:
     """Rename an ``_blocks.N._depthwise_conv``-style state dict to timm's names.

@@ -22,10 +22,12 @@ from pydantic import (
     model_validator,
 )
 
+from pipelines.pictures import SUPPORTED_MODES, PictureSettings
+
 DEFAULT_PARAMS = Path("params.yaml")
-CPU_IMAGE_SIZE = 64  # px: ``model.image_size: auto`` on CPU (EfficientNet-Lite0 trains ~140 img/s)
 
 PositiveInt = Annotated[int, Field(gt=0)]
+Channel = Annotated[int, Field(ge=0, le=255)]
 Probability = Annotated[float, Field(gt=0, lt=1)]
 Fraction = Annotated[float, Field(gt=0, le=1)]
 ForcedStrategy = Literal["linear_probe", "top_blocks", "most_blocks", "full", "surgical"]
@@ -63,6 +65,12 @@ class DataParams(Section):
     val_size: PositiveInt
     test_size: PositiveInt
     holdout_fraction: tuple[Probability, Probability, Probability]
+    background: tuple[Channel, Channel, Channel] = (255, 255, 255)
+    max_aspect: Annotated[float, Field(ge=1, le=100)] = 4.0
+
+    def picture(self) -> PictureSettings:
+        """How image files become the RGB pictures the model sees (pipelines/pictures.py)."""
+        return PictureSettings(background=tuple(self.background), max_aspect=self.max_aspect)
 
     @field_validator("holdout_fraction")
     @classmethod
@@ -79,22 +87,40 @@ class ValidateParams(Section):
     min_side: Annotated[int, Field(ge=1)] = 8
     max_side: Annotated[int, Field(ge=1)] = 8192
     max_pixels: Annotated[int, Field(ge=1)] = 40_000_000
-    allowed_modes: list[str] = ["1", "L", "LA", "P", "RGB", "RGBA"]
+    allowed_modes: list[str] = list(SUPPORTED_MODES)
     max_imbalance: Annotated[float, Field(ge=1)] = 10.0
     require_group: bool = False
     min_per_group: Annotated[int, Field(ge=1)] = 20
+
+    @field_validator("allowed_modes", mode="before")
+    @classmethod
+    def _every_supported_mode(cls, value: list[str] | None) -> list[str]:
+        return list(SUPPORTED_MODES) if value is None else value
+
+
+class PerDevice(Section):
+    cpu: Annotated[float, Field(gt=0)]
+    cuda: Annotated[float, Field(gt=0)]
+
+    def on(self, device: str) -> float:
+        return self.cuda if device == "cuda" else self.cpu
+
+
+class AutoSideParams(Section):
+    """``model.image_size: auto`` (pipelines/resolution.py)."""
+
+    budget_s: PerDevice  # estimated fine-tuning time of one training run, at most
+    images_per_s: PerDevice  # full fine-tuning throughput at 64 px (train_throughput.py)
+    max_upsample: Annotated[float, Field(ge=1, le=64)] = 4.0
 
 
 class ModelParams(Section):
     backbone: str
     weights: str = Field(description="offline | hub | path to a checkpoint file")
     image_size: Annotated[int, Field(ge=16, le=1024)] | Literal["auto"] | None = "auto"
-
-    def input_side(self, device: str) -> int | None:
-        """Input side in px for ``device``: ``auto`` is small on CPU, the model's own on CUDA."""
-        if self.image_size == "auto":
-            return CPU_IMAGE_SIZE if device == "cpu" else None
-        return self.image_size
+    auto: AutoSideParams = AutoSideParams(
+        budget_s=PerDevice(cpu=300, cuda=600), images_per_s=PerDevice(cpu=140, cuda=20_000)
+    )
 
 
 class FeaturesParams(Section):
@@ -132,6 +158,10 @@ class TrainParams(Section):
     gradual_unfreeze: bool = False
     batchnorm: Literal["frozen", "adapt"] = "frozen"
     compile: bool = False
+    lr_race: list[Annotated[float, Field(gt=0, le=100)]] = Field(default=[1.0], min_length=1)
+    race_margin: Annotated[float, Field(ge=0, le=1)] = 0.02
+    patience: Annotated[int, Field(ge=0)] = 5
+    patience_from: Annotated[float, Field(ge=0, le=1)] = 0.3
 
 
 class EvaluateParams(Section):

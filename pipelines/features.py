@@ -17,20 +17,11 @@ from tqdm import tqdm
 from pipelines.backbones import Backbone, build_transform, data_config_for, load_backbone
 from pipelines.config import Params
 from pipelines.datasets import SPLITS, ManifestImages, read_accepted, read_classes
-from pipelines.runtime import select_device, set_threads
+from pipelines.recipe import choose_input_side, native_side, write_side
+from pipelines.runtime import autocast, loader_for, select_device, set_threads, to_device
 from pipelines.stage import run_stage
 
 log = logging.getLogger(__name__)
-
-
-def loader_for(
-    dataset: torch.utils.data.Dataset, batch_size: int, device: str
-) -> torch.utils.data.DataLoader:
-    """Batches for inference; on CUDA, worker processes and pinned memory."""
-    cuda = device == "cuda"
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=4 if cuda else 0, pin_memory=cuda
-    )
 
 
 @torch.inference_mode()
@@ -43,27 +34,41 @@ def extract_features(
         model = model.to(memory_format=torch.channels_last)
     chunks = []
     for images, _ in tqdm(loader, desc=desc, unit="batch", disable=None):
-        images = images.to(device, non_blocking=True)
-        if device == "cuda":
-            images = images.to(memory_format=torch.channels_last)
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
-            pooled = model.forward_head(model.forward_features(images), pre_logits=True)
+        with autocast(device):
+            pooled = model.forward_head(
+                model.forward_features(to_device(images, device)), pre_logits=True
+            )
         chunks.append(pooled.float().cpu().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, backbone.num_features), np.float32)
 
 
 def compute_features(params: Params) -> dict[str, Path]:
-    """Write ``<split>.npz`` (features, labels) for every split."""
+    """Choose the input side (``side.json``); write ``<split>.npz`` (features, labels)."""
     set_threads(params.threads)
     device = select_device(params.device)
     prepared, out_dir = Path(params.paths.prepared), Path(params.paths.features)
     manifest, classes = read_accepted(params.paths.validation), read_classes(prepared)
     backbone = load_backbone(params.model.backbone, params.model.weights)
-    transform = build_transform(data_config_for(backbone, params.model.input_side(device)))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    train_rows = manifest[manifest["split"] == "train"]
+    choice = choose_input_side(
+        params,
+        native=native_side(train_rows["width"], train_rows["height"]),
+        n_train=len(train_rows),
+        backbone_side=backbone.native_side,
+        device=device,
+    )
+    log.info("input side %s", choice.reason)
+    write_side(choice, out_dir)
+    transform = build_transform(data_config_for(backbone, choice.side))
     written = {}
     for split in SPLITS:
-        dataset = ManifestImages(manifest[manifest["split"] == split], prepared, classes, transform)
+        dataset = ManifestImages(
+            manifest[manifest["split"] == split],
+            prepared,
+            classes,
+            transform,
+            params.data.picture(),
+        )
         features = extract_features(
             backbone, loader_for(dataset, params.features.batch_size, device), device, desc=split
         )

@@ -28,8 +28,9 @@ from pipelines.backbones import (
 )
 from pipelines.config import Params
 from pipelines.datasets import ManifestImages, read_accepted, read_classes
-from pipelines.features import load_split, loader_for
-from pipelines.runtime import select_device, set_threads
+from pipelines.features import load_split
+from pipelines.recipe import read_side
+from pipelines.runtime import loader_for, select_device, set_threads
 from pipelines.stage import run_stage
 from pipelines.transferability import bn_domain_distance, knn_probe_accuracy, leep, logme
 
@@ -152,9 +153,8 @@ def bn_sample_loader(
     sample = train_rows.sample(
         n=min(params.profile.bn_images, len(train_rows)), random_state=params.seed
     )
-    return loader_for(
-        ManifestImages(sample, root, classes, transform), params.features.batch_size, device
-    )
+    images = ManifestImages(sample, root, classes, transform, params.data.picture())
+    return loader_for(images, params.features.batch_size, device)
 
 
 def profile(params: Params) -> dict:
@@ -165,7 +165,8 @@ def profile(params: Params) -> dict:
     classes = read_classes(paths.prepared)
     backbone = load_backbone(params.model.backbone, params.model.weights)
     manifest = read_accepted(paths.validation)
-    transform = build_transform(data_config_for(backbone, params.model.input_side(device)))
+    side = read_side(paths.features)
+    transform = build_transform(data_config_for(backbone, side))
     loader = bn_sample_loader(
         manifest[manifest["split"] == "train"], paths.prepared, classes, transform, params, device
     )
@@ -176,7 +177,7 @@ def profile(params: Params) -> dict:
         loader,
         len(classes),
         device,
-        params.model.input_side(device),
+        side,
     )
     write_profile(numbers, Path(paths.profile))
     return numbers

@@ -59,3 +59,32 @@ def set_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+def loader_for(dataset, batch_size: int, device: str, shuffle: bool = False):
+    """Batches in order; on CUDA, worker processes and pinned memory."""
+    import torch
+
+    cuda = device == "cuda"
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=min(8, os.cpu_count() or 1) if cuda else 0,
+        pin_memory=cuda,
+    )
+
+
+def to_device(images, device: str):
+    """A batch on ``device``; channels-last on CUDA (faster convolutions there)."""
+    import torch
+
+    images = images.to(device, non_blocking=True)
+    return images.to(memory_format=torch.channels_last) if device == "cuda" else images
+
+
+def autocast(device: str):
+    """bf16 autocast on CUDA, a no-op elsewhere."""
+    import torch
+
+    return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda")

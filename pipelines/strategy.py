@@ -27,16 +27,17 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from pipelines.config import Params, StrategyParams, TrainParams
 from pipelines.figures import plt, save_figure
 from pipelines.profile import PROFILE
+from pipelines.recipe import epochs_for
 from pipelines.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -94,14 +95,6 @@ def trainable_stages(strategy: str, stages: list[str], surgical_stages: int = 2)
 def learning_rates(trainable: list[str], head_lr: float, decay: float) -> dict[str, float]:
     """Layer-wise decay: the classifier gets ``head_lr``, each stage below ``decay`` times less."""
     return {stage: head_lr * decay**depth for depth, stage in enumerate(reversed(trainable))}
-
-
-def epochs_for(n_train: int, batch_size: int, epochs: int, min_steps: int) -> int:
-    """Fine-tuning epochs: ``epochs``, raised so that small datasets get ``min_steps`` steps."""
-    if epochs == 0:
-        return 0
-    steps_per_epoch = max(1, n_train // batch_size)
-    return max(epochs, math.ceil(min_steps / steps_per_epoch))
 
 
 def decide(numbers: dict, stages: list[str], cfg: StrategyParams, train: TrainParams) -> Decision:
@@ -254,9 +247,11 @@ def profile_source(source: Path, params: Params, out_dir: Path) -> Decision:
 
     from pipelines.backbones import build_transform, data_config_for, load_backbone
     from pipelines.datasets import ManifestImages
-    from pipelines.features import extract_features, loader_for
+    from pipelines.features import extract_features
+    from pipelines.pictures import header_size
     from pipelines.profile import bn_sample_loader, measure, write_profile
-    from pipelines.runtime import select_device, set_threads
+    from pipelines.recipe import choose_input_side, native_side
+    from pipelines.runtime import loader_for, select_device, set_threads
     from pipelines.sources import list_source
 
     set_threads(params.threads)
@@ -273,10 +268,19 @@ def profile_source(source: Path, params: Params, out_dir: Path) -> Decision:
             rows, test_size=0.2, stratify=rows["label"], random_state=params.seed
         )
     backbone = load_backbone(params.model.backbone, params.model.weights)
-    transform = build_transform(data_config_for(backbone, params.model.input_side(device)))
+    sizes = pd.DataFrame([header_size(Path(f)) for f in train_rows["file"]], columns=["w", "h"])
+    choice = choose_input_side(
+        params,
+        native=native_side(sizes["w"], sizes["h"]),
+        n_train=len(train_rows),
+        backbone_side=backbone.native_side,
+        device=device,
+    )
+    log.info("input side %s", choice.reason)
+    transform = build_transform(data_config_for(backbone, choice.side))
 
     def features(frame) -> tuple:
-        data = ManifestImages(frame, listing.root, classes, transform)
+        data = ManifestImages(frame, listing.root, classes, transform, params.data.picture())
         loader = loader_for(data, params.features.batch_size, device)
         return extract_features(backbone, loader, device), np.asarray(data.targets)
 
@@ -288,7 +292,7 @@ def profile_source(source: Path, params: Params, out_dir: Path) -> Decision:
         bn_loader,
         len(classes),
         device,
-        params.model.input_side(device),
+        choice.side,
     )
     write_profile(numbers, out_dir)
     return decide_and_record(numbers, params, out_dir)
