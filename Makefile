@@ -16,11 +16,14 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 
 .DEFAULT_GOAL := help
 CHROMIUM := /usr/bin/chromium
+# Offline image sources of the benchmark suite, each licence-checked in benchmarks/tasks.py.
+BENCH_PACKAGES := openclipart-png oxygen-icon-theme fonts-noto-core fonts-dejavu-core \
+	fonts-liberation fonts-urw-base35 fonts-freefont-ttf
 CHROMEDRIVER := /usr/bin/chromedriver
-.PHONY: help install data browser demo test lint format clean
+.PHONY: help install data browser bench-data demo test lint format clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 install: $(STAMP) ## create or refresh .venv (only when pyproject.toml changed)
 
@@ -56,6 +59,15 @@ browser: ## make sure Debian's chromium + chromium-driver are present (the repor
 		echo "(the test that opens the report page in a headless browser needs them)."; \
 		exit 1; \
 	fi
+
+bench-data: data ## the Debian packages behind the benchmark task suite (benchmarks/tasks.py)
+	@if [ -d /usr/share/openclipart/png ] && [ -d /usr/share/icons/oxygen ] && \
+		[ -d /usr/share/fonts/opentype/urw-base35 ]; then exit 0; fi; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then SUDO=; \
+	elif command -v sudo >/dev/null; then SUDO=sudo; \
+	else echo "install Debian's $(BENCH_PACKAGES)"; exit 1; fi; \
+	$$SUDO apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(BENCH_PACKAGES)
 
 demo: install data ## install, then run the whole loop on the bundled Fashion-MNIST
 	$(VENV)/bin/transferops demo

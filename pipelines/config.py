@@ -119,7 +119,7 @@ class ModelParams(Section):
     weights: str = Field(description="offline | hub | path to a checkpoint file")
     image_size: Annotated[int, Field(ge=16, le=1024)] | Literal["auto"] | None = "auto"
     auto: AutoSideParams = AutoSideParams(
-        budget_s=PerDevice(cpu=300, cuda=600), images_per_s=PerDevice(cpu=140, cuda=20_000)
+        budget_s=PerDevice(cpu=360, cuda=600), images_per_s=PerDevice(cpu=140, cuda=20_000)
     )
 
 
@@ -130,6 +130,7 @@ class FeaturesParams(Section):
 class ProfileParams(Section):
     bn_images: Annotated[int, Field(ge=8)] = 256
     max_per_class: Annotated[int, Field(ge=2)] = 500
+    side: Annotated[int, Field(ge=32, le=1024)] = 64
 
 
 class StrategyParams(Section):

@@ -28,7 +28,7 @@ from pipelines.backbones import (
 )
 from pipelines.config import Params
 from pipelines.datasets import ManifestImages, read_accepted, read_classes
-from pipelines.features import load_split
+from pipelines.features import extract_features, load_split
 from pipelines.recipe import read_side
 from pipelines.runtime import loader_for, select_device, set_threads
 from pipelines.stage import run_stage
@@ -157,28 +157,56 @@ def bn_sample_loader(
     return loader_for(images, params.features.batch_size, device)
 
 
+def features_at(
+    backbone: Backbone,
+    frame: pd.DataFrame,
+    root: Path,
+    classes: list[str],
+    transform,
+    params: Params,
+    device: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frozen features and label indices of the manifest rows ``frame``."""
+    images = ManifestImages(frame, root, classes, transform, params.data.picture())
+    loader = loader_for(images, params.features.batch_size, device)
+    return extract_features(backbone, loader, device, desc="profile"), np.asarray(images.targets)
+
+
 def profile(params: Params) -> dict:
-    """Profile the prepared dataset on the configured backbone; write profile.json."""
+    """Profile the prepared dataset on the configured backbone; write profile.json.
+
+    The numbers are measured at ``profile.side`` (the selector's thresholds were
+    fitted there), reusing the features stage's output when training runs at
+    that side too.
+    """
     set_threads(params.threads)
     device = select_device(params.device)
     paths = params.paths
     classes = read_classes(paths.prepared)
     backbone = load_backbone(params.model.backbone, params.model.weights)
     manifest = read_accepted(paths.validation)
-    side = read_side(paths.features)
+    side = params.profile.side
     transform = build_transform(data_config_for(backbone, side))
+    if read_side(paths.features) == side:
+        train, val = load_split(paths.features, "train"), load_split(paths.features, "val")
+    else:
+        train, val = (
+            features_at(
+                backbone,
+                manifest[manifest["split"] == split],
+                paths.prepared,
+                classes,
+                transform,
+                params,
+                device,
+            )
+            for split in ("train", "val")
+        )
     loader = bn_sample_loader(
         manifest[manifest["split"] == "train"], paths.prepared, classes, transform, params, device
     )
-    numbers = measure(
-        backbone,
-        load_split(paths.features, "train"),
-        load_split(paths.features, "val"),
-        loader,
-        len(classes),
-        device,
-        side,
-    )
+    numbers = measure(backbone, train, val, loader, len(classes), device, side)
+    numbers["train_side"] = read_side(paths.features)
     write_profile(numbers, Path(paths.profile))
     return numbers
 

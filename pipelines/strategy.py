@@ -31,7 +31,6 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from pipelines.config import Params, StrategyParams, TrainParams
@@ -246,12 +245,10 @@ def profile_source(source: Path, params: Params, out_dir: Path) -> Decision:
     from sklearn.model_selection import train_test_split
 
     from pipelines.backbones import build_transform, data_config_for, load_backbone
-    from pipelines.datasets import ManifestImages
-    from pipelines.features import extract_features
     from pipelines.pictures import header_size
-    from pipelines.profile import bn_sample_loader, measure, write_profile
+    from pipelines.profile import bn_sample_loader, features_at, measure, write_profile
     from pipelines.recipe import choose_input_side, native_side
-    from pipelines.runtime import loader_for, select_device, set_threads
+    from pipelines.runtime import select_device, set_threads
     from pipelines.sources import list_source
 
     set_threads(params.threads)
@@ -269,20 +266,18 @@ def profile_source(source: Path, params: Params, out_dir: Path) -> Decision:
         )
     backbone = load_backbone(params.model.backbone, params.model.weights)
     sizes = pd.DataFrame([header_size(Path(f)) for f in train_rows["file"]], columns=["w", "h"])
-    choice = choose_input_side(
+    training = choose_input_side(
         params,
         native=native_side(sizes["w"], sizes["h"]),
         n_train=len(train_rows),
         backbone_side=backbone.native_side,
         device=device,
     )
-    log.info("input side %s", choice.reason)
-    transform = build_transform(data_config_for(backbone, choice.side))
+    log.info("training would use %s", training.reason)
+    transform = build_transform(data_config_for(backbone, params.profile.side))
 
     def features(frame) -> tuple:
-        data = ManifestImages(frame, listing.root, classes, transform, params.data.picture())
-        loader = loader_for(data, params.features.batch_size, device)
-        return extract_features(backbone, loader, device), np.asarray(data.targets)
+        return features_at(backbone, frame, listing.root, classes, transform, params, device)
 
     bn_loader = bn_sample_loader(train_rows, listing.root, classes, transform, params, device)
     numbers = measure(
@@ -292,8 +287,9 @@ def profile_source(source: Path, params: Params, out_dir: Path) -> Decision:
         bn_loader,
         len(classes),
         device,
-        choice.side,
+        params.profile.side,
     )
+    numbers["train_side"] = training.side
     write_profile(numbers, out_dir)
     return decide_and_record(numbers, params, out_dir)
 

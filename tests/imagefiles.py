@@ -56,3 +56,38 @@ def fashion_mnist_folder(root: Path, count: int) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(images[i]).save(path)
     return root
+
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "brick", "grass")
+
+
+def photo_crops(per_class: int, seed: int, names: tuple[str, ...] = PHOTOS) -> list:
+    """(crop, label) pairs: random crops, 64-128 px, of scikit-image's sample photographs.
+
+    Real photographs, not Fashion-MNIST: colour (astronaut, coffee, the cat,
+    the rocket) and grey (brick, grass) at their native resolution.
+    """
+    import skimage.data
+
+    rng = np.random.default_rng(seed)
+    crops = []
+    for name in names:
+        photo = np.asarray(getattr(skimage.data, name)())
+        height, width = photo.shape[:2]
+        for _ in range(per_class):
+            side = int(rng.integers(64, min(128, height, width) + 1))
+            y, x = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
+            crops.append((Image.fromarray(photo[y : y + side, x : x + side]), name))
+    return crops
+
+
+def photo_folder(root: Path, per_class: int, seed: int = 0) -> Path:
+    """An ImageFolder of photo crops, every other one a JPEG, as a camera would save them."""
+    for index, (image, label) in enumerate(photo_crops(per_class, seed)):
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        if index % 2:
+            image.save(folder / f"{index:04d}.jpg", quality=90)
+        else:
+            image.save(folder / f"{index:04d}.png")
+    return root
