@@ -26,10 +26,10 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from pipelines.config import load_params
-from pipelines.datacheck import check_source
-from pipelines.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
-from pipelines.runtime import configure_runtime
+from transferops.config import load_params
+from transferops.data.checks import check_source
+from transferops.data.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
+from transferops.runtime import configure_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 
 For a packaged model (default: the champion), held-out Fashion-MNIST images
 (never in its reference) are corrupted with the CIFAR-10-C ladders
-(``flows.traffic.CORRUPTIONS``: Gaussian noise, blur, brightness, contrast,
+(``transferops.data.shifts.CORRUPTIONS``: Gaussian noise, blur, brightness, contrast,
 JPEG, pixelation; severities 1-5) and embedded once. A class-prior shift
 puts a growing share of one class into the window. Windows are drawn from
 each cell and tested with the check's own tests and calibrated thresholds
@@ -37,18 +37,18 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from flows.traffic import CORRUPTIONS, HeldOutPool, corrupt
 from monitoring import drift, shift
 from monitoring.bias import Side, group_gaps
-from pipelines import champion
-from pipelines.bnshift import StageProbe
-from pipelines.classifier import eval_transform
-from pipelines.config import Params, load_params
-from pipelines.imagestats import STAT_NAMES, image_statistics
-from pipelines.package import load_stored
-from pipelines.predlog import PredictionLog, PredictionRecord, utc_now
-from pipelines.profile import shift_location
-from pipelines.runtime import configure_runtime, set_threads
+from transferops.config import Params, load_params
+from transferops.data.imagestats import STAT_NAMES, image_statistics
+from transferops.data.shifts import CORRUPTIONS, HeldOutPool, corrupt
+from transferops.logs.predictions import PredictionLog, PredictionRecord, utc_now
+from transferops.models.bnshift import StageProbe
+from transferops.models.classifier import eval_transform
+from transferops.models.profiling import shift_location
+from transferops.registry import champion
+from transferops.registry.store import load_stored
+from transferops.runtime import configure_runtime, set_threads
 
 PRIOR = "class_prior"
 PRIOR_SHARE = (0.1, 0.2, 0.35, 0.5, 0.7)  # of the window drawn from one class

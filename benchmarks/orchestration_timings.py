@@ -23,7 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.runlog import read_records
+from transferops.logs.runs import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_MINUTES = 15

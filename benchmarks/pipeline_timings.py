@@ -24,9 +24,9 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.workspace import create_workspace
-from pipelines.config import apply_override
-from pipelines.runtime import TELEMETRY_OFF
-from pipelines.stage import add_override_option
+from transferops.commands import add_override_option
+from transferops.config import apply_override
+from transferops.runtime import TELEMETRY_OFF
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -30,12 +30,12 @@ from rich.table import Table
 from strategy_oracle import Runner
 from tasks import TaskUnavailable, build
 
-from pipelines.config import load_params
-from pipelines.recipe import choose_input_side, planned_images
-from pipelines.resolution import estimated_seconds
-from pipelines.runtime import configure_runtime, select_device, set_threads
-from pipelines.stage import add_override_option
-from pipelines.strategy import decide
+from transferops.commands import add_override_option
+from transferops.config import load_params
+from transferops.models.recipe import choose_input_side, planned_images
+from transferops.models.resolution import estimated_seconds
+from transferops.models.strategy import decide
+from transferops.runtime import configure_runtime, select_device, set_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("resolution")

@@ -36,12 +36,12 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.serving import start_server, stop_server
-from flows.traffic import HeldOutPool, png_bytes
-from pipelines import champion
-from pipelines.classifier import embed_and_classify
-from pipelines.config import load_params
-from pipelines.package import load_stored
-from pipelines.runtime import configure_runtime
+from transferops.config import load_params
+from transferops.data.shifts import HeldOutPool, png_bytes
+from transferops.models.classifier import embed_and_classify
+from transferops.registry import champion
+from transferops.registry.store import load_stored
+from transferops.runtime import configure_runtime
 
 
 def absolute_params(params_file: Path, out: Path, changes: dict) -> Path:
@@ -99,7 +99,7 @@ def ceiling(params, items, seconds: float = 10) -> float:
     torch.set_num_threads(params.threads)
     holder = champion.current(params.paths.models)
     model, config = load_stored(holder.tag)
-    from pipelines.classifier import eval_transform
+    from transferops.models.classifier import eval_transform
 
     transform = eval_transform(config)
     size = params.serve.max_batch_size

@@ -10,7 +10,7 @@ different domain, size, resolution and colour):
    no race, no early stopping, plus the linear probe; the oracle is the cell
    with the best validation accuracy, scored on test;
 3. the default recipe for each strategy, as ``dvc repro`` would train it
-   (probe, learning-rate race, early stopping: ``pipelines/finetune.py``).
+   (probe, learning-rate race, early stopping: ``transferops/models/finetune.py``).
 
 A decision rule picks a strategy from the profile numbers; its result is the
 recipe run of that strategy, its regret the oracle's test accuracy minus
@@ -51,23 +51,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ siblings
 from selector_fit import FAMILIES, render_tables, score_policies
 from tasks import BUILDERS, Task, TaskUnavailable, build
 
-from pipelines.backbones import build_transform, data_config_for, load_backbone
-from pipelines.classifier import build_classifier
-from pipelines.config import load_params
-from pipelines.datasets import ArrayImages
-from pipelines.features import extract_features
-from pipelines.finetune import fine_tune
-from pipelines.freezing import stage_sequence
-from pipelines.profile import measure
-from pipelines.runtime import configure_runtime, loader_for, select_device, set_threads
-from pipelines.stage import add_override_option
-from pipelines.strategy import STRATEGIES, learning_rates, trainable_stages
-from pipelines.train import (
-    finetune_config,
-    finetune_summary,
-    fit_linear_probe,
-    train_transform,
-)
+from transferops.commands import add_override_option
+from transferops.config import load_params
+from transferops.data.datasets import ArrayImages
+from transferops.models.backbones import build_transform, data_config_for, load_backbone
+from transferops.models.classifier import build_classifier
+from transferops.models.features import extract_features
+from transferops.models.finetune import fine_tune
+from transferops.models.freezing import stage_sequence
+from transferops.models.probe import fit_linear_probe
+from transferops.models.profiling import measure
+from transferops.models.strategy import STRATEGIES, learning_rates, trainable_stages
+from transferops.models.training import finetune_config, finetune_summary, train_transform
+from transferops.runtime import configure_runtime, loader_for, select_device, set_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("strategy_oracle")
@@ -204,8 +200,8 @@ def imagefolder_task(path: Path, seed: int) -> Task:
     from sklearn.model_selection import train_test_split
     from tasks import _task
 
-    from pipelines.pictures import open_rgb
-    from pipelines.sources import list_source
+    from transferops.data.pictures import open_rgb
+    from transferops.data.sources import list_source
 
     rows = list_source(path).rows
     rows = rows[rows["problem"].isna()].reset_index(drop=True)

@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipelines.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
-from pipelines.pictures import PictureSettings, to_rgb
+from transferops.data.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
+from transferops.data.pictures import PictureSettings, to_rgb
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 OPENCLIPART = Path("/usr/share/openclipart/png")

@@ -30,15 +30,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.backbones import build_transform, data_config_for, load_backbone
-from pipelines.classifier import build_classifier
-from pipelines.datasets import ArrayImages, load_fashion_mnist
-from pipelines.features import extract_features
-from pipelines.finetune import FineTuneConfig, fine_tune
-from pipelines.freezing import parameter_groups, set_trainable, stage_sequence
-from pipelines.runtime import configure_runtime, loader_for, select_device
-from pipelines.strategy import learning_rates, trainable_stages
-from pipelines.train import fit_linear_probe
+from transferops.data.datasets import ArrayImages, load_fashion_mnist
+from transferops.models.backbones import build_transform, data_config_for, load_backbone
+from transferops.models.classifier import build_classifier
+from transferops.models.features import extract_features
+from transferops.models.finetune import FineTuneConfig, fine_tune
+from transferops.models.freezing import parameter_groups, set_trainable, stage_sequence
+from transferops.models.probe import fit_linear_probe
+from transferops.models.strategy import learning_rates, trainable_stages
+from transferops.runtime import configure_runtime, loader_for, select_device
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 STRATEGIES = ("top_blocks", "most_blocks", "full")

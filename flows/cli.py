@@ -9,12 +9,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from flows.traffic import SHIFTS
-from pipelines.champion import ChampionError
-from pipelines.config import DEFAULT_PARAMS, FORCEABLE_STRATEGIES, ParamsError, load_params
-from pipelines.datasets import DataSourceError
-from pipelines.runtime import configure_runtime
-from pipelines.stage import add_override_option
+from transferops.commands import add_override_option
+from transferops.config import DEFAULT_PARAMS, FORCEABLE_STRATEGIES, ParamsError, load_params
+from transferops.data.datasets import DataSourceError
+from transferops.data.shifts import SHIFTS
+from transferops.registry.champion import ChampionError
+from transferops.runtime import configure_runtime
 
 DESCRIPTION = """Continuous training for transfer learning of image classifiers.
 Run from the project root (where params.yaml and dvc.yaml live)."""
@@ -299,7 +299,7 @@ def run_command(args: argparse.Namespace, params) -> int:
 
 
 def run_profile(path: Path, params, out: Path | None) -> int:
-    from pipelines.strategy import profile_source
+    from transferops.models.strategy import profile_source
 
     out = out or Path(params.paths.reports) / "profile" / Path(path).resolve().name
     decision = profile_source(path, params, out)
@@ -349,12 +349,12 @@ def run_models(args: argparse.Namespace, params) -> int:
     from rich.console import Console
 
     from flows.models import build_bento, history_table, lineage_of, models_table
-    from pipelines import champion
-    from pipelines.package import resolve_tag, stored_model_dir
+    from transferops.registry import champion
+    from transferops.registry.store import resolve_tag, stored_model_dir
 
     models_dir = params.paths.models
     if args.command == "gate":
-        from pipelines.gate import run_gate
+        from transferops.registry.gate import run_gate
 
         verdict = run_gate(params, args.tag)
         print(verdict.summary())
@@ -387,7 +387,7 @@ def run_models(args: argparse.Namespace, params) -> int:
 
 
 def run_check(path: Path, params, out: Path | None) -> int:
-    from pipelines.datacheck import check_source
+    from transferops.data.checks import check_source
 
     out = out or Path(params.paths.reports) / "check" / Path(path).resolve().name
     report = check_source(path, params.validate_, out)

@@ -19,10 +19,10 @@ from pathlib import Path
 import yaml
 
 from flows.dvc import run_dvc
-from pipelines.config import Params
-from pipelines.datacheck import check_source
-from pipelines.datasets import DataSourceError
-from pipelines.sources import list_source
+from transferops.config import Params
+from transferops.data.checks import check_source
+from transferops.data.datasets import DataSourceError
+from transferops.data.sources import list_source
 
 log = logging.getLogger(__name__)
 

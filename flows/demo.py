@@ -39,13 +39,13 @@ from flows.deploy import MONITORING_DEPLOYMENT, TRAINING_DEPLOYMENT
 from flows.monitoring import monitoring_flow
 from flows.prefect_server import running_deployments, running_prefect_server, wait_for_run
 from flows.serving import free_port, running_service
-from flows.traffic import HeldOutPool, send, write_labelled_drop
 from flows.training import training_flow
 from flows.workspace import create_workspace
 from monitoring.index import build_index
-from pipelines.config import Params, load_params, write_overrides
-from pipelines.runlog import read_records
-from pipelines.strategy import DECISION
+from transferops.config import Params, load_params, write_overrides
+from transferops.data.shifts import HeldOutPool, send, write_labelled_drop
+from transferops.logs.runs import read_records
+from transferops.models.strategy import DECISION
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ PREFECT_UI_PORT = 4200  # the usual port; another one when it is taken
 
 @dataclass
 class DemoSettings:
-    shift: str = "blur"  # see flows.traffic.SHIFTS
+    shift: str = "blur"  # see transferops.data.shifts.SHIFTS
     window: int = 200  # images per traffic phase
     labelled_drop: int = 600  # shifted images that "annotators" label for retraining
     workspace: Path = Path("demo-workspace")

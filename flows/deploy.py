@@ -25,7 +25,7 @@ from prefect.schedules import Cron
 from flows.events import api_url, retrain_trigger
 from flows.monitoring import monitoring_flow
 from flows.training import training_flow
-from pipelines.config import Params
+from transferops.config import Params
 
 MONITORING = "check"
 TRAINING = "retrain"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.logfiles import locked
+from transferops.logs.jsonl import locked
 
 LOCK_FILE = Path(".dvc") / "tmp" / "transferops-dvc.lock"
 

@@ -22,7 +22,7 @@ from uuid import uuid4
 
 from prefect.events import DeploymentEventTrigger, emit_event
 
-from pipelines.config import Params
+from transferops.config import Params
 
 RETRAIN_EVENT = "transferops.retrain.requested"
 RESOURCE_PREFIX = "transferops.model."

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from rich.table import Table
 
-from pipelines import champion
-from pipelines.config import Params
-from pipelines.package import stored_model
+from transferops.config import Params
+from transferops.registry import champion
+from transferops.registry.store import list_models, stored_model
 
 BENTOFILE = Path("services/bentofile.yaml")
 
@@ -44,13 +44,11 @@ def lineage_of(tag: str) -> dict:
 
 def models_table(params: Params) -> Table:
     """Every version of ``package.model_name``, newest first; the champion starred."""
-    import bentoml
-
     holder = champion.current(params.paths.models)
     table = Table(title=f"models in the BentoML store ({params.package.model_name})")
     for column in ("", "tag", "created", "data version", "git", "strategy", "accuracy"):
         table.add_column(column, overflow="fold")
-    models = bentoml.models.list(params.package.model_name)
+    models = list_models(params.package.model_name)
     for model in sorted(models, key=lambda m: m.info.creation_time, reverse=True):
         labels = model.info.labels
         table.add_row(

@@ -12,10 +12,10 @@ from flows.events import api_url, request_retrain
 from flows.records import recorded_run
 from monitoring.decision import decide_and_record
 from monitoring.drift import check_drift, read_history
-from pipelines import champion
-from pipelines.classifier import WEIGHTS
-from pipelines.config import Params, load_params
-from pipelines.package import stored_model, stored_model_dir
+from transferops.config import Params, load_params
+from transferops.models.classifier import WEIGHTS
+from transferops.registry import champion
+from transferops.registry.store import stored_model, stored_model_dir
 
 
 @task(cache_policy=NO_CACHE)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from prefect import runtime
 
-from pipelines import runlog
-from pipelines.config import Params
+from transferops.config import Params
+from transferops.logs import runs
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,8 @@ def refresh_index(params: Params) -> None:
 
 
 def write_record(reports: Path, record: dict) -> Path:
-    """The record on disk (pipelines/runlog.py) and as an artifact on the Prefect run."""
-    path = runlog.write_record(reports, record)
+    """The record on disk (transferops/logs/runs.py) and as an artifact on the Prefect run."""
+    path = runs.write_record(reports, record)
     _artifact(record)
     return path
 

@@ -6,7 +6,7 @@ the Prefect UI, retried when it failed transiently (a held DVC lock, remote
 I/O); DVC calls are serialised across processes (flows/dvc.py). Stages that
 are up to date are skipped by DVC, so re-running the flow on unchanged data
 costs seconds. The packaged candidate then faces the promotion gate
-(``pipelines/gate.py``): it becomes the champion only when it beats the
+(``transferops/registry/gate.py``): it becomes the champion only when it beats the
 current one, and the flow waits for the service to serve it.
 """
 
@@ -26,12 +26,12 @@ from prefect.cache_policies import NO_CACHE
 from flows.data import add_dataset, checkout_version, require_passed
 from flows.dvc import DvcError, pipeline_stages, run_dvc
 from flows.records import recorded_run
-from pipelines import champion
-from pipelines.config import Params, load_params, write_overrides
-from pipelines.evaluate import METRICS
-from pipelines.gate import run_gate
-from pipelines.package import PACKAGE_RECORD
-from pipelines.prepare import incoming_drops
+from transferops.config import Params, load_params, write_overrides
+from transferops.data.preparation import incoming_drops
+from transferops.models.evaluation import METRICS
+from transferops.registry import champion
+from transferops.registry.gate import run_gate
+from transferops.registry.packaging import PACKAGE_RECORD
 
 REPO = Path()
 PARAMS = Path("params.yaml")

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import norm
 
-from pipelines.config import BiasParams
+from transferops.config import BiasParams
 
 PARITY, ACCURACY, TPR = "parity", "accuracy", "tpr"
 NO_REFERENCE = "the reference has no such group: parity (0) expected"

@@ -28,8 +28,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from monitoring.shift import input_level
-from pipelines.config import RetrainParams
-from pipelines.logfiles import append_jsonl, locked, read_jsonl
+from transferops.config import RetrainParams
+from transferops.logs.jsonl import append_jsonl, locked, read_jsonl
 
 DECISIONS, RETRAINS, LOCK = "decisions.jsonl", "retrains.jsonl", ".decision.lock"
 

@@ -40,12 +40,12 @@ import pandas as pd
 from sklearn.decomposition import PCA
 
 from monitoring import bias, evidently_report, shift, summary
-from pipelines.config import Params
-from pipelines.evaluate import REFERENCE
-from pipelines.logfiles import append_jsonl, read_jsonl
-from pipelines.predlog import read_feedback, read_predictions
-from pipelines.profile import shift_location
-from pipelines.stage import run_stage
+from transferops.commands import run_stage
+from transferops.config import Params
+from transferops.logs.jsonl import append_jsonl, read_jsonl
+from transferops.logs.predictions import read_feedback, read_predictions
+from transferops.models.evaluation import REFERENCE
+from transferops.models.profiling import shift_location
 
 log = logging.getLogger(__name__)
 HISTORY, WORKSPACE, CALIBRATION = "history.jsonl", "workspace", "calibration"
@@ -96,7 +96,7 @@ class Reference:
 
 def load_reference(model_tag: str) -> Reference:
     """The evaluation-set reference packaged with a BentoML model."""
-    from pipelines.package import stored_model_dir
+    from transferops.registry.store import stored_model_dir
 
     with np.load(stored_model_dir(model_tag) / REFERENCE) as data:  # plain arrays: no pickle
         has_bn = "bn" in data.files

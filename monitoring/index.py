@@ -25,10 +25,10 @@ from pathlib import Path
 from monitoring.decision import DECISIONS
 from monitoring.drift import HISTORY
 from monitoring.summary import gap_cells
-from pipelines import champion
-from pipelines.config import Params
-from pipelines.logfiles import read_jsonl
-from pipelines.runlog import read_records
+from transferops.config import Params
+from transferops.logs.jsonl import read_jsonl
+from transferops.logs.runs import read_records
+from transferops.registry import champion
 
 INDEX = "index.html"
 RECENT = 15  # rows per table

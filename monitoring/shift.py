@@ -8,7 +8,7 @@ Evidently computes it (``tests/test_monitoring.py`` checks they agree):
   reference-to-window distance) on the reference's principal components,
   Evidently's ``MMDDriftMethod``. Higher = further apart.
 - ``stat:<name>``: the Wasserstein distance between the window's and the
-  reference's values of an image statistic (``pipelines/imagestats.py``), in
+  reference's values of an image statistic (``transferops/data/imagestats.py``), in
   reference standard deviations: Evidently's ``wasserstein`` (its own default
   for large samples). An effect size, not a p-value: a fixed, finite
   reference is never exactly the population, so a p-value test against it
@@ -29,7 +29,7 @@ spread scales with 1/n + 1/m); an image-statistic threshold is never below
 ``min_effect`` reference SDs; the p-value threshold is never looser than
 ``false_alarm_rate`` itself.
 
-The per-stage BatchNorm distances (``pipelines/bnshift.py``) do not vote:
+The per-stage BatchNorm distances (``transferops/models/bnshift.py``) do not vote:
 they say where a shift sits, early (input-level) or late (semantic).
 """
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from monitoring.shift import EMBEDDING, PREDICTION, STAT, fires, input_level, relation
-from pipelines.figures import plt, save_figure
+from transferops.figures import plt, save_figure
 
 TEST_TITLES = {EMBEDDING: "embeddings (MMD²)", PREDICTION: "predicted classes (chi-square p)"}
 COLOURS = {"drift": "#b00020", "no_drift": "#1b7f3b", "insufficient_data": "#666666"}

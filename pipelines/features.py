@@ -1,7 +1,7 @@
-"""Stage ``features``: the frozen backbone's penultimate features, computed once.
+"""Stage ``features``: choose the input side, then the frozen backbone's features per split.
 
-A linear probe never changes the backbone, so its features are a cached stage
-output: changing ``train.*`` re-trains in seconds without touching images.
+Writes ``side.json`` (the side ``model.image_size`` resolves to, and why:
+transferops/models/resolution.py) and ``<split>.npz`` (features, labels).
 """
 
 from __future__ import annotations
@@ -11,35 +11,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
-from pipelines.backbones import Backbone, build_transform, data_config_for, load_backbone
-from pipelines.config import Params
-from pipelines.datasets import SPLITS, ManifestImages, read_accepted, read_classes
-from pipelines.recipe import choose_input_side, native_side, write_side
-from pipelines.runtime import autocast, loader_for, select_device, set_threads, to_device
-from pipelines.stage import run_stage
+from transferops.commands import run_stage
+from transferops.config import Params
+from transferops.data.datasets import SPLITS, ManifestImages, read_accepted, read_classes
+from transferops.models.backbones import load_backbone, transform_for
+from transferops.models.features import extract_features, save_split
+from transferops.models.recipe import choose_input_side, native_side, write_side
+from transferops.runtime import loader_for, select_device, set_threads
 
 log = logging.getLogger(__name__)
-
-
-@torch.inference_mode()
-def extract_features(
-    backbone: Backbone, loader: torch.utils.data.DataLoader, device: str, desc: str = "features"
-) -> np.ndarray:
-    """Pooled pre-logit features for every image the loader yields, in order."""
-    model = backbone.model.to(device)
-    if device == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    chunks = []
-    for images, _ in tqdm(loader, desc=desc, unit="batch", disable=None):
-        with autocast(device):
-            pooled = model.forward_head(
-                model.forward_features(to_device(images, device)), pre_logits=True
-            )
-        chunks.append(pooled.float().cpu().numpy())
-    return np.concatenate(chunks) if chunks else np.zeros((0, backbone.num_features), np.float32)
 
 
 def compute_features(params: Params) -> dict[str, Path]:
@@ -59,7 +40,7 @@ def compute_features(params: Params) -> dict[str, Path]:
     )
     log.info("input side %s", choice.reason)
     write_side(choice, out_dir)
-    transform = build_transform(data_config_for(backbone, choice.side))
+    transform = transform_for(backbone, choice.side)
     written = {}
     for split in SPLITS:
         dataset = ManifestImages(
@@ -72,15 +53,9 @@ def compute_features(params: Params) -> dict[str, Path]:
         features = extract_features(
             backbone, loader_for(dataset, params.features.batch_size, device), device, desc=split
         )
-        written[split] = out_dir / f"{split}.npz"
-        np.savez(written[split], features=features, labels=np.asarray(dataset.targets))
+        written[split] = save_split(out_dir, split, features, np.asarray(dataset.targets))
         log.info("%s: %d x %d features", split, *features.shape)
     return written
-
-
-def load_split(features_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(Path(features_dir) / f"{split}.npz") as data:
-        return data["features"], data["labels"]
 
 
 def main(argv: list[str] | None = None) -> int:

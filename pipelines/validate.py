@@ -1,6 +1,6 @@
 """Stage ``validate``: Great Expectations checks on the prepared dataset.
 
-Runs the same checks as ``transferops check`` (``pipelines/datacheck.py``)
+Runs the same checks as ``transferops check`` (``transferops/data/checks.py``)
 on the prepared images plus the rows prepare refused: file faults (empty,
 not an image, truncated, decompression bomb, size, mode), duplicates,
 leakage across splits, conflicting labels, class sizes and balance, expected
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.config import Params
-from pipelines.datacheck import CheckReport, check_listing
-from pipelines.datasets import ACCEPTED, REFUSED, read_manifest
-from pipelines.sources import LISTING_COLUMNS, Listing
-from pipelines.stage import StageFailed, run_stage
+from transferops.commands import StageFailed, run_stage
+from transferops.config import Params
+from transferops.data.checks import CheckReport, check_listing
+from transferops.data.datasets import ACCEPTED, REFUSED, read_manifest
+from transferops.data.sources import LISTING_COLUMNS, Listing
 
 log = logging.getLogger(__name__)
 FACTS_CACHE = "file_facts.parquet"

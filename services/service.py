@@ -6,7 +6,7 @@ root (or ``transferops serve``). Two BentoML services in one server:
 - ``Classifier`` (the entry service) owns HTTP: ``/v1/classify``,
   ``/v1/feedback`` and ``/v1/metadata`` (a FastAPI app, so every refusal is a
   4xx that names the problem), the optional API key, input safety
-  (``pipelines.imagecheck.decode_upload``), and the prediction log;
+  (``transferops.data.imagecheck.decode_upload``), and the prediction log;
 - ``Model`` owns the network: a batchable ``predict`` that BentoML feeds
   with adaptive batching across requests. It serves the champion
   (``<paths.models>/champion.json``) unless ``TRANSFEROPS_MODEL_TAG`` pins a
@@ -37,20 +37,20 @@ from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from pipelines.champion import CHAMPION, current
-from pipelines.config import load_params
-from pipelines.runtime import configure_runtime
+from transferops.config import load_params
+from transferops.registry.champion import CHAMPION, current
+from transferops.runtime import configure_runtime
 
 with bentoml.importing():
     import torch
 
-    from pipelines.bnshift import StageProbe
-    from pipelines.classifier import eval_transform, load_classifier
-    from pipelines.imagecheck import BadImage, decode_upload
-    from pipelines.imagestats import STAT_NAMES, image_statistics
-    from pipelines.package import stored_model
-    from pipelines.pictures import to_rgb
-    from pipelines.predlog import PredictionLog, PredictionRecord, has_request, utc_now
+    from transferops.data.imagecheck import BadImage, decode_upload
+    from transferops.data.imagestats import STAT_NAMES, image_statistics
+    from transferops.data.pictures import to_rgb
+    from transferops.logs.predictions import PredictionLog, PredictionRecord, has_request, utc_now
+    from transferops.models.bnshift import StageProbe
+    from transferops.models.classifier import eval_transform, load_classifier
+    from transferops.registry.store import stored_model
 
 PARAMS = load_params(Path(os.environ.get("TRANSFEROPS_PARAMS", "params.yaml")))
 configure_runtime(PARAMS.paths.bentoml_home)
@@ -256,7 +256,7 @@ def decode_all(uploads: list[tuple[str, bytes, str | None]]) -> list[tuple[np.nd
             )
         except BadImage as err:
             raise HTTPException(err.status, str(err)) from err
-        # The same flattening and padding as training and the reference (pipelines/pictures.py).
+        # Flattened and padded as in training and the reference (data/pictures.py).
         rgb = to_rgb(image, PICTURE)
         stats = dict(zip(STAT_NAMES, image_statistics(rgb).tolist(), strict=True))
         decoded.append((np.asarray(rgb), stats))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.runtime import TELEMETRY_OFF
+from transferops.runtime import TELEMETRY_OFF
 
 os.environ.update(TELEMETRY_OFF)
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="transferops-bentoml-")

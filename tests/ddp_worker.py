@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from pipelines.finetune import World, fine_tune
 from tests.test_finetune import config_for, small_task, snapshot
+from transferops.models.finetune import World, fine_tune
 
 
 def digest(state: dict[str, torch.Tensor]) -> str:

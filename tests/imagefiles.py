@@ -47,8 +47,8 @@ def clean_folder(root: Path, per_class: int = 4) -> Path:
 
 def fashion_mnist_folder(root: Path, count: int) -> Path:
     """The first ``count`` Fashion-MNIST test images as a real ImageFolder of PNGs."""
-    from pipelines.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
     from tests.conftest import FASHION_MNIST
+    from transferops.data.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
 
     images, labels = load_fashion_mnist(FASHION_MNIST, "t10k")
     for i in range(count):

@@ -8,7 +8,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from skimage import data
 
-from pipelines.backbones import (
+from transferops.models.backbones import (
     BackboneError,
     build_transform,
     data_config_for,

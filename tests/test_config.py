@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ParamsError, load_params
 from tests.conftest import ROOT, write_params
+from transferops.config import ParamsError, load_params
 
 
 def test_real_params_file_loads() -> None:
@@ -80,7 +80,7 @@ def test_more_alarms_than_checks_is_refused() -> None:
 def test_run_overrides_are_written_keeping_comments_and_a_bad_one_writes_nothing(
     tmp_path: Path,
 ) -> None:
-    from pipelines.config import write_overrides
+    from transferops.config import write_overrides
 
     path = tmp_path / "params.yaml"
     path.write_text((ROOT / "params.yaml").read_text())

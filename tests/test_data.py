@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.config import load_params
-from pipelines.datasets import DataSourceError, read_idx, read_manifest
 from pipelines.prepare import prepare
-from pipelines.stage import StageFailed
 from pipelines.validate import validate
+from transferops.commands import StageFailed
+from transferops.config import load_params
+from transferops.data.datasets import DataSourceError, read_idx, read_manifest
 
 
 def make_image_folder(root: Path, per_class: int = 12) -> Path:

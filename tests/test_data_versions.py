@@ -10,10 +10,11 @@ import pytest
 
 from flows.data import add_dataset, list_versions
 from flows.workspace import create_workspace
-from pipelines.config import load_params
-from pipelines.prepare import assign_splits, prepare
+from pipelines.prepare import prepare
 from tests.conftest import ROOT, TINY, write_params
 from tests.imagefiles import clean_folder, png
+from transferops.config import load_params
+from transferops.data.preparation import assign_splits
 
 pytestmark = pytest.mark.integration
 

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import pipelines.imagecheck as imagecheck
-from pipelines.config import load_params
-from pipelines.datacheck import check_source
+import transferops.data.imagecheck as imagecheck
 from tests.conftest import FASHION_MNIST, ROOT
 from tests.imagefiles import RNG, bomb_header, clean_folder, fashion_mnist_folder, png
+from transferops.config import load_params
+from transferops.data.checks import check_source
 
 
 def settings(*overrides: str):

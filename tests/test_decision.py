@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from monitoring.decision import RETRAINS, decide, decide_and_record, read_decisions
-from pipelines.config import RetrainParams
+from transferops.config import RetrainParams
 
 CFG = RetrainParams(alarms=2, checks=3, cooldown_hours=24, surgical=True)
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

@@ -20,13 +20,18 @@ import pytest
 import torch
 import yaml
 
-from pipelines.backbones import build_transform, data_config_for, load_backbone, stage_namer
-from pipelines.classifier import build_classifier, load_classifier
-from pipelines.datasets import ArrayImages, load_fashion_mnist
-from pipelines.finetune import CHECKPOINT, FineTuneConfig, fine_tune
-from pipelines.freezing import split_model, unfrozen_at
-from pipelines.strategy import learning_rates, trainable_stages
 from tests.conftest import FASHION_MNIST, ROOT, TINY, absolute_paths, write_params
+from transferops.data.datasets import ArrayImages, load_fashion_mnist
+from transferops.models.backbones import (
+    build_transform,
+    data_config_for,
+    load_backbone,
+    stage_namer,
+)
+from transferops.models.classifier import build_classifier, load_classifier
+from transferops.models.finetune import CHECKPOINT, FineTuneConfig, fine_tune
+from transferops.models.freezing import split_model, unfrozen_at
+from transferops.models.strategy import learning_rates, trainable_stages
 
 STAGES = ["stem", *[f"block{i}" for i in range(7)], "head"]
 pytestmark = pytest.mark.skipif(

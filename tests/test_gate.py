@@ -20,14 +20,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import champion
-from pipelines.config import load_params
-from pipelines.datasets import ACCEPTED, read_accepted
-from pipelines.evaluate import score_split
-from pipelines.gate import run_gate
-from pipelines.package import candidate_tag, load_stored
 from tests.conftest import ROOT, write_params
 from tests.models import always_answering
+from transferops.config import load_params
+from transferops.data.datasets import ACCEPTED, read_accepted
+from transferops.models.evaluation import score_split
+from transferops.registry import champion
+from transferops.registry.gate import run_gate
+from transferops.registry.packaging import candidate_tag
+from transferops.registry.store import load_stored
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ def crash_promotion(models_dir: Path, tag: str, point: str) -> subprocess.Comple
     code = "\n".join(
         [
             "import os, signal",
-            "from pipelines import champion",
+            "from transferops.registry import champion",
             "def crash(*args, **kwargs): os.kill(os.getpid(), signal.SIGKILL)",
             KILL_AT[point],
             f"champion.promote({str(models_dir)!r}, {tag!r}, reason='crash test', via='test')",

@@ -19,9 +19,9 @@ import yaml
 from flows.data import add_dataset, checkout_version
 from flows.serving import free_port, stop_server
 from flows.workspace import create_workspace
-from pipelines.config import load_params
 from tests.conftest import ROOT, TINY, write_params
 from tests.imagefiles import clean_folder
+from transferops.config import load_params
 
 BUCKET = "transferops-dvc"
 S3_ENV = {

@@ -30,11 +30,11 @@ from flows.prefect_server import (
     wait_for_run,
 )
 from flows.serving import free_port, running_service
-from flows.traffic import HeldOutPool, send, write_labelled_drop
 from flows.workspace import create_workspace
-from pipelines.datasets import read_manifest
-from pipelines.runlog import read_records
 from tests.conftest import ROOT, TINY, write_params
+from transferops.data.datasets import read_manifest
+from transferops.data.shifts import HeldOutPool, send, write_labelled_drop
+from transferops.logs.runs import read_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -113,7 +113,7 @@ def test_drift_event_retrains_once_and_the_service_switches(
     from flows.events import request_retrain
     from flows.monitoring import monitoring_flow
     from flows.training import training_flow
-    from pipelines.config import load_params
+    from transferops.config import load_params
 
     api, _ = prefect_api
     training_id = deployed[TRAINING_DEPLOYMENT]["id"]

@@ -1,7 +1,12 @@
-"""The stage graph matches the code: every module a stage imports is one of its DVC deps.
+"""The layout holds: rooms import one way, stages are stages, and dvc.yaml matches the code.
 
-DVC re-runs a stage only when a listed dependency changes; a module missing
-from the list would let stale outputs stand after a code change.
+- Dependencies point one way: ``flows`` -> ``pipelines``, ``monitoring``,
+  ``services`` -> ``transferops`` (the core). The core imports none of the
+  others; nothing outside ``flows`` imports ``flows``; nothing imports a stage
+  module as a library.
+- ``pipelines/`` holds exactly the DVC stages.
+- Every module a stage imports is one of its DVC deps (DVC re-runs a stage
+  only when a listed dependency changes), and nothing else is listed.
 """
 
 from __future__ import annotations
@@ -14,22 +19,27 @@ import yaml
 
 from tests.conftest import ROOT
 
-PACKAGES = ("pipelines",)
+ROOMS = ("transferops", "pipelines", "flows", "monitoring", "services")
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def module_file(module: str) -> Path | None:
+    path = ROOT / (module.replace(".", "/") + ".py")
+    return path if path.is_file() else None
 
 
 def project_imports(module: str) -> set[str]:
     """Project modules ``module`` imports, anywhere in the file (lazy imports too)."""
-    tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
+    tree = ast.parse(module_file(module).read_text())
     found = set()
     for node in ast.walk(tree):
-        names = (
-            [node.module]
-            if isinstance(node, ast.ImportFrom) and node.module
-            else [a.name for a in node.names]
-            if isinstance(node, ast.Import)
-            else []
-        )
-        found |= {n for n in names if n.split(".")[0] in PACKAGES and "." in n}
+        if isinstance(node, ast.ImportFrom) and node.module:
+            candidates = [node.module, *[f"{node.module}.{a.name}" for a in node.names]]
+        elif isinstance(node, ast.Import):
+            candidates = [a.name for a in node.names]
+        else:
+            continue
+        found |= {c for c in candidates if c.split(".")[0] in ROOMS and module_file(c)}
     return found
 
 
@@ -43,7 +53,12 @@ def import_closure(module: str) -> set[str]:
     return seen
 
 
-STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+def modules_of(room: str) -> list[str]:
+    return [
+        ".".join(p.relative_to(ROOT).with_suffix("").parts)
+        for p in sorted((ROOT / room).rglob("*.py"))
+        if p.name != "__init__.py"
+    ]
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
@@ -52,4 +67,28 @@ def test_every_imported_module_is_a_dependency_of_its_stage(stage: str) -> None:
     listed = {d for d in STAGES[stage]["deps"] if isinstance(d, str) and d.endswith(".py")}
     assert needed - listed == set(), f"dvc.yaml stage {stage!r} misses deps {needed - listed}"
     assert listed - needed == set(), f"dvc.yaml stage {stage!r} lists unused {listed - needed}"
-    assert all(Path(ROOT / d).is_file() for d in listed)
+
+
+def test_pipelines_holds_the_stages_and_nothing_else() -> None:
+    assert {m.split(".")[1] for m in modules_of("pipelines")} == set(STAGES)
+
+
+ALLOWED = {
+    "transferops": {"transferops"},
+    "pipelines": {"transferops"},  # a stage imports the core, never another stage
+    # nothing imports a stage module: flows run stages with `dvc repro`
+    "monitoring": {"transferops", "monitoring"},
+    "services": {"transferops", "services"},
+    "flows": {"transferops", "monitoring", "services", "flows"},
+}
+
+
+@pytest.mark.parametrize("room", ROOMS)
+def test_dependencies_point_one_way(room: str) -> None:
+    wrong = {
+        (module, imported)
+        for module in modules_of(room)
+        for imported in project_imports(module)
+        if imported.split(".")[0] not in ALLOWED[room]
+    }
+    assert wrong == set(), f"{room} imports what it may not: {sorted(wrong)}"

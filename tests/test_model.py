@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from pipelines.config import EvaluateParams, load_params
-from pipelines.evaluate import (
+from transferops.config import EvaluateParams, load_params
+from transferops.data.imagestats import STAT_NAMES
+from transferops.models.evaluation import (
     Scored,
     bootstrap_interval,
     evaluation_metrics,
@@ -16,7 +17,6 @@ from pipelines.evaluate import (
     macro_f1,
     plot_groups,
 )
-from pipelines.imagestats import STAT_NAMES
 
 
 def test_evaluation_writes_metrics_pictures_and_reference(trained_project: Path) -> None:

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from flows.serving import free_port
-from flows.traffic import HeldOutPool, png_bytes
 from monitoring import evidently_report, shift
 from monitoring.bias import Side, group_gaps
 from monitoring.drift import check_drift, read_history
-from pipelines.config import BiasParams, load_params
+from transferops.config import BiasParams, load_params
+from transferops.data.shifts import HeldOutPool, png_bytes
 
 STATS = ["width", "height", "brightness", "contrast", "sharpness"]
 CLASSES = np.array(list("abcdefghij"))

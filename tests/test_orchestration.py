@@ -72,7 +72,7 @@ def test_dvc_calls_wait_for_each_other_across_processes(dvc_repo: Path, tmp_path
             sys.executable,
             "-c",
             "import sys, time, pathlib\n"
-            "from pipelines.logfiles import locked\n"
+            "from transferops.logs.jsonl import locked\n"
             f"with locked(pathlib.Path({str(dvc_repo / LOCK_FILE)!r})):\n"
             "    print('held', flush=True)\n"
             "    time.sleep(2)\n"
@@ -92,8 +92,8 @@ def test_dvc_calls_wait_for_each_other_across_processes(dvc_repo: Path, tmp_path
 
 def test_scheduled_retraining_is_off_by_default_and_on_with_a_cron() -> None:
     from flows.deploy import build_deployments
-    from pipelines.config import load_params
     from tests.conftest import ROOT
+    from transferops.config import load_params
 
     monitoring, training = build_deployments(load_params(ROOT / "params.yaml"))
     assert [s.schedule.cron for s in monitoring.schedules] == ["*/30 * * * *"]
@@ -116,10 +116,10 @@ def test_a_failed_training_run_leaves_a_record_and_changes_nothing(
 ) -> None:
     from flows.training import training_flow
     from flows.workspace import create_workspace
-    from pipelines.config import ParamsError
-    from pipelines.datasets import DataSourceError
-    from pipelines.runlog import read_records
     from tests.conftest import ROOT
+    from transferops.config import ParamsError
+    from transferops.data.datasets import DataSourceError
+    from transferops.logs.runs import read_records
 
     repo = create_workspace(ROOT, tmp_path / "project")
     monkeypatch.chdir(repo)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.imagecheck import inspect_file
-from pipelines.pictures import PictureSettings, open_rgb, pad_to_aspect
 from tests import imagekinds
+from transferops.data.imagecheck import inspect_file
+from transferops.data.pictures import PictureSettings, open_rgb, pad_to_aspect
 
 
 def pixel(image: Image.Image, x: float, y: float) -> tuple[int, int, int]:
@@ -68,8 +68,8 @@ def test_a_panorama_is_padded_to_the_aspect_limit_not_cropped(tmp_path: Path) ->
 
 @pytest.mark.parametrize("kind", sorted(imagekinds.KINDS))
 def test_every_kind_passes_the_data_checks_by_default(kind: str, tmp_path: Path) -> None:
-    from pipelines.config import load_params
     from tests.conftest import ROOT
+    from transferops.config import load_params
 
     suffix, make = imagekinds.KINDS[kind]
     facts = inspect_file(str(make(tmp_path / f"x{suffix}")), 40_000_000)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.predlog import (
+from transferops.logs.predictions import (
     PredictionLog,
     PredictionRecord,
     has_request,
@@ -84,7 +84,7 @@ def test_feedback_latest_label_wins_and_request_lookup(tmp_path: Path) -> None:
 WRITER = """
 import sys
 import numpy as np
-from pipelines.predlog import PredictionLog, PredictionRecord, utc_now
+from transferops.logs.predictions import PredictionLog, PredictionRecord, utc_now
 log = PredictionLog(sys.argv[1])
 for i in range(200):
     log.append([PredictionRecord(f"{sys.argv[2]}-{i}", utc_now(), "m:1", "cat", 0.9, [0.9, 0.1],

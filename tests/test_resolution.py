@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.config import load_params
-from pipelines.recipe import choose_input_side, planned_images
-from pipelines.resolution import choose_side
 from tests.conftest import ROOT
+from transferops.config import load_params
+from transferops.models.recipe import choose_input_side, planned_images
+from transferops.models.resolution import choose_side
 
 RATE = 140.0  # full fine-tuning images per second at 64 px (the CPU default)
 

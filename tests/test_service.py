@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from flows.traffic import HeldOutPool, png_bytes
-from pipelines.config import load_params
-from pipelines.imagestats import STAT_NAMES
-from pipelines.predlog import read_feedback, read_predictions
+from transferops.config import load_params
+from transferops.data.imagestats import STAT_NAMES
+from transferops.data.shifts import HeldOutPool, png_bytes
+from transferops.logs.predictions import read_feedback, read_predictions
 
 
 @pytest.fixture

@@ -18,13 +18,13 @@ import pytest
 from PIL import Image
 
 from flows.serving import running_service, start_server, stop_server
-from flows.traffic import png_bytes
-from pipelines import champion
-from pipelines.config import load_params
-from pipelines.predlog import read_predictions
 from tests.conftest import write_params
 from tests.imagefiles import bomb_header
 from tests.models import always_answering
+from transferops.config import load_params
+from transferops.data.shifts import png_bytes
+from transferops.logs.predictions import read_predictions
+from transferops.registry import champion
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 GOOD = png_bytes(Image.new("L", (28, 28), 128))

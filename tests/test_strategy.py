@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import load_params
-from pipelines.strategy import decide, trainable_stages
 from tests.conftest import FASHION_MNIST, ROOT
 from tests.imagefiles import fashion_mnist_folder
+from transferops.config import load_params
+from transferops.models.strategy import decide, trainable_stages
 
 STAGES = ["stem", *[f"block{i}" for i in range(7)], "head"]
 

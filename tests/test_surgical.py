@@ -9,10 +9,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from pipelines.backbones import stage_namer
-from pipelines.classifier import WEIGHTS, load_classifier
-from pipelines.finetune import CHECKPOINT
 from tests.conftest import write_params
+from transferops.models.backbones import stage_namer
+from transferops.models.classifier import WEIGHTS, load_classifier
+from transferops.models.finetune import CHECKPOINT
 
 
 def test_surgical_retrain_from_the_champion_weights(trained_project: Path, tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from pipelines.train import fit_linear_probe
+from transferops.models.probe import fit_linear_probe
 
 
 def separable(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

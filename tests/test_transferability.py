@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from pipelines.transferability import (
+from transferops.models.transferability import (
     bn_domain_distance,
     gaussian_kl,
     knn_probe_accuracy,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.imagecheck import BadImage, decode_upload
 from tests.imagefiles import bomb_header
+from transferops.data.imagecheck import BadImage, decode_upload
 
 LIMITS = {"max_bytes": 100_000, "max_pixels": 1_000_000}
 

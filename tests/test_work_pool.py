@@ -25,8 +25,8 @@ from flows.prefect_server import (
 )
 from flows.serving import stop_server
 from flows.workspace import create_workspace
-from pipelines.runlog import read_records
 from tests.conftest import ROOT, TINY, write_params
+from transferops.logs.runs import read_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

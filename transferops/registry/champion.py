@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipelines.logfiles import append_line, locked, read_lines
+from transferops.logs.jsonl import append_line, locked, read_lines
 
 CHAMPION, HISTORY, LOCK = "champion.json", "history.jsonl", ".lock"
 

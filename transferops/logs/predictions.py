@@ -7,8 +7,8 @@ hour, so a time window opens only the files it needs:
 - ``pred-<host>-<pid>-<YYYYmmddTHH>.jsonl``: one line per prediction:
   request id, UTC time, model tag, label, confidence, class probabilities,
   the penultimate embedding (float32, base64), image statistics
-  (``pipelines/imagestats.py``), per-stage BatchNorm distances
-  (``pipelines/bnshift.py``) and the optional group;
+  (``transferops/data/imagestats.py``), per-stage BatchNorm distances
+  (``transferops/models/bnshift.py``) and the optional group;
 - ``feedback-<host>-<pid>-<YYYYmmddTHH>.jsonl``: a true label for an earlier
   request id (labels arrive late in real life).
 
@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.imagestats import STAT_NAMES
-from pipelines.logfiles import read_jsonl
+from transferops.data.imagestats import STAT_NAMES
+from transferops.logs.jsonl import read_jsonl
 
 PREDICTIONS, FEEDBACK = "pred", "feedback"
 COLUMNS = [
@@ -62,7 +62,7 @@ class PredictionRecord:
     embedding: np.ndarray
     stats: dict[str, float] | None = None  # STAT_NAMES of the image as received
     group: str | None = None
-    bn: list[float] | None = None  # per-stage BatchNorm distances (pipelines/bnshift.py)
+    bn: list[float] | None = None  # per-stage BatchNorm distances (transferops/models/bnshift.py)
 
     def to_json(self) -> str:
         embedding = base64.b64encode(self.embedding.astype("<f4").tobytes()).decode("ascii")

@@ -1,6 +1,6 @@
 """What trains and what stays frozen: stages, the cached prefix, optimizer groups.
 
-Stages come from timm's own grouping (:func:`pipelines.backbones.stage_namer`):
+Stages come from timm's own grouping (``transferops.models.backbones``):
 ``stem``, ``block0``.., ``head``, ``classifier``. Frozen stages get
 ``requires_grad=False`` and their BatchNorm layers stay in eval mode, so
 their running statistics never move. Every trainable stage is its own
@@ -12,39 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import torch
 from torch import nn
 
-from pipelines.backbones import stage_namer
-
-
-def stage_sequence(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
-    """The model as stages in forward order (EfficientNet / MobileNet layout), or None.
-
-    The modules are the model's own (shared, not copied). Models of another
-    layout still train, frozen by stage, but without the cached prefix.
-    """
-    if not all(hasattr(model, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
-        return None
-    return [
-        ("stem", nn.Sequential(model.conv_stem, model.bn1)),
-        *[(f"block{i}", block) for i, block in enumerate(model.blocks)],
-        ("head", nn.Sequential(model.conv_head, model.bn2)),
-    ]
-
-
-class Suffix(nn.Module):
-    """The model from a given stage on: what runs on cached prefix activations."""
-
-    def __init__(self, model: nn.Module, stages: list[nn.Module]) -> None:
-        super().__init__()
-        self.model = model
-        self.stages = nn.ModuleList(stages)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self.stages:
-            x = stage(x)
-        return self.model.forward_head(x)
+from transferops.models.backbones import Suffix, stage_namer, stage_sequence
 
 
 def split_model(model: nn.Module, trainable: list[str]) -> tuple[nn.Module | None, nn.Module]:

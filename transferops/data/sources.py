@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.datasets import IMAGE_SUFFIXES, DataSourceError
+from transferops.data.datasets import IMAGE_SUFFIXES, DataSourceError
 
 LISTING_COLUMNS = ["path", "file", "label", "split", "group", "problem"]
 MANIFEST_SUFFIXES = {".csv", ".parquet"}

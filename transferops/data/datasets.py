@@ -3,7 +3,7 @@
 The prepared dataset is a folder of images plus ``manifest.csv`` (path, label,
 split, group, sha256, width, height, source); validation writes the rows that
 passed as ``accepted.csv``. ImageFolders and CSV/Parquet sources are listed by
-``pipelines/sources.py``.
+``transferops/data/sources.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipelines.pictures import DEFAULT_PICTURE, PictureSettings, open_rgb, to_rgb
+from transferops.data.pictures import DEFAULT_PICTURE, PictureSettings, open_rgb, to_rgb
 
 MANIFEST = "manifest.csv"
 CLASSES = "classes.json"
@@ -115,7 +115,7 @@ def read_classes(prepared: Path) -> list[str]:
 def load_rgb(
     path: Path, picture: PictureSettings = DEFAULT_PICTURE, side: int | None = None
 ) -> Image.Image:
-    """The picture the model sees (pipelines/pictures.py); ``side`` lets JPEGs decode small."""
+    """The picture the model sees (transferops/data/pictures.py); ``side`` lets JPEGs decode small."""
     return open_rgb(path, picture, side)
 
 

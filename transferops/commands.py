@@ -8,8 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipelines.config import DEFAULT_PARAMS, Params, ParamsError, load_params
-from pipelines.runtime import configure_runtime
+from transferops.config import DEFAULT_PARAMS, Params, ParamsError, load_params
+from transferops.runtime import configure_runtime
 
 log = logging.getLogger(__name__)
 

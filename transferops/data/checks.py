@@ -1,7 +1,7 @@
 """Data checks: file faults, duplicates, leakage, label conflicts, class and group sizes.
 
 Our code computes facts (per file, per content hash, per split and class, per
-group); Great Expectations judges them (``pipelines/expectations.py``); each
+group); Great Expectations judges them (``transferops/data/expectations.py``); each
 failed expectation's rows, named by path, become a :class:`Problem` a person
 can act on. Used by the validate stage and by ``transferops check``.
 """
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.config import ValidateParams
-from pipelines.datasets import SPLITS
-from pipelines.expectations import CheckOutcome, TableCheck, validate_tables
-from pipelines.imagecheck import inspect_files
-from pipelines.sources import Listing, list_source
+from transferops.config import ValidateParams
+from transferops.data.datasets import SPLITS
+from transferops.data.expectations import CheckOutcome, TableCheck, validate_tables
+from transferops.data.imagecheck import inspect_files
+from transferops.data.sources import Listing, list_source
 
 log = logging.getLogger(__name__)
 UNSPLIT = "all"  # the split name for data not yet split

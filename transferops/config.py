@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from pipelines.pictures import SUPPORTED_MODES, PictureSettings
+from transferops.data.pictures import SUPPORTED_MODES, PictureSettings
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -69,7 +69,7 @@ class DataParams(Section):
     max_aspect: Annotated[float, Field(ge=1, le=100)] = 4.0
 
     def picture(self) -> PictureSettings:
-        """How image files become the RGB pictures the model sees (pipelines/pictures.py)."""
+        """How image files become the RGB pictures the model sees (transferops/data/pictures.py)."""
         return PictureSettings(background=tuple(self.background), max_aspect=self.max_aspect)
 
     @field_validator("holdout_fraction")
@@ -107,7 +107,7 @@ class PerDevice(Section):
 
 
 class AutoSideParams(Section):
-    """``model.image_size: auto`` (pipelines/resolution.py)."""
+    """``model.image_size: auto`` (transferops/models/resolution.py)."""
 
     budget_s: PerDevice  # estimated fine-tuning time of one training run, at most
     images_per_s: PerDevice  # full fine-tuning throughput at 64 px (train_throughput.py)

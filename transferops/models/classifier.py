@@ -14,12 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipelines.backbones import build_transform
-from pipelines.pictures import PictureSettings
+from transferops.data.pictures import PictureSettings
+from transferops.models.backbones import (
+    HEAD,
+    build_transform,
+    classifier_of,
+    create_model,
+    is_head_key,
+    pooled_features,
+)
 
 WEIGHTS = "model.safetensors"
 CONFIG = "model.json"
@@ -58,9 +64,9 @@ def build_classifier(
     backbone: torch.nn.Module, name: str, num_classes: int, weight: torch.Tensor, bias: torch.Tensor
 ) -> torch.nn.Module:
     """Put a trained linear head on top of the pretrained backbone."""
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes)
-    state = {k: v for k, v in backbone.state_dict().items() if not k.startswith("classifier.")}
-    state["classifier.weight"], state["classifier.bias"] = weight, bias
+    model = create_model(name, num_classes)
+    state = {k: v for k, v in backbone.state_dict().items() if not is_head_key(k)}
+    state[f"{HEAD}.weight"], state[f"{HEAD}.bias"] = weight, bias
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -77,7 +83,7 @@ def load_classifier(model_dir: Path) -> tuple[torch.nn.Module, ClassifierConfig]
     """Rebuild a saved classifier in eval mode (safetensors: no code is loaded)."""
     model_dir = Path(model_dir)
     config = ClassifierConfig.from_json((model_dir / CONFIG).read_text())
-    model = timm.create_model(config.backbone, pretrained=False, num_classes=len(config.classes))
+    model = create_model(config.backbone, len(config.classes))
     model.load_state_dict(load_file(str(model_dir / WEIGHTS)), strict=True)
     return model.eval(), config
 
@@ -91,6 +97,6 @@ def embed_and_classify(
     model: torch.nn.Module, batch: torch.Tensor
 ) -> tuple[np.ndarray, np.ndarray]:
     """Penultimate embeddings and class probabilities for a batch of inputs."""
-    pooled = model.forward_head(model.forward_features(batch), pre_logits=True)
-    probabilities = model.get_classifier()(pooled).softmax(dim=-1)
+    pooled = pooled_features(model, batch)
+    probabilities = classifier_of(model)(pooled).softmax(dim=-1)
     return pooled.float().cpu().numpy(), probabilities.float().cpu().numpy()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.config import Params, TrainParams
-from pipelines.resolution import SideChoice, choose_side
+from transferops.config import Params, TrainParams
+from transferops.models.resolution import SideChoice, choose_side
 
 SIDE_RECORD = "side.json"  # in paths.features: the input side every later stage uses
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-from pipelines.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist, read_manifest
+from transferops.data.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist, read_manifest
 
 SHIFTS = ("none", "invert", "blur")
 

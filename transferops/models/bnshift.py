@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines.backbones import stage_namer
-from pipelines.classifier import embed_and_classify
-from pipelines.transferability import gaussian_kl
+from transferops.models.backbones import stage_namer
+from transferops.models.classifier import embed_and_classify
+from transferops.models.transferability import gaussian_kl
 
 
 def _kl_to_running(x: torch.Tensor, layer: nn.BatchNorm2d) -> np.ndarray:

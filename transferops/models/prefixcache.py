@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipelines.freezing import split_model
-from pipelines.runtime import autocast, loader_for, to_device
+from transferops.models.freezing import split_model
+from transferops.runtime import autocast, loader_for, to_device
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ no group (of at least ``gate.min_group_size`` test images) loses more than
 why. The first packaged model becomes champion when there is none.
 
 Every verdict is written to ``<paths.reports>/gate/<version>.json`` with a
-picture; a promotion goes through :mod:`pipelines.champion`. This is not a
+picture; a promotion goes through :mod:`transferops.registry.champion`. This is not a
 DVC stage: DVC stages are functions of their inputs, and which model is
 champion is not one. ``transferops train`` runs it after ``dvc repro``;
 ``transferops gate`` runs it by hand.
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import champion
-from pipelines.config import EvaluateParams, GateParams, Params
-from pipelines.datasets import read_accepted
-from pipelines.evaluate import (
+from transferops.config import EvaluateParams, GateParams, Params
+from transferops.data.datasets import read_accepted
+from transferops.figures import plt, save_figure
+from transferops.models.evaluation import (
     NO_GROUP,
     Scored,
     accuracy,
@@ -35,10 +35,11 @@ from pipelines.evaluate import (
     macro_f1,
     score_split,
 )
-from pipelines.figures import plt, save_figure
-from pipelines.lineage import data_version
-from pipelines.package import candidate_tag, load_stored, resolve_tag, stored_model_dir
-from pipelines.runtime import select_device, set_threads
+from transferops.registry import champion
+from transferops.registry.lineage import data_version
+from transferops.registry.packaging import candidate_tag
+from transferops.registry.store import load_stored, resolve_tag, stored_model_dir
+from transferops.runtime import select_device, set_threads
 
 log = logging.getLogger(__name__)
 METRICS = {"accuracy": accuracy, "macro_f1": macro_f1}

@@ -4,10 +4,10 @@ Pure training machinery, no files of the pipeline: :func:`fine_tune` takes a
 timm model whose classifier already holds the linear probe (phase 1 of LP-FT,
 Kumar et al. 2022), the datasets and a :class:`FineTuneConfig`, and trains.
 
-- What trains is set by stage (``pipelines/freezing.py``); frozen stages and
+- What trains is set by stage (``transferops/models/freezing.py``); frozen stages and
   their BatchNorm statistics never move; each trainable stage is an optimizer
   group at its recorded rate, all scaled by one warm-up + cosine schedule.
-- Frozen work is done once (``pipelines/prefixcache.py``).
+- Frozen work is done once (``transferops/models/prefixcache.py``).
 - The learning-rate race: the candidates ``lr_scales`` (multiples of the
   recorded rates) train one after the other, each from the probe, as long as
   the best so far beats the probe by less than ``race_margin`` on validation
@@ -39,15 +39,15 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from pipelines.freezing import (
+from transferops.models.freezing import (
     parameter_groups,
     set_trainable,
     split_model,
     unfrozen_at,
     warmup_cosine,
 )
-from pipelines.prefixcache import TrainingInputs, prepare_inputs
-from pipelines.runtime import autocast, loader_for, to_device
+from transferops.models.prefixcache import TrainingInputs, prepare_inputs
+from transferops.runtime import autocast, loader_for, to_device
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"

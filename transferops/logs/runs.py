@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipelines.logfiles import append_line, read_jsonl
+from transferops.logs.jsonl import append_line, read_jsonl
 
 RUNS_DIR = "runs"
 RUNS_LOG = "runs.jsonl"
