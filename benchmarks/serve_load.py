@@ -36,8 +36,9 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.serving import start_server, stop_server
+from services.client import png_bytes
 from transferops.config import load_params
-from transferops.data.shifts import HeldOutPool, png_bytes
+from transferops.data.shifts import HeldOutPool
 from transferops.models.classifier import embed_and_classify
 from transferops.registry import champion
 from transferops.registry.store import load_stored

@@ -374,7 +374,7 @@ def run_models(args: argparse.Namespace, params) -> int:
             models_dir, reason=args.reason, via="transferops rollback", require=stored_model_dir
         )
     elif args.command == "bento":
-        print(build_bento(Path.cwd()))
+        print(build_bento(params, Path.cwd()))
         return 0
     elif args.tag:
         print(json.dumps(lineage_of(args.tag), indent=2))

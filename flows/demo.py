@@ -42,8 +42,9 @@ from flows.serving import free_port, running_service
 from flows.training import training_flow
 from flows.workspace import create_workspace
 from monitoring.index import build_index
+from services.client import send
 from transferops.config import Params, load_params, write_overrides
-from transferops.data.shifts import HeldOutPool, send, write_labelled_drop
+from transferops.data.shifts import HeldOutPool, write_labelled_drop
 from transferops.logs.runs import read_records
 from transferops.models.strategy import DECISION
 

@@ -9,6 +9,7 @@ lineage and marks the champion; ``--history`` shows every champion change;
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,19 +81,24 @@ def history_table(params: Params) -> Table:
     return table
 
 
-def build_bento(root: Path = Path()) -> str:
+def build_bento(params: Params, root: Path = Path()) -> str:
     """``bentoml build`` of the service with the champion; returns the Bento's tag.
 
-    The Bento holds the service and pipelines code, ``params.yaml``, the
-    champion record and (resolved by BentoML from the service) the champion
-    model. ``lock_packages: false`` keeps the build offline.
+    The Bento holds the service and core code, ``params.yaml``, the champion
+    record and the champion model: the build pins it (``TRANSFEROPS_MODEL_TAG``)
+    so the service declares it and BentoML packs it. ``lock_packages: false``
+    keeps the build offline.
     """
+    holder = champion.current(params.paths.models)
+    if holder is None:
+        raise champion.ChampionError("no champion to pack: run `transferops gate` first")
     bentoml = Path(sys.executable).parent / "bentoml"
     result = subprocess.run(
         [str(bentoml), "build", "-f", str(BENTOFILE), "--output", "tag", "."],
         cwd=root,
         capture_output=True,
         text=True,
+        env={**os.environ, "TRANSFEROPS_MODEL_TAG": holder.tag},
     )
     if result.returncode != 0:
         raise RuntimeError(f"bentoml build failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")

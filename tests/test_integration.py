@@ -31,9 +31,10 @@ from flows.prefect_server import (
 )
 from flows.serving import free_port, running_service
 from flows.workspace import create_workspace
+from services.client import send
 from tests.conftest import ROOT, TINY, write_params
 from transferops.data.datasets import read_manifest
-from transferops.data.shifts import HeldOutPool, send, write_labelled_drop
+from transferops.data.shifts import HeldOutPool, write_labelled_drop
 from transferops.logs.runs import read_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

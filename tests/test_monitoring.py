@@ -13,8 +13,9 @@ from flows.serving import free_port
 from monitoring import evidently_report, shift
 from monitoring.bias import Side, group_gaps
 from monitoring.drift import check_drift, read_history
+from services.client import png_bytes
 from transferops.config import BiasParams, load_params
-from transferops.data.shifts import HeldOutPool, png_bytes
+from transferops.data.shifts import HeldOutPool
 
 STATS = ["width", "height", "brightness", "contrast", "sharpness"]
 CLASSES = np.array(list("abcdefghij"))

@@ -27,10 +27,10 @@ from PIL import Image
 
 from flows.serving import free_port, running_service
 from flows.workspace import create_workspace
+from services.client import send
 from tests import imagekinds
 from tests.conftest import ROOT, TINY, absolute_paths, write_params
 from tests.imagefiles import photo_crops, photo_folder
-from transferops.data.shifts import send
 
 STAGES = ("prepare", "validate", "features", "profile", "strategy", "train", "evaluate")
 TRANSFEROPS = str(Path(sys.executable).parent / "transferops")

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from services.client import png_bytes
 from transferops.config import load_params
 from transferops.data.imagestats import STAT_NAMES
-from transferops.data.shifts import HeldOutPool, png_bytes
+from transferops.data.shifts import HeldOutPool
 from transferops.logs.predictions import read_feedback, read_predictions
 
 

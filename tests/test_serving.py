@@ -18,11 +18,11 @@ import pytest
 from PIL import Image
 
 from flows.serving import running_service, start_server, stop_server
+from services.client import png_bytes
 from tests.conftest import write_params
 from tests.imagefiles import bomb_header
 from tests.models import always_answering
 from transferops.config import load_params
-from transferops.data.shifts import png_bytes
 from transferops.logs.predictions import read_predictions
 from transferops.registry import champion
 

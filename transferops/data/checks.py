@@ -9,6 +9,7 @@ can act on. Used by the validate stage and by ``transferops check``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import pandas as pd
 
 from transferops.config import ValidateParams
 from transferops.data.datasets import SPLITS
-from transferops.data.expectations import CheckOutcome, TableCheck, validate_tables
+from transferops.data.expectations import CheckOutcome, Expect, TableCheck, validate_tables
 from transferops.data.imagecheck import inspect_files
 from transferops.data.sources import Listing, list_source
 
@@ -117,51 +118,38 @@ def balance_table(counts: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_checks(table: pd.DataFrame, labels: list[str], cfg: ValidateParams) -> list[TableCheck]:
-    import great_expectations as gx
-
-    ex = gx.expectations
+    """Every table this dataset is judged on, and what must hold on each."""
     files = [
-        ex.ExpectColumnValuesToBeNull(column="problem"),
-        ex.ExpectColumnValuesToBeBetween(
-            column="width", min_value=cfg.min_side, max_value=cfg.max_side
-        ),
-        ex.ExpectColumnValuesToBeBetween(
-            column="height", min_value=cfg.min_side, max_value=cfg.max_side
-        ),
-        ex.ExpectColumnValuesToBeInSet(column="mode", value_set=cfg.allowed_modes),
-        ex.ExpectCompoundColumnsToBeUnique(column_list=["split", "label", "sha256"]),
-        ex.ExpectColumnValuesToBeInSet(column="split", value_set=[*SPLITS, UNSPLIT]),
+        Expect.null("problem"),
+        Expect.between("width", cfg.min_side, cfg.max_side),
+        Expect.between("height", cfg.min_side, cfg.max_side),
+        Expect.in_set("mode", cfg.allowed_modes),
+        Expect.unique_together("split", "label", "sha256"),
+        Expect.in_set("split", [*SPLITS, UNSPLIT]),
     ]
     if cfg.expected_labels:
-        files.append(ex.ExpectColumnValuesToBeInSet(column="label", value_set=cfg.expected_labels))
+        files.append(Expect.in_set("label", cfg.expected_labels))
     if cfg.require_group:
-        files.append(ex.ExpectColumnValuesToNotBeNull(column="group"))
+        files.append(Expect.not_null("group"))
     counts = count_table(table, labels)
     checks = [
         TableCheck("files", table, files, index_column="path"),
         TableCheck(
             "duplicates",
             hash_table(table),
-            [
-                ex.ExpectColumnValuesToBeBetween(column="n_splits", max_value=1),
-                ex.ExpectColumnValuesToBeBetween(column="n_labels", max_value=1),
-            ],
+            [Expect.between("n_splits", maximum=1), Expect.between("n_labels", maximum=1)],
             index_column="paths",
         ),
         TableCheck(
             "class_counts",
             counts,
-            [
-                ex.ExpectColumnValuesToBeBetween(column="count", min_value=cfg.min_per_class),
-            ],
+            [Expect.between("count", minimum=cfg.min_per_class)],
             index_column="key",
         ),
         TableCheck(
             "class_balance",
             balance_table(counts),
-            [
-                ex.ExpectColumnValuesToBeBetween(column="ratio", max_value=cfg.max_imbalance),
-            ],
+            [Expect.between("ratio", maximum=cfg.max_imbalance)],
             index_column="split",
         ),
     ]
@@ -171,13 +159,58 @@ def build_checks(table: pd.DataFrame, labels: list[str], cfg: ValidateParams) ->
             TableCheck(
                 "groups",
                 groups.reset_index(),
-                [
-                    ex.ExpectColumnValuesToBeBetween(column="count", min_value=cfg.min_per_group),
-                ],
+                [Expect.between("count", minimum=cfg.min_per_group)],
                 index_column="group",
             )
         )
     return checks
+
+
+def _size(side: str) -> Callable[[dict, ValidateParams], Problem]:
+    def problem(row: dict, cfg: ValidateParams) -> Problem:
+        return Problem(
+            "image size",
+            f"{side} {int(row[side])} px outside [{cfg.min_side}, {cfg.max_side}] "
+            "(validate.min_side/max_side)",
+            [row["path"]],
+        )
+
+    return problem
+
+
+# (table, column) of a failed expectation -> the problem each failing row is.
+PER_ROW: dict[tuple[str, str], Callable[[dict, ValidateParams], Problem]] = {
+    ("files", "problem"): lambda r, cfg: Problem("bad file", r["problem"], [r["path"]]),
+    ("files", "width"): _size("width"),
+    ("files", "height"): _size("height"),
+    ("files", "mode"): lambda r, cfg: Problem(
+        "unsupported mode", f"mode {r['mode']!r} not in {cfg.allowed_modes}", [r["path"]]
+    ),
+    ("files", "split"): lambda r, cfg: Problem(
+        "unknown split", f"split {r['split']!r} not one of {list(SPLITS)}", [r["path"]]
+    ),
+    ("files", "label"): lambda r, cfg: Problem(
+        "unexpected label", f"label {r['label']!r} not in validate.expected_labels", [r["path"]]
+    ),
+    ("files", "group"): lambda r, cfg: Problem(
+        "missing group", "no group value (validate.require_group)", [r["path"]]
+    ),
+    ("class_counts", "count"): lambda r, cfg: Problem(
+        "empty class" if r["count"] == 0 else "class too small",
+        f"{r['key']}: {r['count']} usable images < validate.min_per_class = "
+        f"{cfg.min_per_class}",
+    ),
+    ("class_balance", "ratio"): lambda r, cfg: Problem(
+        "class imbalance",
+        f"split {r['split']!r}: largest/smallest class = {r['ratio']:.1f} > "
+        f"validate.max_imbalance = {cfg.max_imbalance:g}",
+    ),
+    ("groups", "count"): lambda r, cfg: Problem(
+        "rare group",
+        f"group {r['group']!r}: {r['count']} images < validate.min_per_group = "
+        f"{cfg.min_per_group}",
+    ),
+}
 
 
 def problems_from(
@@ -187,54 +220,18 @@ def problems_from(
 
     ``frames`` are the tables the expectations ran on, by check name.
     """
-    rows, key = outcome.rows, (outcome.table, outcome.column)
-    if key == ("files", "problem"):
-        return [Problem("bad file", r["problem"], [r["path"]]) for r in rows]
-    if key[0] == "files" and key[1] in ("width", "height"):
-        return [
-            Problem(
-                "image size",
-                f"{key[1]} {int(r[key[1]])} px outside "
-                f"[{cfg.min_side}, {cfg.max_side}] (validate.min_side/max_side)",
-                [r["path"]],
-            )
-            for r in rows
-        ]
-    if key == ("files", "mode"):
-        return [
-            Problem(
-                "unsupported mode", f"mode {r['mode']!r} not in {cfg.allowed_modes}", [r["path"]]
-            )
-            for r in rows
-        ]
+    key = (outcome.table, outcome.column)
+    if key in PER_ROW:
+        return [PER_ROW[key](row, cfg) for row in outcome.rows]
     if key == ("files", "split,label,sha256"):
-        dupes = pd.DataFrame(rows).groupby(["split", "label", "sha256"])["path"].agg(sorted)
+        dupes = pd.DataFrame(outcome.rows).groupby(["split", "label", "sha256"])["path"]
         return [
             Problem(
                 "duplicate within split",
                 f"identical content, label {label!r}, split {split!r}",
                 paths,
             )
-            for (split, label, _), paths in dupes.items()
-        ]
-    if key == ("files", "split"):
-        return [
-            Problem("unknown split", f"split {r['split']!r} not one of {list(SPLITS)}", [r["path"]])
-            for r in rows
-        ]
-    if key == ("files", "label"):
-        return [
-            Problem(
-                "unexpected label",
-                f"label {r['label']!r} not in validate.expected_labels",
-                [r["path"]],
-            )
-            for r in rows
-        ]
-    if key == ("files", "group"):
-        return [
-            Problem("missing group", "no group value (validate.require_group)", [r["path"]])
-            for r in rows
+            for (split, label, _), paths in dupes.agg(sorted).items()
         ]
     if outcome.table == "duplicates":
         hashes = frames["duplicates"].set_index("paths")
@@ -249,34 +246,7 @@ def problems_from(
                 f"identical content in {what}: {hashes.loc[r['paths'], what]}",
                 r["paths"].split(" | "),
             )
-            for r in rows
-        ]
-    if outcome.table == "class_counts":
-        return [
-            Problem(
-                "empty class" if r["count"] == 0 else "class too small",
-                f"{r['key']}: {r['count']} usable images < validate.min_per_class = "
-                f"{cfg.min_per_class}",
-            )
-            for r in rows
-        ]
-    if outcome.table == "class_balance":
-        return [
-            Problem(
-                "class imbalance",
-                f"split {r['split']!r}: largest/smallest class = "
-                f"{r['ratio']:.1f} > validate.max_imbalance = {cfg.max_imbalance:g}",
-            )
-            for r in rows
-        ]
-    if outcome.table == "groups":
-        return [
-            Problem(
-                "rare group",
-                f"group {r['group']!r}: {r['count']} images < "
-                f"validate.min_per_group = {cfg.min_per_group}",
-            )
-            for r in rows
+            for r in outcome.rows
         ]
     return [Problem(outcome.expectation, outcome.detail)]
 

@@ -1,8 +1,9 @@
 """The one place that speaks Great Expectations (1.x API).
 
-GX changes its API often; everything else in transferops calls
-:func:`validate_tables` with plain pandas frames and gets plain values back:
-one outcome per expectation, with the failing rows named by an index column.
+GX changes its API often; everything else in transferops states its
+expectations in our own words (:class:`Expect`), calls :func:`validate_tables`
+with plain pandas frames and gets plain values back: one outcome per
+expectation, with the failing rows named by an index column.
 """
 
 from __future__ import annotations
@@ -17,16 +18,64 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Expect:
+    """One expectation on a column (or a set of columns), in our words."""
+
+    kind: str  # null | not_null | between | in_set | unique_together
+    column: str | tuple[str, ...]
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def null(cls, column: str) -> Expect:
+        return cls("null", column)
+
+    @classmethod
+    def not_null(cls, column: str) -> Expect:
+        return cls("not_null", column)
+
+    @classmethod
+    def between(
+        cls, column: str, minimum: float | None = None, maximum: float | None = None
+    ) -> Expect:
+        return cls("between", column, (("min_value", minimum), ("max_value", maximum)))
+
+    @classmethod
+    def in_set(cls, column: str, values: list) -> Expect:
+        return cls("in_set", column, (("value_set", list(values)),))
+
+    @classmethod
+    def unique_together(cls, *columns: str) -> Expect:
+        return cls("unique_together", tuple(columns))
+
+
+def _to_gx(expect: Expect):
+    """The GX 1.x expectation object for one of ours."""
+    import great_expectations as gx
+
+    ex = gx.expectations
+    options = {k: v for k, v in expect.options if v is not None}
+    if expect.kind == "unique_together":
+        return ex.ExpectCompoundColumnsToBeUnique(column_list=list(expect.column))
+    made = {
+        "null": ex.ExpectColumnValuesToBeNull,
+        "not_null": ex.ExpectColumnValuesToNotBeNull,
+        "between": ex.ExpectColumnValuesToBeBetween,
+        "in_set": ex.ExpectColumnValuesToBeInSet,
+    }[expect.kind]
+    return made(column=expect.column, **options)
+
+
 @dataclass
 class TableCheck:
-    """A named frame and the expectations (GX expectation objects) to hold on it.
+    """A named frame and the expectations to hold on it.
 
     ``index_column`` names the rows GX reports as failing (e.g. ``path``).
     """
 
     name: str
     frame: pd.DataFrame
-    expectations: list[Any] = field(default_factory=list)
+    expectations: list[Expect] = field(default_factory=list)
     index_column: str | None = None
 
 
@@ -69,7 +118,7 @@ def validate_tables(checks: list[TableCheck], docs_dir: Path) -> list[CheckOutco
         )
         suite = context.suites.add(gx.ExpectationSuite(name=check.name))
         for expectation in check.expectations:
-            suite.add_expectation(expectation)
+            suite.add_expectation(_to_gx(expectation))
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(name=check.name, data=batch, suite=suite)
         )

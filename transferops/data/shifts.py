@@ -1,4 +1,4 @@
-"""Simulated production traffic for the demo and the integration tests.
+"""Simulated production traffic: held-out images and the shifts applied to them.
 
 Images come from Fashion-MNIST's test part, minus those in the prepared test
 split (so the reference never sees them); a shift is applied on the way.
@@ -6,8 +6,6 @@ split (so the reference never sees them); a shift is applied on the way.
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -97,36 +95,6 @@ class HeldOutPool:
             )
             for i in picked
         ]
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def batches(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def send(url: str, items: list[tuple[Image.Image, str]], batch_size: int = 16) -> float:
-    """POST the images to ``/v1/classify``; return the accuracy of the answers."""
-    import httpx
-
-    correct = 0
-    with httpx.Client(base_url=url, timeout=60) as client:
-        for chunk in batches(items, batch_size):
-            files = [
-                ("images", (f"{i}.png", png_bytes(image), "image/png"))
-                for i, (image, _) in enumerate(chunk)
-            ]
-            response = client.post("/v1/classify", files=files)
-            response.raise_for_status()
-            correct += sum(
-                r["label"] == label for r, (_, label) in zip(response.json(), chunk, strict=True)
-            )
-    return correct / max(len(items), 1)
 
 
 def write_labelled_drop(items: list[tuple[Image.Image, str]], folder: Path) -> Path:

@@ -1,0 +1,130 @@
+"""The model a service serves, and following the champion as it changes.
+
+:func:`served_tag` says which model: ``TRANSFEROPS_MODEL_TAG`` when it pins
+one, else the champion of ``paths.models/champion.json``; never an ungated
+candidate. :class:`Loaded` is one packaged model ready to predict (weights,
+transform, BatchNorm probe). :class:`ChampionFollower` polls the champion
+record and swaps in a newly promoted model between two batches, loading it
+beside the serving one first: no request sees half a switch, none is
+dropped, and a model that fails to load leaves the old one serving. No
+BentoML here: the following is tested on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from transferops.registry.champion import CHAMPION, current
+from transferops.registry.store import stored_model
+
+log = logging.getLogger(__name__)
+PIN = "TRANSFEROPS_MODEL_TAG"
+
+
+def pinned_tag() -> str | None:
+    return os.environ.get(PIN) or None
+
+
+def served_tag(models_dir: Path) -> str:
+    """The pinned model, else the champion; a clear error when there is none."""
+    tag = pinned_tag()
+    if tag:
+        return tag
+    record = current(models_dir)
+    if record is None:
+        raise RuntimeError(
+            f"no champion in {models_dir}/champion.json: run `transferops gate` "
+            "(the first packaged model becomes champion) or `transferops promote TAG`"
+        )
+    return record.tag
+
+
+class Loaded:
+    """One packaged model, ready to predict; replaced whole when the champion changes."""
+
+    def __init__(self, tag: str, top_k: int) -> None:
+        from transferops.models.bnshift import StageProbe
+        from transferops.models.classifier import eval_transform, load_classifier
+
+        stored = stored_model(tag)
+        self.tag = str(stored.tag)
+        self.model, self.config = load_classifier(Path(stored.path))
+        self.transform = eval_transform(self.config)
+        self.probe = StageProbe(self.model)
+        self.info = stored.info
+        self.top_k = min(top_k, len(self.config.classes))
+
+    def predict(self, images: list[np.ndarray]) -> list[dict]:
+        """Top-k, probabilities, embedding and per-stage BatchNorm distances per RGB image."""
+        import torch
+
+        batch = torch.stack([self.transform(Image.fromarray(a)) for a in images])
+        embeddings, probabilities, distances = self.probe.run(batch)
+        return [
+            {
+                "tag": self.tag,
+                "embedding": embedding,
+                "probabilities": probs,
+                "bn": bn,
+                "top_k": [
+                    {"label": self.config.classes[i], "probability": float(probs[i])}
+                    for i in probs.argsort()[::-1][: self.top_k]
+                ],
+            }
+            for embedding, probs, bn in zip(embeddings, probabilities, distances, strict=True)
+        ]
+
+    def describe(self) -> dict:
+        return {
+            "model": self.tag,
+            "classes": self.config.classes,
+            "labels": dict(self.info.labels),
+            "metadata": dict(self.info.metadata),
+        }
+
+
+class ChampionFollower:
+    """Keeps ``loaded`` on the champion: a background poll of ``champion.json``."""
+
+    def __init__(self, models_dir: Path, top_k: int, poll_s: float, tag: str | None = None):
+        self.models_dir, self.top_k, self.poll_s = Path(models_dir), top_k, poll_s
+        self.loaded = Loaded(tag or served_tag(self.models_dir), top_k)
+        self._stop = threading.Event()
+        self._seen: int | None = None  # the first poll checks the tag: no promotion missed
+
+    def start(self) -> ChampionFollower:
+        """Follow in a daemon thread unless a model is pinned."""
+        if not pinned_tag():
+            threading.Thread(target=self._follow, daemon=True, name="champion").start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.check()
+
+    def check(self) -> bool:
+        """Switch if the champion record changed to another model; True when it switched."""
+        pointer = self.models_dir / CHAMPION
+        stamp = pointer.stat().st_mtime_ns if pointer.exists() else None
+        if stamp == self._seen:
+            return False
+        self._seen = stamp
+        try:
+            tag = served_tag(self.models_dir)
+            if tag == self.loaded.tag:
+                return False
+            self.loaded = Loaded(tag, self.top_k)  # one assignment: atomic for the batches
+            log.info("now serving the new champion %s", tag)
+            return True
+        except Exception:
+            log.exception("could not switch champion; still serving %s", self.loaded.tag)
+            return False
