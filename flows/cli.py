@@ -21,12 +21,18 @@ Run from the project root (where params.yaml and dvc.yaml live)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``transferops`` command line: one small builder per command."""
     parser = argparse.ArgumentParser(prog="transferops", description=DESCRIPTION)
     parser.add_argument(
         "--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: %(default)s)"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(commands)
+    return parser
 
+
+def _add_train(commands) -> None:
     train = commands.add_parser(
         "train",
         help="run the training flow (DVC snapshot + dvc repro)",
@@ -46,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_override_option(train)
 
+
+def _add_monitor(commands) -> None:
     monitor = commands.add_parser(
         "monitor",
         help="run the monitoring flow (drift and bias check, retrain decision)",
@@ -64,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("--new-data", help="labelled ImageFolder the retraining run adds")
     add_override_option(monitor)
 
+
+def _add_check(commands) -> None:
     add_path_command(
         commands,
         "check",
@@ -74,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         out_default="reports/check/<name>",
     )
 
+
+def _add_data(commands) -> None:
     data = commands.add_parser(
         "data",
         help="dataset versions: add (check + DVC snapshot + push), list",
@@ -102,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Every `data add`: name, DVC version, images, classes, size, status.",
     )
 
+
+def _add_profile(commands) -> None:
     add_path_command(
         commands,
         "profile",
@@ -112,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         out_default="reports/profile/<name>",
     )
 
+
+def _add_gate(commands) -> None:
     gate = commands.add_parser(
         "gate",
         help="score a candidate against the champion; promote it if it is better",
@@ -124,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("tag", nargs="?", help="candidate model tag (default: the last packaged)")
     add_override_option(gate)
 
+
+def _add_promote(commands) -> None:
     promote = commands.add_parser(
         "promote",
         help="make a packaged model the champion by hand (logged)",
@@ -132,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     promote.add_argument("tag", help="model tag, e.g. transferops-classifier:abc123")
     promote.add_argument("--reason", required=True, help="why (goes into the history)")
+
+
+def _add_rollback(commands) -> None:
     rollback = commands.add_parser(
         "rollback",
         help="bring back the champion the current one replaced (logged)",
@@ -139,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rollback.add_argument("--reason", required=True, help="why (goes into the history)")
 
+
+def _add_models(commands) -> None:
     models = commands.add_parser(
         "models",
         help="list packaged models and the champion; one model's lineage; champion history",
@@ -150,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument(
         "--history", action="store_true", help="every champion change: who, what, why"
     )
+
+
+def _add_bento(commands) -> None:
     commands.add_parser(
         "bento",
         help="build a Bento of the service and the champion (offline `bentoml build`)",
@@ -158,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         "`bentoml serve BENTO_TAG` or `bentoml containerize`.",
     )
 
+
+def _add_deploy(commands) -> None:
     deploy = commands.add_parser(
         "deploy",
         help="serve the Prefect deployments: scheduled checks, event-triggered retraining",
@@ -182,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --work-pool of type docker or kubernetes: the image flow runs start in "
         "(build it from flows/infra/Dockerfile)",
     )
+
+
+def _add_report(commands) -> None:
     report = commands.add_parser(
         "report",
         help="build the reviewers' HTML index (drift, bias, models, validation, runs)",
@@ -193,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="output file (default: <paths.reports>/index.html)"
     )
 
+
+def _add_serve(commands) -> None:
     serve = commands.add_parser(
         "serve",
         help="serve the champion with `bentoml serve`",
@@ -201,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--port", type=int, default=3000, help="port (default: %(default)s)")
 
+
+def _add_demo(commands) -> None:
     demo = commands.add_parser(
         "demo",
         help="the whole loop on the bundled Fashion-MNIST",
@@ -213,7 +248,24 @@ def build_parser() -> argparse.ArgumentParser:
         default="blur",
         help="how production traffic changes (default: %(default)s)",
     )
-    return parser
+
+
+COMMANDS = (
+    _add_train,
+    _add_monitor,
+    _add_check,
+    _add_data,
+    _add_profile,
+    _add_gate,
+    _add_promote,
+    _add_rollback,
+    _add_models,
+    _add_bento,
+    _add_deploy,
+    _add_report,
+    _add_serve,
+    _add_demo,
+)
 
 
 def add_path_command(commands, name: str, *, help: str, description: str, out_default: str):
