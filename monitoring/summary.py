@@ -7,11 +7,11 @@ page); the same pictures are saved as PNG files beside it.
 from __future__ import annotations
 
 import base64
-import html
 from pathlib import Path
 
 import numpy as np
 
+from monitoring.pages import render
 from monitoring.shift import EMBEDDING, PREDICTION, STAT, fires, input_level, relation
 from transferops.figures import plt, save_figure
 
@@ -110,96 +110,71 @@ def plot_stages(effects: dict[str, float], location: str, path: Path) -> None:
 # --- the HTML block ---------------------------------------------------------
 
 
-def _image(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" style="max-width:100%">'
-
-
-def _rows(rows: list[list[str]]) -> str:
-    return "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-
-
 def gap_cells(gap: dict) -> list[str]:
-    """A bias gap as table cells (HTML-escaped): group, metric, gap [interval], reference, n."""
+    """A bias gap as plain table cells: group, metric, gap [interval], reference, n."""
     low, high = gap["interval"]
     return [
-        html.escape(str(gap["group"])),
-        html.escape(f"{gap['metric']} {gap.get('detail', '')}".strip()),
+        str(gap["group"]),
+        f"{gap['metric']} {gap.get('detail', '')}".strip(),
         f"{gap['current']:+.3f} [{low:+.3f}, {high:+.3f}]",
         f"{gap['reference']:+.3f}",
         str(gap["n"]),
     ]
 
 
+HEADLINES = {
+    "drift": "DRIFT: traffic no longer looks like the reference",
+    "no_drift": "No drift: traffic looks like the reference",
+    "insufficient_data": "No verdict: too few predictions",
+}
+
+
+def shift_kind(location: str | None, fired: list[str]) -> str:
+    """What a shift located in ``location`` is, in words."""
+    if input_level(location, fired):
+        return "with the image statistics, an input-level shift (noise, blur, light, a new camera)"
+    if location == "early":
+        return "but no image statistic moved, so it is not called input-level"
+    return "a semantic shift, or one the early stages absorb (noise and JPEG land here too)"
+
+
 def html_block(verdict: dict, pictures: list[Path]) -> str:
     """The summary that opens the report: verdict, what moved, by how much, sample sizes."""
-    esc = html.escape
-    status = verdict["status"]
-    headline = {
-        "drift": "DRIFT: traffic no longer looks like the reference",
-        "no_drift": "No drift: traffic looks like the reference",
-        "insufficient_data": "No verdict: too few predictions",
-    }[status]
-    tests = [
-        [
-            esc(test_title(t)),
-            f"{v['value']:.3g}",
-            esc(f"{relation(t)} {v['threshold']:.3g}"),
-            "<b>moved</b>" if fires(t, v["value"], v["threshold"]) else "-",
-            esc(v.get("detail", "")),
-        ]
-        for t, v in verdict.get("tests", {}).items()
-    ]
-    gaps = [
-        [*gap_cells(g), "<b>ALARM</b>" if g["alarm"] else "-"]
-        for g in verdict.get("bias", {}).get("gaps", [])
-    ]
-    reasons = "".join(f"<li>{esc(r)}</li>" for r in verdict["reasons"]) or "<li>nothing moved</li>"
-    skipped = "".join(f"<li>{esc(s)}</li>" for s in verdict.get("bias", {}).get("skipped", []))
+    status, bias = verdict["status"], verdict.get("bias", {})
     location = verdict.get("shift_location")
     fired = [t for t, v in verdict.get("tests", {}).items() if v["fired"]]
-    if input_level(location, fired):
-        kind = "with the image statistics, an input-level shift (noise, blur, light, a new camera)"
-    elif location == "early":
-        kind = "but no image statistic moved, so it is not called input-level"
-    else:
-        kind = "a semantic shift, or one the early stages absorb (noise and JPEG land here too)"
-    where = (
-        f"<p>BatchNorm statistics moved most in the <b>{esc(location)}</b> stages: {esc(kind)}.</p>"
-        if location and verdict["status"] == "drift"
-        else ""
+    return render(
+        "summary.html.j2",
+        colour=COLOURS[status],
+        headline=HEADLINES[status],
+        model=str(verdict["model_tag"]),
+        window=verdict["window_size"],
+        window_start=str(verdict.get("window_start", "")),
+        window_end=str(verdict.get("window_end", "")),
+        reference=verdict["reference_size"],
+        false_alarm_rate=verdict.get("false_alarm_rate", ""),
+        checked=verdict["checked_at"],
+        reasons=verdict["reasons"],
+        where={"location": location, "kind": shift_kind(location, fired)}
+        if location and status == "drift"
+        else None,
+        tests=[
+            {
+                "title": test_title(t),
+                "value": f"{v['value']:.3g}",
+                "when": f"{relation(t)} {v['threshold']:.3g}",
+                "moved": fires(t, v["value"], v["threshold"]),
+                "detail": v.get("detail", ""),
+            }
+            for t, v in verdict.get("tests", {}).items()
+        ],
+        gaps=[{"cells": gap_cells(g), "alarm": g["alarm"]} for g in bias.get("gaps", [])],
+        no_gaps="no group had enough traffic to judge"
+        if bias.get("skipped")
+        else "no request in this window carried a group",
+        skipped=bias.get("skipped", []),
+        untested=verdict.get("untested", []),
+        pictures=[
+            base64.b64encode(p.read_bytes()).decode("ascii") for p in pictures if p.is_file()
+        ],
     )
-    if not gaps:
-        why = (
-            "no group had enough traffic to judge"
-            if verdict.get("bias", {}).get("skipped")
-            else "no request in this window carried a group"
-        )
-        gaps = [["-", why, "", "", "", ""]]
-    untested = "".join(f"<li>{esc(u)}: not tested</li>" for u in verdict.get("untested", []))
-    untested = f"<p>Image statistics:</p><ul>{untested}</ul>" if untested else ""
-    head = "th{text-align:left;padding:2px 8px}td{padding:2px 8px;border-top:1px solid #ddd}"
-    return f"""
-<div id="transferops-summary" style="font-family:sans-serif;margin:16px;padding:16px;
-border:3px solid {COLOURS[status]};border-radius:8px;background:#fff">
-<style>#transferops-summary {head}</style>
-<h2 style="color:{COLOURS[status]};margin-top:0">{esc(headline)}</h2>
-<p>Model <code>{esc(str(verdict["model_tag"]))}</code>; window of
-<b>{verdict["window_size"]}</b> predictions ({esc(str(verdict.get("window_start", "")))} to
-{esc(str(verdict.get("window_end", "")))}) against <b>{verdict["reference_size"]}</b> reference
-images; thresholds calibrated for a false-alarm rate of {verdict.get("false_alarm_rate", "")}
-per check. Checked {esc(verdict["checked_at"])}.</p>
-<ul>{reasons}</ul>
-{where}
-<h3>Domain shift tests</h3>
-<table><tr><th>test</th><th>value</th><th>fires when</th><th></th><th>detail</th></tr>
-{_rows(tests)}</table>
-<h3>Bias: per-group gaps</h3>
-<table><tr><th>group</th><th>metric</th><th>gap now [interval]</th><th>reference</th>
-<th>n</th><th></th></tr>{_rows(gaps)}</table>
-{f"<p>Not judged:</p><ul>{skipped}</ul>" if skipped else ""}
-{untested}
-{"".join(_image(p) for p in pictures if p.is_file())}
-<p style="color:#666">Below: Evidently's report of the same tests, with the same thresholds.</p>
-</div>
-"""
