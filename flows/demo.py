@@ -160,34 +160,47 @@ def _loop(
         summary["shifted"], summary["decision"] = check["verdict"], check["decision"]
         summary["requested"] = check["requested"]
         if check["requested"]:
-            asked = time.monotonic()
-            console.print(
-                f"event {check['requested']['id']} sent; waiting for the training deployment "
-                f"(its log: {runs / 'deploy.log'})"
+            summary |= _await_retrain(
+                check["requested"], params, settings, console, runs, api, training_deployment
             )
-            run = wait_for_run(
-                api, training_deployment, known=set(), timeout=settings.retrain_timeout_s
-            )
-            summary["retrain_minutes"] = (time.monotonic() - asked) / 60
-            record = next(
-                r for r in read_records(params.paths.reports) if r["run"]["id"] == run["id"]
-            )
-            summary["retrain_run"] = {
-                "name": run["name"],
-                "state": run["state_type"],
-                "trigger": record["trigger"],
-                "record": record["record"],
-            }
-            if record["status"] != "completed":
-                raise RuntimeError(f"the retraining run failed: {record.get('error')}")
-            summary["retrained"] = record["result"]
-
             console.rule("6. the service follows the champion; shifted traffic again")
             summary["serving_after"] = httpx.get(f"{url}/v1/metadata", timeout=10).json()["model"]
             summary["shifted_accuracy_after"] = send(
                 url, pool.take(settings.window, settings.shift)
             )
     return summary
+
+
+def _await_retrain(
+    requested: dict,
+    params: Params,
+    settings: DemoSettings,
+    console: Console,
+    runs: Path,
+    api: str,
+    training_deployment: str,
+) -> dict:
+    """Wait for the run the event starts; what it was and what it produced."""
+    asked = time.monotonic()
+    console.print(
+        f"event {requested['id']} sent; waiting for the training deployment "
+        f"(its log: {runs / 'deploy.log'})"
+    )
+    run = wait_for_run(api, training_deployment, known=set(), timeout=settings.retrain_timeout_s)
+    minutes = (time.monotonic() - asked) / 60
+    record = next(r for r in read_records(params.paths.reports) if r["run"]["id"] == run["id"])
+    if record["status"] != "completed":
+        raise RuntimeError(f"the retraining run failed: {record.get('error')}")
+    return {
+        "retrain_minutes": minutes,
+        "retrain_run": {
+            "name": run["name"],
+            "state": run["state_type"],
+            "trigger": record["trigger"],
+            "record": record["record"],
+        },
+        "retrained": record["result"],
+    }
 
 
 def _step(name: str) -> dict:
@@ -274,30 +287,40 @@ def summary_table(summary: dict, params: Params, workspace: Path) -> Table:
             f"{summary.get('shifted_accuracy_after', float('nan')):.3f}",
             f"{service.get('url')}/v1/metadata",
         )
-    decision = json.loads((Path(params.paths.profile) / DECISION).read_text())
-    table.add_row(
-        "freeze decision (what the last training applied)",
-        f"{decision['strategy']} ({decision['size']} data, "
-        f"{'similar' if decision['similar'] else 'different'} task): "
-        f"trains {', '.join(decision['trainable_stages'])}",
-        f"{params.paths.profile}/decision.txt, strategy.png",
-    )
-    table.add_row(
-        "validation", "Great Expectations Data Docs", f"{params.paths.validation}/docs/index.html"
-    )
-    table.add_row("training curves", "dvc plots show", f"{params.paths.train_log}/plots")
-    table.add_row(
-        "models and champion history",
-        "transferops models [--history]",
-        f"{params.paths.models}/history.jsonl",
-    )
-    table.add_row(
-        "reviewers' index (drift, bias, models, validation, runs)",
-        "transferops report",
-        summary["index"],
-    )
-    table.add_row("total time", f"{summary['minutes']:.1f} min", f"{params.paths.reports}/demo")
+    for row in _pointer_rows(summary, params):
+        table.add_row(*row)
     return table
+
+
+def _pointer_rows(summary: dict, params: Params) -> list[tuple[str, str, str]]:
+    """Where to look next: the decision, validation, curves, models, the index, the time."""
+    decision = json.loads((Path(params.paths.profile) / DECISION).read_text())
+    return [
+        (
+            "freeze decision (what the last training applied)",
+            f"{decision['strategy']} ({decision['size']} data, "
+            f"{'similar' if decision['similar'] else 'different'} task): "
+            f"trains {', '.join(decision['trainable_stages'])}",
+            f"{params.paths.profile}/decision.txt, strategy.png",
+        ),
+        (
+            "validation",
+            "Great Expectations Data Docs",
+            f"{params.paths.validation}/docs/index.html",
+        ),
+        ("training curves", "dvc plots show", f"{params.paths.train_log}/plots"),
+        (
+            "models and champion history",
+            "transferops models [--history]",
+            f"{params.paths.models}/history.jsonl",
+        ),
+        (
+            "reviewers' index (drift, bias, models, validation, runs)",
+            "transferops report",
+            summary["index"],
+        ),
+        ("total time", f"{summary['minutes']:.1f} min", f"{params.paths.reports}/demo"),
+    ]
 
 
 def how_to_look(summary: dict, params: Params, workspace: Path) -> str:
