@@ -88,11 +88,14 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("project")
     params = write_params(root / "params.yaml", TINY | absolute_paths(root))
     for stage in STAGES:
+        # Each stage also records the params it reads (tests/test_layout.py checks dvc.yaml).
+        trace = {"TRANSFEROPS_PARAMS_TRACE": str(root / f"params-read-{stage}.jsonl")}
         subprocess.run(
             [sys.executable, "-m", f"pipelines.{stage}", "--params", str(params)],
             cwd=root,
             check=True,
             capture_output=True,
+            env={**os.environ, **trace},
         )
     return params
 

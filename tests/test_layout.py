@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,39 @@ def test_dependencies_point_one_way(room: str) -> None:
         if imported.split(".")[0] not in ALLOWED[room]
     }
     assert wrong == set(), f"{room} imports what it may not: {sorted(wrong)}"
+
+
+NOT_PARAMS = ("paths.", "threads")  # paths: dvc.yaml templates them; threads: speed only
+# The package stage snapshots every param into the model's lineage; a change to
+# one repackages the model only through the stages that read it.
+READS_ALL = {"package"}
+
+
+def declared_params(stage: str) -> list[str]:
+    entries = STAGES[stage].get("params", [])
+    return [e if isinstance(e, str) else next(iter(e)) for e in entries]
+
+
+def covers(declared: str, key: str) -> bool:
+    return key == declared or key.startswith(f"{declared}.")
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_the_params_a_stage_reads_are_the_params_dvc_watches(
+    stage: str, trained_project: Path
+) -> None:
+    trace = trained_project.parent / f"params-read-{stage}.jsonl"
+    runs = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert runs, f"the {stage} stage recorded what it read"
+    read = {
+        key.replace("validate_.", "validate.")
+        for run in runs
+        for key in run
+        if not key.startswith(NOT_PARAMS)
+    }
+    declared = declared_params(stage)
+    if stage not in READS_ALL:
+        unwatched = {key for key in read if not any(covers(d, key) for d in declared)}
+        assert unwatched == set(), f"dvc.yaml stage {stage!r}: add params {sorted(unwatched)}"
+    unread = {d for d in declared if not any(covers(d, key) for key in read)}
+    assert unread == set(), f"dvc.yaml stage {stage!r} declares params it never reads: {unread}"

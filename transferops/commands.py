@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from transferops.config import DEFAULT_PARAMS, Params, ParamsError, load_params
+from transferops.paramstrace import traced, write_trace
 from transferops.runtime import configure_runtime
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,10 @@ def run_stage(
         print(f"error: {err}", file=sys.stderr)
         return 2
     configure_runtime(params.paths.bentoml_home)
+    params = traced(params)  # tests/test_layout.py: what a stage reads is what DVC watches
     try:
         stage(params)
+        write_trace(params)
     except StageFailed as err:
         print(f"failed: {err}", file=sys.stderr)
         return 1
