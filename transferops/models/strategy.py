@@ -99,6 +99,7 @@ def decide(numbers: dict, stages: list[str], cfg: StrategyParams, train: TrainPa
     similar = numbers["knn_similarity"] >= cfg.similar_knn
     strategy = cfg.force or REGIONS[(size, similar)]
     trainable = trainable_stages(strategy, stages, cfg.surgical_stages)
+    head_rates = {True: train.lr, False: train.finetune_lr}  # probe's, fine-tuning's
     schedule = [
         {"phase": "linear_probe", "epochs": train.probe_epochs, "trainable": ["classifier"]}
     ]
@@ -115,9 +116,7 @@ def decide(numbers: dict, stages: list[str], cfg: StrategyParams, train: TrainPa
         similar=similar,
         trainable_stages=trainable,
         learning_rates=learning_rates(
-            trainable,
-            train.lr if strategy == "linear_probe" else train.finetune_lr,
-            cfg.layer_decay,
+            trainable, head_rates[strategy == "linear_probe"], cfg.layer_decay
         ),
         schedule=schedule,
         numbers=numbers,
