@@ -51,7 +51,8 @@ def test_file_faults_are_named(tmp_path: Path) -> None:
     png(root / "fox" / "wide.png", size=(9000, 8))
     bomb_header(root / "fox" / "bomb.png")
     Image.new("CMYK", (16, 16)).save(root / "fox" / "print.jpg")
-    report = check_source(root, settings(), tmp_path / "out")
+    # Every mode converts faithfully by default (docs/data.md); a team may restrict them.
+    report = check_source(root, settings("validate.allowed_modes=[RGB, L]"), tmp_path / "out")
     assert not report.success
     bad = {p.files[0]: p.detail for p in problems_by_check(report)["bad file"]}
     assert bad["cat/empty.png"].startswith("empty file")
@@ -208,7 +209,9 @@ def test_check_command_on_an_unseen_folder_names_every_planted_fault(tmp_path: P
     (root / "dog" / "relabelled.png").write_bytes((root / "cat" / "1.png").read_bytes())
     bomb_header(root / "cat" / "huge.png")
     png(root / "fox" / "thumb.png", size=(3, 3))
-    Image.new("CMYK", (16, 16)).save(root / "dog" / "print.jpg")
+    whole = io.BytesIO()  # CMYK itself is fine (it converts); this one is cut short
+    Image.new("CMYK", (64, 64), (0, 255, 0, 0)).save(whole, "JPEG")
+    (root / "dog" / "print.jpg").write_bytes(whole.getvalue()[: len(whole.getvalue()) // 2])
     planted_files = [
         *planted,
         "fox/copy.png",
