@@ -30,15 +30,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-STRATEGIES = ("linear_probe", "top_blocks", "most_blocks", "full")
-REGIONS = {
-    ("small", True): "linear_probe",
-    ("small", False): "most_blocks",
-    ("medium", True): "top_blocks",
-    ("medium", False): "most_blocks",
-    ("large", True): "most_blocks",
-    ("large", False): "full",
-}
+from pipelines.strategy import REGIONS, STRATEGIES
+
 SIZE_ONLY = {"small": "linear_probe", "medium": "top_blocks", "large": "full"}
 SMALL = (5, 10, 15, 20, 30, 40, 50, 75, 100, 150)
 LARGE = (100, 200, 300, 500, 750, 1000, 2000, math.inf)
