@@ -30,7 +30,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from transferops.models.strategy import REGIONS, STRATEGIES
+from transferops.config import DEFAULT_REGIONS
+from transferops.models.strategy import STRATEGIES, region_key, similarity_of
 
 SIZE_ONLY = {"small": "linear_probe", "medium": "top_blocks", "large": "full"}
 SMALL = (5, 10, 15, 20, 30, 40, 50, 75, 100, 150)
@@ -51,13 +52,7 @@ FAMILIES = (
 
 
 def measure_of(result: dict, name: str) -> float:
-    n = result["numbers"]
-    return {
-        "knn": n["knn_similarity"],
-        "logme": n["logme"],
-        "leep": 1 + n["leep"] / math.log(n["classes"]),
-        "bn": -float(np.mean(list(n["bn_distance"].values()))),
-    }[name]
+    return similarity_of(result["numbers"], name)
 
 
 def oracle(result: dict) -> dict:
@@ -89,9 +84,9 @@ def _thresholds(results: list[dict], measure: str | None) -> list[tuple]:
     return [(s, lg, c) for s in SMALL for lg in LARGE if lg > s for c in cuts]
 
 
-def _region(result: dict, small: float, large: float, cut: float, measure: str) -> tuple:
+def _region(result: dict, small: float, large: float, cut: float, measure: str) -> str:
     size = size_of(result["numbers"]["per_class_min"], small, large)
-    return size, measure_of(result, measure) >= cut
+    return region_key(size, measure_of(result, measure) >= cut)
 
 
 def _objective(results: list[dict], pick: Callable[[dict], str]) -> tuple[float, float]:
@@ -118,7 +113,7 @@ def fit(family: str, results: list[dict]) -> Callable[[dict], str]:
                 return t[size_of(r["numbers"]["per_class_min"], s, lg)]
 
         else:
-            table = dict(REGIONS)
+            table = dict(DEFAULT_REGIONS)
             if kind == "learned":
                 table |= _fitted_regions(results, small, large, cut, measure)
 
@@ -135,7 +130,7 @@ def fit(family: str, results: list[dict]) -> Callable[[dict], str]:
 def _fitted_regions(results: list[dict], small, large, cut, measure) -> dict:
     """Per region, the strategy with the least total regret over the tasks in it."""
     chosen = {}
-    for region in REGIONS:
+    for region in DEFAULT_REGIONS:
         inside = [r for r in results if _region(r, small, large, cut, measure) == region]
         if inside:
             chosen[region] = min(STRATEGIES, key=lambda s: sum(regret(r, s) for r in inside))
@@ -171,19 +166,17 @@ def score_policies(results: list[dict], families=FAMILIES, loo: bool = False) ->
                 _row(r, fit(family, [o for o in results if o is not r])(r)) for r in results
             ]
         if getattr(in_sample, "setting", None):
-            entry["setting"] = _readable(in_sample.setting)
+            entry["setting"] = _readable(in_sample.setting) | {"measure": family.partition("/")[2]}
         scores["families"][family] = entry
     scores["recipe_check"] = [_recipe_check(r) for r in results]
     return scores
 
 
 def _readable(setting: dict) -> dict:
-    """Thresholds and table as JSON: region keys become ``size/similar``."""
-    table = {
-        (f"{k[0]}/{'similar' if k[1] else 'different'}" if isinstance(k, tuple) else k): v
-        for k, v in setting["table"].items()
+    """Thresholds and table as JSON (infinite thresholds as strings)."""
+    return {
+        k: (str(v) if isinstance(v, float) and math.isinf(v) else v) for k, v in setting.items()
     }
-    return setting | {"table": table}
 
 
 def _row(result: dict, strategy: str) -> dict:

@@ -23,6 +23,8 @@ icons, type), in size (10 to 1,000 labels per class), in native resolution
 ``letters`` trains and tests on different fonts, ``photos`` on disjoint bands
 of each photograph, ``icons`` on different icons: no test image shares its
 source with a training image. Debian's packages: ``make bench-data``.
+
+    .venv/bin/python benchmarks/tasks.py clipart scripts --to /tmp/suite   # manifests + PNGs
 """
 
 from __future__ import annotations
@@ -426,3 +428,38 @@ def build(name: str, seed: int) -> Task:
     if name not in BUILDERS:
         raise SystemExit(f"unknown task {name!r}; choose from {sorted(BUILDERS)}")
     return BUILDERS[name](seed)
+
+
+def export(task: Task, folder: Path) -> Path:
+    """Write a task as a manifest (``path,label,split``) beside its images, as PNG.
+
+    ``transferops check|profile|train`` read it like any team's manifest.
+    """
+    rows = []
+    for index, (image, label, split) in enumerate(
+        zip(task.images, task.labels, task.splits, strict=True)
+    ):
+        relative = Path("images") / split / task.classes[label] / f"{index:05d}.png"
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        image.save(folder / relative)
+        rows.append(f"{relative.as_posix()},{task.classes[label]},{split}")
+    manifest = folder / "manifest.csv"
+    manifest.write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Export suite tasks as manifests + PNG images.")
+    parser.add_argument("tasks", nargs="+", choices=sorted(BUILDERS))
+    parser.add_argument("--to", type=Path, required=True, help="a folder per task goes here")
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args(argv)
+    for name in args.tasks:
+        print(export(build(name, args.seed), args.to / name))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

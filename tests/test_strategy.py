@@ -138,3 +138,26 @@ def test_surgical_trains_the_first_stages_only() -> None:
         "block1",
         "classifier",
     ]
+
+
+def test_the_similarity_measure_and_the_regions_come_from_params() -> None:
+    profile = numbers(100, 0.2) | {"leep": -0.1}  # far by k-NN, near by LEEP
+    by_knn = decide(profile, STAGES, strategy_params(), train_params())
+    assert (by_knn.size, by_knn.similar, by_knn.strategy) == ("medium", False, "most_blocks")
+    by_leep = decide(
+        profile,
+        STAGES,
+        strategy_params("strategy.similarity=leep", "strategy.similar_at=0.5"),
+        train_params(),
+    )
+    assert by_leep.similar and by_leep.strategy == "top_blocks"
+    assert "LEEP, normalised" in by_leep.reason and "threshold 0.5" in by_leep.reason
+    table = strategy_params("strategy.regions.medium/different=full")
+    assert decide(profile, STAGES, table, train_params()).strategy == "full"
+
+
+def test_a_region_table_missing_a_region_is_refused() -> None:
+    from pipelines.config import ParamsError
+
+    with pytest.raises(ParamsError, match="regions needs exactly the keys"):
+        strategy_params("strategy.regions={small/similar: full}")

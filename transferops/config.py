@@ -133,13 +133,44 @@ class ProfileParams(Section):
     side: Annotated[int, Field(ge=32, le=1024)] = 64
 
 
+ChosenStrategy = Literal["linear_probe", "top_blocks", "most_blocks", "full"]
+REGION_KEYS = tuple(
+    f"{size}/{kind}" for size in ("small", "medium", "large") for kind in ("similar", "different")
+)
+DEFAULT_REGIONS = dict(
+    zip(
+        REGION_KEYS,
+        ["linear_probe", "most_blocks", "top_blocks", "most_blocks", "most_blocks", "full"],
+        strict=True,
+    )
+)
+
+
 class StrategyParams(Section):
     force: ForcedStrategy | None = None
     surgical_stages: PositiveInt = 2  # `surgical`: how many stages from the input train
     small_per_class: Annotated[int, Field(ge=1)] = 50
     large_per_class: Annotated[int, Field(ge=1)] = 500
-    similar_knn: Annotated[float, Field(ge=0, le=1)] = 0.9
+    similarity: Literal["knn", "logme", "leep", "bn"] = "knn"
+    similar_at: float = 0.9  # the similarity measure at or above this: similar
+    regions: dict[str, ChosenStrategy] = Field(default_factory=lambda: dict(DEFAULT_REGIONS))
     layer_decay: Annotated[float, Field(gt=0, le=1)] = 0.7
+
+    @field_validator("regions")
+    @classmethod
+    def _every_region(cls, value: dict[str, str]) -> dict[str, str]:
+        if set(value) != set(REGION_KEYS):
+            raise ValueError(f"regions needs exactly the keys {list(REGION_KEYS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _sizes_in_order(self) -> StrategyParams:
+        if self.small_per_class > self.large_per_class:
+            raise ValueError(
+                f"strategy.small_per_class = {self.small_per_class} > strategy.large_per_class"
+                f" = {self.large_per_class}"
+            )
+        return self
 
 
 class TrainParams(Section):

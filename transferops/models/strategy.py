@@ -10,16 +10,13 @@ medium        top_blocks    most_blocks
 large         most_blocks   full
 ============  ============  ============
 
-"Similar" means the frozen features already nearly solve the task (k-NN
-similarity at least ``strategy.similar_knn``, 0.9): then a probe, or the top
-blocks once there is data for them, is enough. Otherwise the further the task
-is from the source and the more labels there are, the more of the network
-trains; even 10 labels per class gain from fine-tuning most blocks when it
-starts from the probe (LP-FT, Kumar et al., ICLR 2022) and keeps the best
-validation epoch, the probe included. The table and thresholds were set
-from the oracle benchmark (``benchmarks/strategy_oracle.py``,
-docs/strategy.md). Learning rates decay by ``strategy.layer_decay`` per
-stage away from the head.
+"Similar" means the frozen features already nearly solve the task: the
+similarity measure ``strategy.similarity`` (k-NN by default; LogME, LEEP or
+the BatchNorm distance to ImageNet can stand in) at or above
+``strategy.similar_at``. The regions' strategies (``strategy.regions``) and
+thresholds are fitted by the oracle benchmark (``benchmarks/strategy_oracle.py``;
+docs/strategy.md gives the held-out numbers behind them). Learning rates
+decay by ``strategy.layer_decay`` per stage away from the head.
 A decision is written as ``decision.json``, ``decision.txt`` and ``strategy.png``.
 """
 
@@ -27,9 +24,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from transferops.config import Params, StrategyParams, TrainParams
@@ -39,13 +38,12 @@ from transferops.models.recipe import epochs_for
 log = logging.getLogger(__name__)
 STRATEGIES = ("linear_probe", "top_blocks", "most_blocks", "full")  # what the plane chooses from
 DECISION = "decision.json"
-REGIONS = {
-    ("small", True): "linear_probe",
-    ("small", False): "most_blocks",
-    ("medium", True): "top_blocks",
-    ("medium", False): "most_blocks",
-    ("large", True): "most_blocks",
-    ("large", False): "full",
+# What each similarity measure is, for the decision's paragraph and the plot.
+MEASURES = {
+    "knn": "10-NN similarity (0 chance, 1 perfect)",
+    "logme": "LogME (per sample; higher: more linearly usable)",
+    "leep": "LEEP, normalised (0 uninformative source, 1 perfect)",
+    "bn": "minus the mean BatchNorm distance to ImageNet",
 }
 
 
@@ -61,6 +59,29 @@ class Decision:
     numbers: dict
     reason: str = ""
     thresholds: dict = field(default_factory=dict)
+
+
+def similarity_of(numbers: dict, measure: str) -> float:
+    """A profile's similarity to the source by ``measure`` (higher: more similar)."""
+    if measure == "knn":
+        return float(numbers["knn_similarity"])
+    if measure == "logme":
+        return float(numbers["logme"])
+    if measure == "leep":  # LEEP of an uninformative source is -log(classes)
+        return 1 + float(numbers["leep"]) / math.log(max(numbers["classes"], 2))
+    if measure == "bn":
+        return -float(np.mean(list(numbers["bn_distance"].values())))
+    raise ValueError(f"strategy.similarity = {measure!r}: not one of {list(MEASURES)}")
+
+
+def region_of(numbers: dict, cfg: StrategyParams) -> tuple[str, bool]:
+    """(size class, similar?) of a profile under ``cfg``'s thresholds."""
+    similar = similarity_of(numbers, cfg.similarity) >= cfg.similar_at
+    return size_class(numbers["per_class_min"], cfg), similar
+
+
+def region_key(size: str, similar: bool) -> str:
+    return f"{size}/{'similar' if similar else 'different'}"
 
 
 def size_class(per_class: float, cfg: StrategyParams) -> str:
@@ -95,9 +116,8 @@ def learning_rates(trainable: list[str], head_lr: float, decay: float) -> dict[s
 
 def decide(numbers: dict, stages: list[str], cfg: StrategyParams, train: TrainParams) -> Decision:
     """The decision record for a profiled dataset."""
-    size = size_class(numbers["per_class_min"], cfg)
-    similar = numbers["knn_similarity"] >= cfg.similar_knn
-    strategy = cfg.force or REGIONS[(size, similar)]
+    size, similar = region_of(numbers, cfg)
+    strategy = cfg.force or cfg.regions[region_key(size, similar)]
     trainable = trainable_stages(strategy, stages, cfg.surgical_stages)
     head_rates = {True: train.lr, False: train.finetune_lr}  # probe's, fine-tuning's
     schedule = [
@@ -123,7 +143,9 @@ def decide(numbers: dict, stages: list[str], cfg: StrategyParams, train: TrainPa
         thresholds={
             "small_per_class": cfg.small_per_class,
             "large_per_class": cfg.large_per_class,
-            "similar_knn": cfg.similar_knn,
+            "similarity": cfg.similarity,
+            "similar_at": cfg.similar_at,
+            "regions": dict(cfg.regions),
         },
     )
     decision.reason = explain(decision)
@@ -140,8 +162,9 @@ def explain(d: Decision) -> str:
         if n["shift_location"] == "early"
         else "late: a semantic shift"
     )
-    region = f"{d.size}/{'similar' if d.similar else 'different'}"
-    default = REGIONS[(d.size, d.similar)]
+    region = region_key(d.size, d.similar)
+    default = d.thresholds["regions"][region]
+    measure = d.thresholds["similarity"]
     choice = (
         f"strategy.force sets {d.strategy} (the {region} region would choose {default})"
         if d.forced
@@ -155,9 +178,10 @@ def explain(d: Decision) -> str:
         f"{n['images']} labelled training images in {n['classes']} classes (at least "
         f"{n['per_class_min']} per class: {d.size}, thresholds {d.thresholds['small_per_class']}"
         f"/{d.thresholds['large_per_class']}). On frozen {n['backbone']} features a 10-NN "
-        f"probe reaches {n['knn_accuracy']:.1%} (similarity {n['knn_similarity']:.2f}: "
-        f"{'similar' if d.similar else 'different'}, threshold {d.thresholds['similar_knn']}); "
-        f"LogME {n['logme']:.3f}, LEEP {n['leep']:.3f}. BatchNorm statistics are furthest "
+        f"probe reaches {n['knn_accuracy']:.1%} (k-NN similarity {n['knn_similarity']:.2f}); "
+        f"LogME {n['logme']:.3f}, LEEP {n['leep']:.3f}. By {MEASURES[measure]}, "
+        f"{similarity_of(n, measure):.3f}: {'similar' if d.similar else 'different'} "
+        f"(threshold {d.thresholds['similar_at']:g}). BatchNorm statistics are furthest "
         f"from ImageNet's in {furthest} and closest in {closest}; the shift sits {location}. "
         f"Hence {choice}. Train {', '.join(d.trainable_stages)}; learning rates {lrs}; "
         f"{phases}{' (LP-FT, Kumar et al. 2022)' if len(d.schedule) > 1 else ''}."
@@ -168,9 +192,12 @@ def plot_plane(d: Decision, cfg: StrategyParams, path: Path) -> None:
     """The size x similarity plane, its regions, and this dataset's position."""
     figure, axes = plt.subplots(figsize=(7, 5))
     x_edges = [1, cfg.small_per_class, cfg.large_per_class, 20_000]
-    for (size, similar), strategy in REGIONS.items():
+    value = similarity_of(d.numbers, cfg.similarity)
+    low, high = _axis(cfg.similarity, value, cfg.similar_at)
+    for key, strategy in cfg.regions.items():
+        size, kind = key.split("/")
         i = ["small", "medium", "large"].index(size)
-        y0, y1 = (cfg.similar_knn, 1.0) if similar else (0.0, cfg.similar_knn)
+        y0, y1 = (cfg.similar_at, high) if kind == "similar" else (low, cfg.similar_at)
         chosen = strategy == d.strategy
         axes.fill_between(
             [x_edges[i], x_edges[i + 1]],
@@ -190,7 +217,7 @@ def plot_plane(d: Decision, cfg: StrategyParams, path: Path) -> None:
         )
     axes.scatter(
         [max(d.numbers["per_class_min"], 1)],
-        [d.numbers["knn_similarity"]],
+        [value],
         s=90,
         color="black",
         zorder=5,
@@ -199,13 +226,22 @@ def plot_plane(d: Decision, cfg: StrategyParams, path: Path) -> None:
     axes.set_xscale("log")
     axes.set(
         xlim=(1, 20_000),
-        ylim=(0, 1),
+        ylim=(low, high),
         xlabel="labelled images per class (min)",
-        ylabel="k-NN similarity (0 chance, 1 perfect)",
+        ylabel=MEASURES[cfg.similarity],
         title=f"Freeze strategy: {d.strategy}",
     )
     axes.legend(loc="lower right")
     save_figure(figure, path)
+
+
+def _axis(measure: str, value: float, threshold: float) -> tuple[float, float]:
+    """The plot's similarity range: [0, 1] for the bounded measures, else around the points."""
+    if measure == "knn":
+        return 0.0, 1.0
+    low, high = min(value, threshold), max(value, threshold)
+    margin = max(0.1, 0.5 * (high - low))
+    return low - margin, min(high + margin, 1.0) if measure == "leep" else high + margin
 
 
 def write_decision(d: Decision, cfg: StrategyParams, out_dir: Path) -> None:
