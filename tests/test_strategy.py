@@ -157,7 +157,7 @@ def test_the_similarity_measure_and_the_regions_come_from_params() -> None:
 
 
 def test_a_region_table_missing_a_region_is_refused() -> None:
-    from pipelines.config import ParamsError
+    from transferops.config import ParamsError
 
     with pytest.raises(ParamsError, match="regions needs exactly the keys"):
         strategy_params("strategy.regions={small/similar: full}")
