@@ -12,10 +12,9 @@ Kumar et al. 2022), the datasets and a :class:`FineTuneConfig`, and trains.
   recorded rates) train one after the other, each from the probe, as long as
   the best so far beats the probe by less than ``race_margin`` on validation
   (a practitioner raises the rate only when fine-tuning did not help). Each
-  stops early once it has gone ``patience`` validations without beating the
-  best of all candidates so far (the probe itself counts: epoch 0), but never
-  before ``patience_from`` of its planned epochs. The best validation state
-  wins; a collapsing learning rate costs a third of a run, not a model.
+  stops early once it has gone ``patience`` validations without improving
+  on its own best, but never before ``patience_from`` of its planned epochs.
+  The best validation state of all of them wins, the probe included (epoch 0).
 - Under ``torchrun`` it runs data-parallel (DDP; NCCL on CUDA, gloo on CPU):
   each rank trains a disjoint shard; rank 0 alone logs and checkpoints.
 - A checkpoint after every epoch (weights, optimizer, scheduler, RNG states,
@@ -161,6 +160,7 @@ class Candidate:
         if cfg.compile:
             self.trained = torch.compile(self.trained)
         self.epoch, self.stale, self.seconds, self.stopped = 0, 0, 0.0, False
+        self.own_best = -1.0  # this candidate's best validation accuracy so far
         self.history: list[dict] = []
 
     def summary(self, cfg: FineTuneConfig) -> dict:
@@ -175,6 +175,12 @@ class Candidate:
             "epochs_run": self.epoch,
             "stopped_early": self.stopped,
             "seconds": self.seconds,
+            # (epoch, validation accuracy): how the candidate went, for reviewers and tuning
+            "val_curve": [
+                [h["epoch"], h["val_accuracy"]]
+                for h in self.history
+                if h["val_accuracy"] is not None
+            ],
         }
 
 
@@ -258,7 +264,11 @@ def train_epoch(
 
 
 def _should_stop(run: Candidate, cfg: FineTuneConfig) -> bool:
-    """Early stopping: ``patience`` validations without beating every candidate's best."""
+    """Early stopping: ``patience`` validations without improving on its own best.
+
+    Its own, not the race's: fine-tuning often dips below the probe before it
+    climbs past it, and a rule against the probe stopped such runs early.
+    """
     return (
         cfg.patience > 0
         and run.stale >= cfg.patience
@@ -291,15 +301,12 @@ def run_candidate(
             record["val_accuracy"] = _accuracy(
                 run.runner, inputs.val_inputs, cfg.device, cfg.batch_size
             )
-            if record["val_accuracy"] > race.best["val_accuracy"]:
-                race.best = {
-                    "val_accuracy": record["val_accuracy"],
-                    "epoch": run.epoch,
-                    "candidate": run.index,
-                }
-                race.best_state, run.stale = _state(model), 0
-            else:
-                run.stale += 1
+            val = record["val_accuracy"]
+            run.stale = 0 if val > run.own_best else run.stale + 1
+            run.own_best = max(run.own_best, val)
+            if val > race.best["val_accuracy"]:
+                race.best = {"val_accuracy": val, "epoch": run.epoch, "candidate": run.index}
+                race.best_state = _state(model)
         run.history.append(record)
         run.stopped = _should_stop(run, cfg)
         log.info(
@@ -518,6 +525,7 @@ def save_checkpoint(
         "candidate": run.index,
         "epoch": run.epoch,
         "stale": run.stale,
+        "own_best": run.own_best,
         "stopped": run.stopped,
         "seconds": run.seconds,
         "model": _state(model),
@@ -541,6 +549,7 @@ def _restore(model: nn.Module, run: Candidate, state: dict, world: World) -> Non
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.epoch, run.stale, run.stopped = state["epoch"], state["stale"], state["stopped"]
+    run.own_best = state["own_best"]
     run.seconds, run.history = state["seconds"], state["history"]
     _set_rng_state(state["rng"][world.rank], run.generator)
 
