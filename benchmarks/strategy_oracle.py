@@ -229,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "oracle")
     parser.add_argument("--fresh", action="store_true", help="retrain tasks already in --out")
+    parser.add_argument(
+        "--fresh-recipe", action="store_true", help="re-run only the default recipe's runs"
+    )
     parser.add_argument("--score-only", action="store_true", help="no training: stored runs")
     add_override_option(parser)
     args = parser.parse_args(argv)
@@ -243,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         path = args.out / f"{Path(name).name}.json"
         saved = json.loads(path.read_text()) if path.is_file() and not args.fresh else None
+        if saved and args.fresh_recipe:
+            saved["recipe"] = {}
         complete = saved and len(saved["grid"]) == len(PROBE_LRS) + len(FINE_TUNING) * len(LR_GRID)
         if not args.score_only and not (complete and len(saved["recipe"]) == len(STRATEGIES)):
             try:

@@ -127,6 +127,7 @@ class Candidate:
         if cfg.compile:
             self.trained = torch.compile(self.trained)
         self.epoch, self.stale, self.seconds, self.stopped = 0, 0, 0.0, False
+        self.own_best = -1.0  # this candidate's best validation accuracy so far
         self.history: list[dict] = []
 
     def summary(self, cfg: FineTuneConfig) -> dict:
@@ -141,6 +142,12 @@ class Candidate:
             "epochs_run": self.epoch,
             "stopped_early": self.stopped,
             "seconds": self.seconds,
+            # (epoch, validation accuracy): how the candidate went, for reviewers and tuning
+            "val_curve": [
+                [h["epoch"], h["val_accuracy"]]
+                for h in self.history
+                if h["val_accuracy"] is not None
+            ],
         }
 
 
@@ -220,7 +227,11 @@ def train_epoch(
 
 
 def _should_stop(run: Candidate, cfg: FineTuneConfig) -> bool:
-    """Early stopping: ``patience`` validations without beating every candidate's best."""
+    """Early stopping: ``patience`` validations without improving on its own best.
+
+    Its own, not the race's: fine-tuning often dips below the probe before it
+    climbs past it, and a rule against the probe stopped such runs early.
+    """
     return (
         cfg.patience > 0
         and run.stale >= cfg.patience
@@ -253,15 +264,12 @@ def run_candidate(
             record["val_accuracy"] = _accuracy(
                 run.runner, inputs.val_inputs, cfg.device, cfg.batch_size
             )
-            if record["val_accuracy"] > race.best["val_accuracy"]:
-                race.best = {
-                    "val_accuracy": record["val_accuracy"],
-                    "epoch": run.epoch,
-                    "candidate": run.index,
-                }
-                race.best_state, run.stale = _state(model), 0
-            else:
-                run.stale += 1
+            val = record["val_accuracy"]
+            run.stale = 0 if val > run.own_best else run.stale + 1
+            run.own_best = max(run.own_best, val)
+            if val > race.best["val_accuracy"]:
+                race.best = {"val_accuracy": val, "epoch": run.epoch, "candidate": run.index}
+                race.best_state = _state(model)
         run.history.append(record)
         run.stopped = _should_stop(run, cfg)
         log.info(

@@ -75,6 +75,7 @@ def save_checkpoint(
         "candidate": run.index,
         "epoch": run.epoch,
         "stale": run.stale,
+        "own_best": run.own_best,
         "stopped": run.stopped,
         "seconds": run.seconds,
         "model": _state(model),
@@ -98,6 +99,7 @@ def restore(model: nn.Module, run: Candidate, state: dict, world: World) -> None
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.epoch, run.stale, run.stopped = state["epoch"], state["stale"], state["stopped"]
+    run.own_best = state["own_best"]
     run.seconds, run.history = state["seconds"], state["history"]
     _set_rng_state(state["rng"][world.rank], run.generator)
 

@@ -12,10 +12,9 @@ Kumar et al. 2022), the datasets and a :class:`FineTuneConfig`, and trains.
   recorded rates) train one after the other, each from the probe, as long as
   the best so far beats the probe by less than ``race_margin`` on validation
   (a practitioner raises the rate only when fine-tuning did not help). Each
-  stops early once it has gone ``patience`` validations without beating the
-  best of all candidates so far (the probe itself counts: epoch 0), but never
-  before ``patience_from`` of its planned epochs. The best validation state
-  wins; a collapsing learning rate costs a third of a run, not a model.
+  stops early once it has gone ``patience`` validations without improving
+  on its own best, but never before ``patience_from`` of its planned epochs.
+  The best validation state of all of them wins, the probe included (epoch 0).
 - Under ``torchrun`` it runs data-parallel (DDP; NCCL on CUDA, gloo on CPU):
   each rank trains a disjoint shard; rank 0 alone logs and checkpoints.
 - A checkpoint after every epoch (weights, optimizer, scheduler, RNG states,
