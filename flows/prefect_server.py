@@ -20,7 +20,7 @@ import httpx
 
 from flows.serving import free_port, spawn, stop_server, wait_ready
 
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+TERMINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 
 
 def prefect_command(*args: str) -> list[str]:
@@ -106,20 +106,33 @@ def flow_runs(api: str, deployment_id: str) -> list[dict]:
 
 
 def wait_for_run(
-    api: str, deployment_id: str, *, known: set[str], timeout: float, poll: float = 2
+    api: str,
+    deployment_id: str,
+    *,
+    known: set[str],
+    timeout: float,
+    poll: float = 2,
+    states: frozenset[str] = TERMINAL,
 ) -> dict:
-    """Wait for a run of the deployment not in ``known`` to finish; return it.
+    """Wait for a run of the deployment not in ``known`` to reach one of ``states``; return it.
 
-    Raises TimeoutError when none started, or none finished, in time.
+    ``states`` defaults to any end; pass ``{"COMPLETED"}`` where the deployment's
+    concurrency limit may cancel some runs on purpose (a cron that piled up runs
+    while the worker was busy). Raises TimeoutError naming the states seen.
     """
     deadline = time.monotonic() + timeout
+    seen: list[str] = []
     while time.monotonic() < deadline:
         new = [r for r in flow_runs(api, deployment_id) if r["id"] not in known]
-        done = [r for r in new if (r.get("state_type") or "") in TERMINAL]
+        seen = [r.get("state_type") or "?" for r in new]
+        done = [r for r in new if (r.get("state_type") or "") in states]
         if done:
             return done[-1]
         time.sleep(poll)
-    raise TimeoutError(f"no run of deployment {deployment_id} finished within {timeout:.0f} s")
+    raise TimeoutError(
+        f"no run of deployment {deployment_id} reached {sorted(states)} within "
+        f"{timeout:.0f} s; runs seen: {seen}"
+    )
 
 
 @contextlib.contextmanager

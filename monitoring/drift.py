@@ -181,8 +181,14 @@ def sample_rows(n: int, limit: int, seed: int) -> np.ndarray:
 def reference_sample(reference: Reference, params: Params) -> tuple[PCA, shift.Sample]:
     """The reference as the tests see it, and the PCA fitted on it."""
     rows = sample_rows(len(reference.predictions), params.monitor.max_rows, params.seed)
-    pca = PCA(n_components=params.monitor.embedding_components, random_state=params.seed)
-    embedded = pca.fit_transform(reference.embeddings[rows])
+    sample = reference.embeddings[rows]
+    # A team's small dataset may hold few reference images. Components fitted on
+    # nearly as many points as there are components hold the reference exactly but
+    # shrink every new image towards its mean (a false embedding alarm), so keep at
+    # least four reference images per component.
+    components = min(params.monitor.embedding_components, max(2, len(sample) // 4))
+    pca = PCA(n_components=components, random_state=params.seed)
+    embedded = pca.fit_transform(sample)
     return pca, shift.Sample(embedded, reference.stats[rows], reference.predictions[rows])
 
 

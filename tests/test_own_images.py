@@ -78,11 +78,12 @@ def test_every_kind_of_image_trains_through_every_stage(tmp_path: Path) -> None:
     assert metrics["n"] == int((accepted["split"] == "test").sum())
 
 
-def synthetic_folder(root: Path, classes: int, per_class: int, side: int = 12) -> Path:
-    """Grey squares whose bright cell says the class; a little noise on each."""
+def synthetic_folder(root: Path, classes: int, per_class: int) -> Path:
+    """Grey squares whose bright 4-pixel cell says the class; a little noise on each."""
     rng = np.random.default_rng(classes)
     grid = int(np.ceil(np.sqrt(classes)))
-    cell = max(1, side // grid)
+    cell = 4
+    side = max(12, grid * cell)
     for label in range(classes):
         folder = root / f"class{label:03d}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -111,7 +112,8 @@ def test_two_classes_of_5000_and_100_classes_of_20_train(
     model = json.loads((Path(paths["model"]) / "model.json").read_text())
     assert len(model["classes"]) == classes
     metrics = json.loads((Path(paths["evaluation"]) / "metrics.json").read_text())
-    assert metrics["accuracy"] > 2 / classes, "well above chance on a separable task"
+    chance = 1 / classes
+    assert metrics["accuracy"] > min(0.8, 3 * chance), f"well above chance ({chance:.2f})"
 
 
 # --------------------------------------------------------- the README's walk
@@ -123,7 +125,8 @@ def cli(repo: Path, *args: str) -> subprocess.CompletedProcess:
 
 def printed_json(stdout: str) -> dict:
     """The result a flow command prints last, after Prefect's own log lines."""
-    return json.loads(stdout[stdout.rindex("\n{\n") + 1 :])
+    printed = "\n" + stdout  # the JSON may be all there is
+    return json.loads(printed[printed.rindex("\n{\n") + 1 :])
 
 
 @pytest.mark.integration
@@ -159,7 +162,7 @@ def test_the_readme_walk_on_a_real_image_folder(tmp_path: Path) -> None:
 
     unpinned = {"TRANSFEROPS_PARAMS": str(repo / "params.yaml"), "TRANSFEROPS_MODEL_TAG": ""}
     fresh = photo_crops(per_class=12, seed=2)  # new crops of the same photographs
-    with running_service(port=port, log_file=tmp_path / "serve.log", env=unpinned) as url:
+    with running_service(port=port, log_file=tmp_path / "serve.log", env=unpinned, cwd=repo) as url:
         for kind, (suffix, make) in imagekinds.KINDS.items():  # before the window's traffic
             path = make(tmp_path / f"{kind}{suffix}")
             answer = httpx.post(

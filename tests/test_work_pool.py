@@ -75,8 +75,12 @@ def test_process_work_pool_worker_runs_the_training_flow(tmp_path: Path) -> None
             )
         try:
             finished = wait_for_run(api, training["id"], known=set(), timeout=500)
-            # The scheduler made runs of the cron deployment; the worker ran the first due.
-            scheduled = wait_for_run(api, monitoring["id"], known=set(), timeout=180)
+            # The scheduler made runs of the cron deployment while the worker was busy;
+            # the concurrency limit (1, cancel new) may cancel some of them, so wait for
+            # one that the worker ran to completion.
+            scheduled = wait_for_run(
+                api, monitoring["id"], known=set(), timeout=240, states=frozenset({"COMPLETED"})
+            )
         finally:
             stop_server(worker)
     assert finished["state_type"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-3000:]
