@@ -32,14 +32,14 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from transferops.config import DEFAULT_REGIONS
+from transferops.config import CLASSIC_REGIONS
 from transferops.models.strategy import STRATEGIES, region_key, similarity_of
 
 SIZE_ONLY = {"small": "linear_probe", "medium": "top_blocks", "large": "full"}
 SMALL = (5, 10, 15, 20, 30, 40, 50, 75, 100, 150)
 LARGE = (100, 200, 300, 500, 750, 1000, 2000, math.inf)
 MEASURES = ("knn", "logme", "leep", "bn")
-SHIPPED = "table/knn"  # the rule params.yaml ships (docs/strategy.md says why)
+SHIPPED = "probe_else_full/knn"  # the rule params.yaml ships (docs/strategy.md says why)
 FAMILIES = (
     "table/knn",
     "table/logme",
@@ -123,13 +123,13 @@ def fit(family: str, results: list[dict]) -> Callable[[dict], str]:
                 return t[size_of(r["numbers"]["per_class_min"], s, lg)]
 
         else:
-            table = dict(DEFAULT_REGIONS)
+            table = dict(CLASSIC_REGIONS)
             if kind == "learned":
                 table |= _fitted_regions(results, small, large, cut, measure)
             elif kind == "probe_else_full":
                 if large != math.inf:
                     continue  # two regions only: small and similar, or not
-                table = dict.fromkeys(DEFAULT_REGIONS, "full") | {"small/similar": "linear_probe"}
+                table = dict.fromkeys(CLASSIC_REGIONS, "full") | {"small/similar": "linear_probe"}
 
             def pick(r, s=small, lg=large, c=cut, t=table, m=measure):
                 return t[_region(r, s, lg, c, m)]
@@ -144,7 +144,7 @@ def fit(family: str, results: list[dict]) -> Callable[[dict], str]:
 def _fitted_regions(results: list[dict], small, large, cut, measure) -> dict:
     """Per region, the strategy with the least total regret over the tasks in it."""
     chosen = {}
-    for region in DEFAULT_REGIONS:
+    for region in CLASSIC_REGIONS:
         inside = [r for r in results if _region(r, small, large, cut, measure) == region]
         if inside:
             chosen[region] = min(STRATEGIES, key=lambda s: sum(regret(r, s) for r in inside))

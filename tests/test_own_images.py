@@ -107,7 +107,7 @@ def test_two_classes_of_5000_and_100_classes_of_20_train(
     assert len(accepted) == classes * per_class
     decision = json.loads((Path(paths["profile"]) / "decision.json").read_text())
     assert decision["numbers"]["classes"] == classes
-    expected = "large" if per_class == 5000 else "small"
+    expected = "large" if per_class == 5000 else "medium"  # 500 and 5 labels per class
     assert decision["size"] == expected, decision["reason"]
     model = json.loads((Path(paths["model"]) / "model.json").read_text())
     assert len(model["classes"]) == classes

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import FASHION_MNIST, ROOT
 from tests.imagefiles import fashion_mnist_folder
-from transferops.config import load_params
+from transferops.config import CLASSIC_REGIONS, load_params
 from transferops.models.strategy import decide, trainable_stages
 
 STAGES = ["stem", *[f"block{i}" for i in range(7)], "head"]
@@ -30,8 +30,21 @@ def numbers(per_class: int, knn_similarity: float) -> dict:
     }
 
 
+# The mechanics of the plane are tested on the classic table (thresholds 50/500),
+# whatever table params.yaml ships; the shipped one has its own test below.
+CLASSIC = [
+    "strategy.small_per_class=50",
+    "strategy.large_per_class=500",
+    *(f"strategy.regions.{region}={strategy}" for region, strategy in CLASSIC_REGIONS.items()),
+]
+
+
 def strategy_params(*overrides: str):
-    return load_params(ROOT / "params.yaml", list(overrides)).strategy
+    return load_params(ROOT / "params.yaml", [*CLASSIC, *overrides]).strategy
+
+
+def shipped_params():
+    return load_params(ROOT / "params.yaml", []).strategy
 
 
 def train_params(*overrides: str):
@@ -55,6 +68,18 @@ def test_regions_of_the_size_similarity_plane(
     decision = decide(numbers(per_class, similarity), STAGES, strategy_params(), train_params())
     assert decision.strategy == expected
     assert expected in decision.reason and f"{per_class} per class" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("per_class", "similarity", "expected"),
+    [(4, 0.95, "linear_probe"), (4, 0.2, "linear_probe"), (5, 0.2, "full"), (30, 0.95, "full")],
+)
+def test_the_shipped_rule_fine_tunes_everything_from_five_labels_per_class(
+    per_class: int, similarity: float, expected: str
+) -> None:
+    """params.yaml's table: the held-out fit of docs/strategy.md."""
+    decision = decide(numbers(per_class, similarity), STAGES, shipped_params(), train_params())
+    assert decision.strategy == expected, decision.reason
 
 
 def test_few_and_many_labels_decide_differently_and_say_why() -> None:
@@ -109,8 +134,8 @@ def test_profile_command_on_an_unseen_image_folder(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads((out / "decision.json").read_text())
-    assert record["size"] == "small", "about 16 labels per class"
-    assert record["strategy"] == ("linear_probe" if record["similar"] else "most_blocks")
+    assert record["size"] == "medium", "about 16 labels per class"
+    assert record["strategy"] == "full", "the shipped table fine-tunes from 5 labels per class"
     for key in (
         "logme",
         "leep",

@@ -137,19 +137,27 @@ ChosenStrategy = Literal["linear_probe", "top_blocks", "most_blocks", "full"]
 REGION_KEYS = tuple(
     f"{size}/{kind}" for size in ("small", "medium", "large") for kind in ("similar", "different")
 )
-DEFAULT_REGIONS = dict(
+# The classic plane (probe small similar data, unfreeze more as data grows and
+# differs), which the oracle benchmark fits thresholds for ("table" rules).
+CLASSIC_REGIONS = dict(
     zip(
         REGION_KEYS,
         ["linear_probe", "most_blocks", "top_blocks", "most_blocks", "most_blocks", "full"],
         strict=True,
     )
 )
+# What ships (params.yaml): the rule with the lowest held-out regret on the oracle
+# suite, fine-tuning everything from 5 labels per class (docs/strategy.md).
+DEFAULT_REGIONS = dict.fromkeys(REGION_KEYS, "full") | {
+    "small/similar": "linear_probe",
+    "small/different": "linear_probe",
+}
 
 
 class StrategyParams(Section):
     force: ForcedStrategy | None = None
     surgical_stages: PositiveInt = 2  # `surgical`: how many stages from the input train
-    small_per_class: Annotated[int, Field(ge=1)] = 50
+    small_per_class: Annotated[int, Field(ge=1)] = 5
     large_per_class: Annotated[int, Field(ge=1)] = 500
     similarity: Literal["knn", "logme", "leep", "bn"] = "knn"
     similar_at: float = 0.9  # the similarity measure at or above this: similar

@@ -1,6 +1,8 @@
 """The freeze strategy: from size and similarity to what to freeze, and why.
 
-Regions of the size x similarity plane (thresholds in ``params.yaml``):
+Regions of the size x similarity plane (thresholds and the strategy of each
+region in ``params.yaml``). The classic table, which the oracle benchmark fits
+thresholds for (``CLASSIC_REGIONS``):
 
 ============  ============  ============
 labels/class  similar       different
@@ -10,13 +12,17 @@ medium        top_blocks    most_blocks
 large         most_blocks   full
 ============  ============  ============
 
+What ships is the rule with the lowest held-out regret over the oracle suite:
+the linear probe under ``strategy.small_per_class`` (5) labels per class, full
+fine-tuning (with the learning-rate race and early stopping) from there on;
+docs/strategy.md gives the numbers, including those of the tables that let
+k-NN, LogME, LEEP or the BatchNorm distance decide.
+
 "Similar" means the frozen features already nearly solve the task: the
 similarity measure ``strategy.similarity`` (k-NN by default; LogME, LEEP or
 the BatchNorm distance to ImageNet can stand in) at or above
-``strategy.similar_at``. The regions' strategies (``strategy.regions``) and
-thresholds are fitted by the oracle benchmark (``benchmarks/strategy_oracle.py``;
-docs/strategy.md gives the held-out numbers behind them). Learning rates
-decay by ``strategy.layer_decay`` per stage away from the head.
+``strategy.similar_at``. Learning rates decay by ``strategy.layer_decay``
+per stage away from the head.
 A decision is written as ``decision.json``, ``decision.txt`` and ``strategy.png``.
 """
 
