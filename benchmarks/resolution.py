@@ -27,15 +27,13 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.table import Table
-from strategy_oracle import Runner
+from strategy_oracle import Runner, start
 from tasks import TaskUnavailable, build
 
 from transferops.commands import add_override_option
-from transferops.config import load_params
 from transferops.models.recipe import choose_input_side, planned_images
 from transferops.models.resolution import estimated_seconds
 from transferops.models.strategy import decide
-from transferops.runtime import configure_runtime, select_device, set_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("resolution")
@@ -144,12 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true")
     add_override_option(parser)
     args = parser.parse_args(argv)
-    configure_runtime()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    params = load_params(args.params, args.overrides)
-    set_threads(params.threads)
-    device = select_device(params.device)
-    args.out.mkdir(parents=True, exist_ok=True)
+    params, device = start(args)
     results = []
     for name in args.tasks:
         path = args.out / f"{name}.json"

@@ -220,6 +220,17 @@ def imagefolder_task(path: Path, seed: int) -> Task:
     return _task(Path(path).name, f"ImageFolder {path}", str(path), classes, parts)
 
 
+def start(args: argparse.Namespace) -> tuple:
+    """A benchmark's common start: runtime, logging, params (with ``-S``), threads,
+    device and the output folder; (params, device)."""
+    configure_runtime()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    params = load_params(args.params, args.overrides)
+    set_threads(params.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return params, select_device(params.device)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="*", default=list(BUILDERS), help="suite tasks to run")
@@ -235,12 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score-only", action="store_true", help="no training: stored runs")
     add_override_option(parser)
     args = parser.parse_args(argv)
-    configure_runtime()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    params = load_params(args.params, args.overrides)
-    set_threads(params.threads)
-    device = select_device(params.device)
-    args.out.mkdir(parents=True, exist_ok=True)
+    params, device = start(args)
     results = []
     names = [*args.tasks, *[str(f) for f in args.imagefolder]]
     for name in names:
