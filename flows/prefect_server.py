@@ -73,8 +73,14 @@ def api_get(api: str, path: str) -> dict | list:
     return response.json()
 
 
-def api_post(api: str, path: str, body: dict) -> dict | list:
-    response = httpx.post(f"{api}/{path}", json=body, timeout=10)
+def api_post(api: str, path: str, body: dict, attempts: int = 5) -> dict | list:
+    """POST to the Prefect API; a 503 (the server busy, e.g. its SQLite database
+    locked while a worker writes) is asked again after 1, 2, 4, 8 s."""
+    for attempt in range(attempts):
+        response = httpx.post(f"{api}/{path}", json=body, timeout=10)
+        if response.status_code != 503 or attempt == attempts - 1:
+            break
+        time.sleep(2**attempt)
     response.raise_for_status()
     return response.json()
 
