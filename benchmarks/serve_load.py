@@ -1,11 +1,14 @@
-"""Load on a real `bentoml serve`: throughput and latency against the model's own ceiling.
+"""Load on a real `bentoml serve`, side by side with a bare BentoML app on the same weights.
 
 Starts the service on localhost (the champion of the params' project), sends
-one-image requests of held-out Fashion-MNIST PNGs at each concurrency, and
-prints one table:
+one-image PNG requests of held-out images at each concurrency, then does the
+same to the peer (``benchmarks/bare_service.py``: the twenty-line BentoML app
+a user would write, nothing logged), one after the other, and prints one
+table:
 
-- throughput and p50/p95/p99 latency at concurrency 1, 8, 32, 64 (batching on);
-- the same at concurrency 32 with batching off (``serve.batching: false``);
+- throughput, p50/p95/p99 latency and 5xx at concurrency 1, 8, 32, 64 for
+  both, and the ratio transferops / bare;
+- transferops at concurrency 32 with batching off (``serve.batching: false``);
 - the ceiling: the same model's batched forward pass in this process
   (``serve.max_batch_size`` images, preprocessed), no HTTP;
 - a soak: 60 s at concurrency 32, counting 5xx and sampling the memory of
@@ -57,7 +60,12 @@ def absolute_params(params_file: Path, out: Path, changes: dict) -> Path:
     return out
 
 
-async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict:
+PRODUCT, BARE = "/v1/classify", "/classify"
+
+
+async def load(
+    url: str, bodies: list[bytes], concurrency: int, seconds: float, path: str = PRODUCT
+) -> dict:
     """``concurrency`` clients in a loop for ``seconds``; every latency and status."""
     latencies, statuses = [], []
     deadline = time.perf_counter() + seconds
@@ -72,7 +80,7 @@ async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float) 
                 started = time.perf_counter()
                 try:
                     response = await client.post(
-                        "/v1/classify", files=[("images", ("x.png", body, "image/png"))]
+                        path, files=[("images", ("x.png", body, "image/png"))]
                     )
                     statuses.append(response.status_code)
                 except httpx.HTTPError:
@@ -133,6 +141,21 @@ async def soak(url: str, bodies: list[bytes], process, seconds: float) -> tuple[
     return result, samples
 
 
+def measure(
+    target: str, env: dict, log_file: Path, bodies: list[bytes], seconds: float, path: str
+) -> dict[int, dict]:
+    """One server, every concurrency level, after a warm-up; {concurrency: result}."""
+    process, url = start_server(log_file=log_file, env=env, target=target)
+    try:
+        asyncio.run(load(url, bodies, 8, 3, path))  # warm-up
+        return {c: asyncio.run(load(url, bodies, c, seconds, path)) for c in LEVELS}
+    finally:
+        stop_server(process)
+
+
+LEVELS = (1, 8, 32, 64)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -144,7 +167,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="serve.* override for both servers, e.g. -S serve.workers=2",
+        help="serve.* override for transferops, e.g. -S serve.workers=2",
     )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="serve-load-"))
@@ -155,45 +178,70 @@ def main() -> None:
         args.params, work / "unbatched.yaml", changes | {"serve.batching": False}
     )
     params = load_params(batched)
-    os.environ.setdefault("BENTOML_HOME", str(params.paths.bentoml_home))  # the server's too
+    os.environ.setdefault("BENTOML_HOME", str(params.paths.bentoml_home))  # the servers' too
     configure_runtime(params.paths.bentoml_home)
     items = HeldOutPool(params.data.source, params.paths.prepared, seed=3).take(500)
     bodies = [png_bytes(image) for image, _ in items]
-    rows = [("forward only (ceiling)", "-", {"throughput": ceiling(params, items)})]
+    tag = champion.current(params.paths.models).tag
+    top = ceiling(params, items)
 
-    process, url = start_server(
-        log_file=work / "batched.log", env={"TRANSFEROPS_PARAMS": str(batched)}
+    ours = measure(
+        "services.service:Classifier",
+        {"TRANSFEROPS_PARAMS": str(batched)},
+        work / "transferops.log",
+        bodies,
+        args.seconds,
+        PRODUCT,
     )
-    try:
-        asyncio.run(load(url, bodies, 8, 3))  # warm-up
-        for concurrency in (1, 8, 32, 64):
-            result = asyncio.run(load(url, bodies, concurrency, args.seconds))
-            rows.append(("batching on", str(concurrency), result))
-        soaked, memory = asyncio.run(soak(url, bodies, process, args.soak))
-    finally:
-        stop_server(process)
+    bare = measure(
+        "benchmarks.bare_service:Bare",
+        {"BARE_MODEL_TAG": tag, "BARE_THREADS": str(params.threads)},
+        work / "bare.log",
+        bodies,
+        args.seconds,
+        BARE,
+    )
     process, url = start_server(
         log_file=work / "unbatched.log", env={"TRANSFEROPS_PARAMS": str(unbatched)}
     )
     try:
         asyncio.run(load(url, bodies, 8, 3))
-        rows.append(("batching off", "32", asyncio.run(load(url, bodies, 32, args.seconds))))
+        unbatched_32 = asyncio.run(load(url, bodies, 32, args.seconds))
+    finally:
+        stop_server(process)
+    process, url = start_server(
+        log_file=work / "soak.log", env={"TRANSFEROPS_PARAMS": str(batched)}
+    )
+    try:
+        asyncio.run(load(url, bodies, 8, 3))
+        soaked, memory = asyncio.run(soak(url, bodies, process, args.soak))
     finally:
         stop_server(process)
 
-    top = rows[0][2]["throughput"]
-    table = Table(title=f"serve load, {os.cpu_count()} CPUs, {params.model.backbone}")
-    for column in ("setup", "concurrency", "img/s", "% of ceiling", "p50 ms", "p95 ms", "p99 ms"):
+    table = Table(
+        title=f"serve load: transferops vs a bare BentoML app, {os.cpu_count()} CPUs, "
+        f"{params.model.backbone}, one-image PNG requests, {args.seconds:.0f} s per row"
+    )
+    for column in ("concurrency", "setup", "img/s", "ratio", "% of ceiling"):
         table.add_column(column)
-    table.add_column("5xx / failed")
-    for name, concurrency, r in rows:
-        numbers = [f"{r.get(k, 0):.0f}" for k in ("p50", "p95", "p99")] if "p50" in r else [""] * 3
-        errors = f"{r['errors_5xx']} / {r['failed']}" if "requests" in r else ""
+    for column in ("p50 ms", "p95 ms", "p99 ms", "5xx / failed"):
+        table.add_column(column)
+
+    def row(concurrency, name, r, ratio=""):
+        numbers = [f"{r[k]:.0f}" for k in ("p50", "p95", "p99")]
         share = f"{100 * r['throughput'] / top:.0f}%"
-        table.add_row(name, concurrency, f"{r['throughput']:.0f}", share, *numbers, errors)
-    Console().print(table)
+        errors = f"{r['errors_5xx']} / {r['failed']}"
+        img_s = f"{r['throughput']:.0f}"
+        table.add_row(str(concurrency), name, img_s, ratio, share, *numbers, errors)
+
+    for c in LEVELS:
+        row(c, "transferops", ours[c], f"{ours[c]['throughput'] / bare[c]['throughput']:.2f}x")
+        row(c, "bare BentoML", bare[c])
+    row(32, "transferops, batching off", unbatched_32)
+    table.add_row("-", "forward only (ceiling)", f"{top:.0f}", "", "100%", "", "", "", "")
+    Console(width=150).print(table)
     print(
-        f"soak {args.soak:.0f} s at concurrency 32: {soaked['requests']} requests, "
+        f"soak {args.soak:.0f} s at concurrency 32 (transferops): {soaked['requests']} requests, "
         f"{soaked['throughput']:.0f} img/s, {soaked['errors_5xx']} 5xx, {soaked['failed']} failed; "
         f"server memory MB start {memory[0]:.0f}, end {memory[-1]:.0f}, max {max(memory):.0f}"
     )

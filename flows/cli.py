@@ -233,6 +233,12 @@ def _add_serve(commands) -> None:
         "localhost (a thin wrapper over `bentoml serve`).",
     )
     serve.add_argument("--port", type=int, default=3000, help="port (default: %(default)s)")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: %(default)s); beyond localhost the service needs "
+        "serve.api_key_env, or serve.allow_unauthenticated: true",
+    )
 
 
 def _add_demo(commands) -> None:
@@ -298,7 +304,8 @@ def run_command(args: argparse.Namespace, params) -> int:
     if args.command == "serve":
         from flows.serving import bentoml_command
 
-        os.execv(bentoml_command(args.port)[0], bentoml_command(args.port))
+        command = bentoml_command(args.port, host=args.host)
+        os.execv(command[0], command)
     if args.command == "data":
         return run_data(args, params)
     if args.command == "profile":

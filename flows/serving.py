@@ -18,10 +18,14 @@ import httpx
 SERVICE = "services.service:Classifier"
 
 
-def bentoml_command(port: int, target: str = SERVICE) -> list[str]:
-    """``bentoml serve TARGET`` on localhost; TARGET is the service or a Bento tag."""
+def bentoml_command(port: int, target: str = SERVICE, host: str = "127.0.0.1") -> list[str]:
+    """``bentoml serve TARGET`` (localhost by default); TARGET is the service or a Bento tag.
+
+    Beyond localhost the service itself refuses to start without an API key
+    (``serve.api_key_env``) unless ``serve.allow_unauthenticated`` says otherwise.
+    """
     bentoml = Path(sys.executable).parent / "bentoml"
-    return [str(bentoml), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+    return [str(bentoml), "serve", target, "--host", host, "--port", str(port)]
 
 
 def free_port(preferred: int | None = None) -> int:
@@ -84,6 +88,7 @@ def start_server(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     target: str = SERVICE,
+    host: str = "127.0.0.1",
 ) -> tuple[subprocess.Popen, str]:
     """Start ``bentoml serve TARGET`` on localhost, wait until it is ready; (process, URL).
 
@@ -91,7 +96,7 @@ def start_server(
     """
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    process = spawn(bentoml_command(port, target), log_file=log_file, env=env, cwd=cwd)
+    process = spawn(bentoml_command(port, target, host), log_file=log_file, env=env, cwd=cwd)
     try:
         wait_ready(f"{url}/readyz", process)
     except BaseException:

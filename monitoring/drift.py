@@ -43,7 +43,7 @@ from monitoring import bias, evidently_report, shift, summary
 from transferops.commands import run_stage
 from transferops.config import Params
 from transferops.logs.jsonl import append_jsonl, read_jsonl
-from transferops.logs.predictions import read_feedback, read_predictions
+from transferops.logs.predictions import latest_model, read_feedback, read_predictions
 from transferops.models.evaluation import REFERENCE
 from transferops.models.profiling import shift_location
 
@@ -114,11 +114,10 @@ def load_reference(model_tag: str) -> Reference:
 
 def read_window(params: Params) -> tuple[str | None, pd.DataFrame]:
     """The latest ``monitor.window`` predictions of the model that served last."""
-    logged = read_predictions(params.paths.prediction_log)
-    if logged.empty:
-        return None, logged
-    tag = logged["model_tag"].iloc[-1]
-    return tag, logged[logged["model_tag"] == tag].tail(params.monitor.window)
+    tag = latest_model(params.paths.prediction_log)
+    if tag is None:
+        return None, read_predictions(params.paths.prediction_log, last=0)
+    return tag, read_predictions(params.paths.prediction_log, last=params.monitor.window, model=tag)
 
 
 def with_feedback(window: pd.DataFrame, log_dir: Path) -> np.ndarray:

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from transferops.registry.champion import CHAMPION, current
@@ -50,21 +51,28 @@ class Loaded:
 
     def __init__(self, tag: str, top_k: int) -> None:
         from transferops.models.bnshift import StageProbe
-        from transferops.models.classifier import eval_transform, load_classifier
+        from transferops.models.classifier import InputSplit, load_classifier
 
         stored = stored_model(tag)
         self.tag = str(stored.tag)
         self.model, self.config = load_classifier(Path(stored.path))
-        self.transform = eval_transform(self.config)
+        # channels-last: about a third faster per batch on CPU here, BatchNorm probe included
+        self.model = self.model.to(memory_format=torch.channels_last)
+        self.split = InputSplit(self.config)
+        self.picture = self.config.picture_settings()
         self.probe = StageProbe(self.model)
         self.info = stored.info
         self.top_k = min(top_k, len(self.config.classes))
 
-    def predict(self, images: list[np.ndarray]) -> list[dict]:
-        """Top-k, probabilities, embedding and per-stage BatchNorm distances per RGB image."""
-        import torch
+    def predict(self, images: list) -> list[dict]:
+        """Top-k, probabilities, embedding and per-stage BatchNorm distances per image.
 
-        batch = torch.stack([self.transform(Image.fromarray(a)) for a in images])
+        ``images``: ``services.uploads.Prepared`` (cut by an ``InputSplit``; cut
+        again here when a new champion wants another input), PIL images or
+        (H, W, 3) uint8 arrays.
+        """
+        batch = self.split.batch([self._pixels(image) for image in images])
+        batch = batch.contiguous(memory_format=torch.channels_last)
         embeddings, probabilities, distances = self.probe.run(batch)
         return [
             {
@@ -79,6 +87,15 @@ class Loaded:
             }
             for embedding, probs, bn in zip(embeddings, probabilities, distances, strict=True)
         ]
+
+    def _pixels(self, image) -> np.ndarray:
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        if isinstance(image, Image.Image):
+            return self.split.pixels(image.convert("RGB"))
+        if image.key == self.split.key:
+            return image.pixels
+        return self.split.pixels(image.small)
 
     def describe(self) -> dict:
         return {

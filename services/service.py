@@ -1,82 +1,67 @@
 """The prediction service: images in, top-k labels with probabilities out.
 
 Run it with ``bentoml serve services.service:Classifier`` from the project
-root (or ``transferops serve``). Two BentoML services in one server:
+root (or ``transferops serve``). One BentoML service, one process hop: each
+of its ``serve.workers`` processes owns HTTP (``/v1/classify``,
+``/v1/feedback``, ``/v1/metadata``: a FastAPI app, so every refusal is a 4xx
+or 503 that names the problem), the optional API key, decoding, the model
+and the prediction store:
 
-- ``Classifier`` (the entry) owns HTTP: ``/v1/classify``, ``/v1/feedback``
-  and ``/v1/metadata`` (a FastAPI app, so every refusal is a 4xx that names
-  the problem), the optional API key, and the prediction log. Parsing and
-  checking uploads: ``services/uploads.py``.
-- ``Model`` owns the network: a batchable ``predict`` that BentoML feeds with
-  adaptive batching across requests; it serves the champion and switches to
-  a newly promoted one between two batches (``services/following.py``).
+- a request's images are read and checked (``services/uploads.py``), decoded
+  one at a time within the process's pixel and byte budgets
+  (``services/limits.py``), shrunk to the model's size and cut to small uint8
+  arrays, in a thread;
+- the batcher (``services/batching.py``) hands the model everything waiting,
+  up to ``serve.max_batch_size``, in one forward pass that also yields the
+  embeddings and per-stage BatchNorm distances monitoring needs;
+- the records are committed to the store before the answer leaves.
 
-Params are read when the module is imported, because BentoML's decorators
-take the batching and worker settings then; no champion is needed at import:
-the model worker resolves it when it starts. ``transferops bento`` pins the
-champion (``TRANSFEROPS_MODEL_TAG``) so that ``bentoml build`` packs it.
-BentoML's own ``/livez``, ``/readyz`` and ``/metrics`` stay as they are.
+The model follows the champion and switches to a newly promoted one between
+two batches (``services/following.py``). Params are read when the module is
+imported, because BentoML's decorators take the worker settings then; no
+champion is needed at import. ``transferops bento`` pins the champion
+(``TRANSFEROPS_MODEL_TAG``) so that ``bentoml build`` packs it. BentoML's own
+``/livez``, ``/readyz`` and ``/metrics`` stay as they are. See docs/serving.md.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import os
 from collections import OrderedDict
 from pathlib import Path
 
 import bentoml
-import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
+from services.batching import Batcher, Busy
+from services.limits import Budget
 from transferops.config import load_params
-from transferops.runtime import configure_runtime
+from transferops.runtime import configure_runtime, return_big_buffers_to_the_os
 
 with bentoml.importing():
+    import orjson
     import torch
 
     from services.answers import answers_and_records
     from services.following import ChampionFollower, pinned_tag
-    from services.uploads import decode_all, read_uploads
+    from services.uploads import header_sizes, prepare_all, read_body, read_uploads
     from transferops.logs.predictions import PredictionLog, has_request, utc_now
 
 PARAMS = load_params(Path(os.environ.get("TRANSFEROPS_PARAMS", "params.yaml")))
 configure_runtime(PARAMS.paths.bentoml_home)
+return_big_buffers_to_the_os()  # decoded uploads: freed memory goes back, RSS stays bounded
 SERVE = PARAMS.serve
-RECENT_IDS = 100_000  # request ids each entry worker remembers for quick feedback checks
-
-
-@bentoml.service(traffic={"timeout": 60})
-class Model:
-    """The network behind the API, following the champion."""
-
-    if pinned_tag():  # declared, so that `bentoml build` packs it into the Bento
-        model_ref = bentoml.models.BentoModel(pinned_tag())
-
-    def __init__(self) -> None:
-        torch.set_num_threads(PARAMS.threads)
-        self.follower = ChampionFollower(
-            PARAMS.paths.models, SERVE.top_k, SERVE.switch_poll_s
-        ).start()
-
-    @bentoml.api(
-        batchable=SERVE.batching,
-        max_batch_size=SERVE.max_batch_size,
-        max_latency_ms=SERVE.max_latency_ms,
-    )
-    def predict(self, images: list[np.ndarray]) -> list[dict]:
-        """Top-k, probabilities and embedding for each RGB uint8 image (H, W, 3)."""
-        return self.follower.loaded.predict(images)
-
-    @bentoml.api
-    def describe(self) -> dict:
-        return self.follower.loaded.describe()
-
+RECENT_IDS = 100_000  # request ids each worker remembers for quick feedback checks
+# Requests of at most this many pixels (by their headers) are decoded on the event loop:
+# a 256 x 256 image takes well under a millisecond, less than a hop to a thread and back
+# (docs/serving.md: where the time goes). Bigger ones go to a thread.
+INLINE_PIXELS = 256 * 256
+FEEDBACK_BYTES = 4_096  # a feedback body is a request id and a label
 
 app = FastAPI(
     title="transferops classifier",
@@ -84,12 +69,55 @@ app = FastAPI(
 )
 
 
+class Answer(Response):
+    media_type = "application/json"
+
+    def render(self, content) -> bytes:
+        return orjson.dumps(content)
+
+
 @app.exception_handler(HTTPException)
 async def _named_error(request: Request, error: HTTPException) -> JSONResponse:
-    return JSONResponse({"error": error.detail}, status_code=error.status_code)
+    return JSONResponse(
+        {"error": error.detail}, status_code=error.status_code, headers=error.headers
+    )
 
 
-def require_key(request: Request) -> None:
+async def on_the_loop(function, *args):
+    """``function(*args)`` right here: for work smaller than a hop to a thread."""
+    return function(*args)
+
+
+def busy(error: Busy) -> HTTPException:
+    return HTTPException(503, str(error), headers={"Retry-After": str(error.retry_after)})
+
+
+def exposed_addresses() -> list[str]:
+    """Addresses beyond loopback this process listens on (BentoML hands its socket to workers)."""
+    import ipaddress
+
+    import psutil
+
+    return [
+        f"{c.laddr.ip}:{c.laddr.port}"
+        for c in psutil.Process().net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and not ipaddress.ip_address(c.laddr.ip).is_loopback
+    ]
+
+
+def check_exposure() -> None:
+    """Refuse to serve beyond localhost without an API key, unless explicitly allowed."""
+    if SERVE.api_key_env is None and not SERVE.allow_unauthenticated:
+        exposed = exposed_addresses()
+        if exposed:
+            raise RuntimeError(
+                f"listening on {', '.join(exposed)} (beyond localhost) without an API key: set "
+                "serve.api_key_env to the name of an env var holding one (docs/serving.md), "
+                "or serve.allow_unauthenticated: true behind your own gateway"
+            )
+
+
+async def require_key(request: Request) -> None:
     """With ``serve.api_key_env`` set, the ``X-API-Key`` header must hold that key."""
     if SERVE.api_key_env is None:
         return
@@ -99,68 +127,52 @@ def require_key(request: Request) -> None:
         raise HTTPException(401, "missing or wrong X-API-Key")
 
 
-def closed_connection(err: Exception) -> bool:
-    """aiohttp signals a connection the model worker closed with a bare RuntimeError
-    (aiohttp/streams.py, ``StreamReader._wait``); any other RuntimeError is a bug."""
-    return isinstance(err, RuntimeError) and str(err) == "Connection closed."
-
-
-async def call_model(service, arrays: list[np.ndarray], attempts: int = 7) -> list[dict]:
-    """The model's answers, retried with backoff when it sheds load or a connection drops.
-
-    BentoML's batcher answers 503 past ``serve.max_latency_ms``; keep-alive
-    connections to the model worker can close as a request reuses them; once,
-    under load, an answer never arrived, hence ``serve.model_timeout_s``.
-    Inference is idempotent, so sending again is safe.
-    """
-    import aiohttp
-
-    retried = (
-        TimeoutError,
-        bentoml.exceptions.ServiceUnavailable,
-        aiohttp.ClientConnectionError,
-        aiohttp.ClientPayloadError,
-    )
-    for attempt in range(attempts):
-        try:
-            async with asyncio.timeout(SERVE.model_timeout_s):
-                return await service.model.to_async.predict(arrays)
-        except (*retried, RuntimeError) as err:
-            if isinstance(err, RuntimeError) and not closed_connection(err):
-                raise
-            if attempt == attempts - 1:
-                raise HTTPException(503, f"model busy or unreachable ({err}); retry") from err
-            await asyncio.sleep(0.05 * 2**attempt)
-    raise AssertionError("unreachable")
-
-
 @app.post("/classify", dependencies=[Depends(require_key)])
-async def classify(request: Request) -> JSONResponse:
+async def classify(request: Request) -> Answer:
     """Top-k labels for one or many images (multipart ``images`` + ``group``, or a raw body)."""
     service = bentoml.get_current_service()
-    uploads = await read_uploads(request, SERVE)
-    decoded = await run_in_threadpool(decode_all, uploads, SERVE, PARAMS.data.picture())
-    answers = await call_model(service, [array for array, _ in decoded])
-    results, records = answers_and_records(
-        uploads, [stats for _, stats in decoded], answers, utc_now()
-    )
-    # Written (to the page cache) before the answer: an acknowledged prediction
-    # survives a killed server; the thread keeps the event loop serving others.
-    await run_in_threadpool(service.log.append, records)
+    try:
+        uploads, held = await read_uploads(request, SERVE, service.body_bytes)
+        try:
+            sizes = header_sizes(uploads, SERVE)
+            small = sum(w * h for w, h in sizes) <= INLINE_PIXELS
+            where = on_the_loop if small else run_in_threadpool
+            loaded = service.loaded
+            with service.batcher.announced(len(uploads)):
+                prepared = await where(
+                    prepare_all, uploads, sizes, SERVE, loaded.picture, loaded.split, service.pixels
+                )
+        finally:
+            service.body_bytes.give(held)
+        answers = await service.batcher.submit(prepared)
+    except Busy as error:
+        raise busy(error) from error
+    results, records = answers_and_records(uploads, [p.stats for p in prepared], answers, utc_now())
+    # Committed before the answer: an acknowledged prediction survives a killed server.
+    # On the event loop: a WAL commit is one write(2) of a few pages, cheaper than a
+    # hop to a thread and back (docs/serving.md: where the time goes).
+    service.log.append(records)
     service.remember(r.request_id for r in records)
-    return JSONResponse(results)
+    return Answer(results)
 
 
 class Feedback(BaseModel):
-    request_id: str = Field(min_length=1, max_length=64)
+    request_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     label: str = Field(min_length=1, max_length=200)
 
 
 @app.post("/feedback", dependencies=[Depends(require_key)])
-async def feedback(item: Feedback) -> dict:
+async def feedback(request: Request) -> dict:
     """The true label of an earlier prediction (for per-group accuracy in monitoring)."""
     service = bentoml.get_current_service()
-    classes = (await service.model.to_async.describe())["classes"]
+    body = await read_body(request, FEEDBACK_BYTES)
+    try:
+        item = Feedback.model_validate_json(body)
+    except ValueError as err:
+        raise HTTPException(
+            422, f"feedback body must be JSON {{request_id, label}}: {err}"
+        ) from err
+    classes = service.loaded.config.classes
     if item.label not in classes:
         raise HTTPException(400, f"label {item.label!r} is not one of the classes {classes}")
     known = item.request_id in service.recent or await run_in_threadpool(
@@ -175,7 +187,7 @@ async def feedback(item: Feedback) -> dict:
 @app.get("/metadata", dependencies=[Depends(require_key)])
 async def metadata() -> dict:
     """The serving model's tag, classes and lineage."""
-    return await bentoml.get_current_service().model.to_async.describe()
+    return bentoml.get_current_service().loaded.describe()
 
 
 @bentoml.asgi_app(app, path="/v1")
@@ -183,15 +195,38 @@ async def metadata() -> dict:
 class Classifier:
     """Classifies images with the champion model; logs every prediction for monitoring."""
 
-    model = bentoml.depends(Model)
+    if pinned_tag():  # declared, so that `bentoml build` packs it into the Bento
+        model_ref = bentoml.models.BentoModel(pinned_tag())
 
     def __init__(self) -> None:
         if SERVE.api_key_env and not os.environ.get(SERVE.api_key_env):
             raise RuntimeError(
                 f"serve.api_key_env = {SERVE.api_key_env} but that environment variable is empty"
             )
+        check_exposure()
+        torch.set_num_threads(SERVE.threads)
+        self.follower = ChampionFollower(
+            PARAMS.paths.models, SERVE.top_k, SERVE.switch_poll_s
+        ).start()
+        self.batcher = Batcher(
+            lambda items: self.follower.loaded.predict(items),
+            SERVE.max_batch_size if SERVE.batching else 1,
+            SERVE.max_queue,
+            SERVE.batch_wait_ms / 1000,
+        )
+        self.pixels = Budget(
+            "serve.max_pixels_in_flight", SERVE.max_pixels_in_flight, SERVE.budget_wait_s, "pixels"
+        )
+        self.body_bytes = Budget(
+            "serve.max_bytes_in_flight", SERVE.max_bytes_in_flight, SERVE.budget_wait_s, "bytes"
+        )
         self.log = PredictionLog(PARAMS.paths.prediction_log, SERVE.log_fsync_s)
         self.recent: OrderedDict[str, None] = OrderedDict()  # this worker's latest request ids
+
+    @property
+    def loaded(self):
+        """The model serving now (it changes whole when the champion does)."""
+        return self.follower.loaded
 
     def remember(self, request_ids) -> None:
         for request_id in request_ids:

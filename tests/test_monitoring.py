@@ -291,15 +291,19 @@ def test_failed_report_leaves_the_last_good_one(serve_traffic, monkeypatch) -> N
 
 
 def test_bias_scenario_names_the_degraded_group(serve_traffic) -> None:
+    """Group names as callers write them (accents, slashes, @ + : _) reach the pictures intact."""
     params, send = serve_traffic
-    for group in ("north", "south", "east"):
+    north, south, east = "north @shop+1", "south: Zürich Süd/2", "east_Ålesund.øst"
+    for group in (north, south, east):
         send(80, "none", group, feedback=True)
     fair = check_drift(params)
     assert not fair.bias_alarm, fair.reasons
-    for group, condition in (("north", "none"), ("south", "blur"), ("east", "none")):
+    for group, condition in ((north, "none"), (south, "blur"), (east, "none")):
         send(80, condition, group, feedback=True)
     degraded = check_drift(params)
     assert degraded.bias_alarm, degraded.bias
     named = {gap["group"] for gap in degraded.bias["alarms"]}
-    assert named == {"south"}, degraded.reasons
-    assert any(r.startswith("bias: group 'south'") for r in degraded.reasons)
+    assert named == {south}, degraded.reasons
+    assert any(r.startswith(f"bias: group '{south}'") for r in degraded.reasons)
+    pictures = Path(degraded.report_dir) / "group_gaps.png"
+    assert pictures.stat().st_size > 1000, "the per-group picture was drawn"

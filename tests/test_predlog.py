@@ -1,7 +1,10 @@
-"""The prediction log: append-only, readable by window, robust to a torn last line."""
+"""The prediction store: SQLite per host, readable by window and model, indexed by request id."""
 
+import shutil
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +15,7 @@ from transferops.logs.predictions import (
     PredictionLog,
     PredictionRecord,
     has_request,
+    latest_model,
     read_feedback,
     read_predictions,
     utc_now,
@@ -41,34 +45,56 @@ def test_roundtrip_and_last_window(tmp_path: Path) -> None:
     assert read_predictions(tmp_path, last=2)["request_id"].tolist() == ["r4", "r5"]
 
 
-def test_torn_final_line_is_skipped(tmp_path: Path) -> None:
-    log = PredictionLog(tmp_path)
-    log.append([record(0), record(1)])
-    log.close()
-    (path,) = tmp_path.glob("pred-*.jsonl")
-    with open(path, "a") as handle:
-        handle.write('{"request_id": "r2", "ti')  # writer killed mid-line
-    assert read_predictions(tmp_path)["request_id"].tolist() == ["r0", "r1"]
-
-
 def test_empty_log_reads_as_empty_frame(tmp_path: Path) -> None:
     assert read_predictions(tmp_path / "none").empty
+    assert latest_model(tmp_path / "none") is None and not has_request(tmp_path / "none", "r1")
 
 
-def test_time_window_and_hourly_files(tmp_path: Path) -> None:
+def test_time_and_model_windows(tmp_path: Path) -> None:
     log = PredictionLog(tmp_path)
+    log.append([replace(record(99), time="2020-01-01T00:30:00.000000+00:00")])
     log.append([record(i) for i in range(3)])
+    log.append([replace(record(7), model_tag="m:2")])
     log.close()
-    (path,) = tmp_path.glob("pred-*.jsonl")
-    # An hour-old file from another worker: outside a window of the last minutes.
-    old = tmp_path / path.name.replace(path.stem.rsplit("-", 1)[-1], "20200101T00")
-    old.write_text(replace(record(99), time="2020-01-01T00:30:00+00:00").to_json() + "\n")
     everything = read_predictions(tmp_path)
-    assert everything["request_id"].tolist() == ["r99", "r0", "r1", "r2"]
+    assert everything["request_id"].tolist() == ["r99", "r0", "r1", "r2", "r7"]
     since = datetime.now(UTC) - timedelta(minutes=5)
-    assert read_predictions(tmp_path, since=since)["request_id"].tolist() == ["r0", "r1", "r2"]
+    recent = read_predictions(tmp_path, since=since, model="m:1")
+    assert recent["request_id"].tolist() == ["r0", "r1", "r2"]
     until = datetime(2021, 1, 1, tzinfo=UTC)
     assert read_predictions(tmp_path, until=until)["request_id"].tolist() == ["r99"]
+    assert read_predictions(tmp_path, last=2, model="m:1")["request_id"].tolist() == ["r1", "r2"]
+    assert latest_model(tmp_path) == "m:2"
+
+
+def test_another_hosts_store_is_read_too(tmp_path: Path) -> None:
+    """Each host writes its own file; readers take the union."""
+    log = PredictionLog(tmp_path)
+    log.append([record(1)])
+    log.close()
+    other = tmp_path / "predictions-otherhost.sqlite"
+    shutil.copy(next(tmp_path.glob("predictions-*.sqlite")), other)
+    with closing(sqlite3.connect(other)) as db, db:
+        db.execute("UPDATE predictions SET request_id = 'elsewhere'")
+    assert set(read_predictions(tmp_path)["request_id"]) == {"r1", "elsewhere"}
+    assert has_request(tmp_path, "elsewhere")
+
+
+def test_a_request_is_found_by_index_not_by_reading_the_log(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path)
+    log.append([record(1)])
+    log.close()
+    (store,) = tmp_path.glob("predictions-*.sqlite")
+    with closing(sqlite3.connect(store)) as db:
+        plan = db.execute(
+            "EXPLAIN QUERY PLAN SELECT 1 FROM predictions WHERE request_id = ?", ("r1",)
+        ).fetchall()
+        windows = db.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM predictions WHERE model_tag = ? AND time >= ?",
+            ("m:1", "2020"),
+        ).fetchall()
+    assert "USING COVERING INDEX" in str(plan) and "SCAN" not in str(plan)
+    assert "predictions_model_time" in str(windows)
 
 
 def test_feedback_latest_label_wins_and_request_lookup(tmp_path: Path) -> None:
@@ -99,4 +125,4 @@ def test_several_processes_write_at_once(tmp_path: Path) -> None:
     assert all(w.wait(timeout=120) == 0 for w in writers)
     frame = read_predictions(tmp_path)
     assert len(frame) == 800 and frame["request_id"].is_unique
-    assert len(list(tmp_path.glob("pred-*.jsonl"))) == 4, "one file per process"
+    assert len(list(tmp_path.glob("predictions-*.sqlite"))) == 1, "one store per host"

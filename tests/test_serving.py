@@ -6,6 +6,7 @@ prediction log; the model is the session's trained one.
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -19,7 +20,7 @@ from PIL import Image
 
 from flows.serving import running_service, start_server, stop_server
 from services.client import png_bytes
-from tests.conftest import write_params
+from tests.conftest import ROOT, write_params
 from tests.imagefiles import bomb_header
 from tests.models import always_answering
 from transferops.config import load_params
@@ -29,6 +30,14 @@ from transferops.registry import champion
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 GOOD = png_bytes(Image.new("L", (28, 28), 128))
 NOISE = png_bytes(Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28), np.uint8)))
+# A large canvas: 120 KB on the wire, 36 million pixels (under serve.max_pixels) decoded.
+BIG = png_bytes(Image.new("RGB", (6000, 6000), (200, 30, 30)))
+
+
+def tga_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (28, 28), (1, 2, 3)).save(buffer, format="TGA")
+    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +95,34 @@ def bad_requests(folder: Path) -> dict[str, tuple[dict, int, str]]:
             "must hold files",
         ),
         "no image field": ({"files": [("other", ("a.png", GOOD, "image/png"))]}, 400, "no image"),
+        "a group with markup": (
+            {"files": [("images", ("a.png", GOOD, "image/png"))], "data": {"group": "<b>$x$</b>"}},
+            400,
+            "group '<b>$x$</b>'",
+        ),
+        "a group too long": (
+            {"content": GOOD, "headers": {"content-type": "image/png", "x-group": "g" * 65}},
+            400,
+            "(65 characters) is not accepted",
+        ),
+        "a format outside the allow-list": (
+            {"content": tga_bytes(), "headers": {"content-type": "image/x-tga"}},
+            415,
+            "image format TGA is not accepted",
+        ),
+        "images past the request's pixel budget": (
+            {"files": [("images", (f"{i}.png", BIG, "image/png")) for i in range(3)]},
+            413,
+            "serve.max_request_pixels",
+        ),
     }
 
 
 CASES = [
+    "a group with markup",
+    "a group too long",
+    "a format outside the allow-list",
+    "images past the request's pixel budget",
     "not an image",
     "truncated image",
     "empty body",
@@ -217,3 +250,146 @@ def test_api_key_when_configured(served: dict, tmp_path: Path) -> None:
         right = client.post("/v1/classify", files=image, headers={"X-API-Key": "s3cret"})
         assert right.status_code == 200, right.text
         assert client.get("/readyz").status_code == 200, "probes need no key"
+
+
+def test_feedback_bodies_are_bounded(served: dict) -> None:
+    with httpx.Client(base_url=served["url"], timeout=30) as client:
+        huge = {"request_id": "0" * 32, "label": "bag", "padding": "x" * 10_000}
+        response = client.post("/v1/feedback", json=huge)
+    assert response.status_code == 413 and "the limit of 4,096" in response.json()["error"]
+
+
+# The project's own limits (the tests' params are tighter): images up to 40 Mpx each.
+SHIPPED_LIMITS = {
+    f"serve.{key}": getattr(load_params(ROOT / "params.yaml").serve, key)
+    for key in ("max_pixels", "max_request_pixels", "max_pixels_in_flight", "budget_wait_s")
+}
+
+
+def server_memory(process) -> int:
+    """Resident bytes of ``bentoml serve`` and every process it started."""
+    import psutil
+
+    root = psutil.Process(process.pid)
+    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+
+
+def test_a_flood_of_large_canvases_keeps_memory_bounded_and_good_requests_served(
+    served: dict, tmp_path: Path
+) -> None:
+    """Six clients send two 6000 x 6000 images per request while a seventh sends small ones."""
+    params_file = write_params(
+        tmp_path / "params.yaml",
+        {"paths.prediction_log": str(tmp_path / "log"), **SHIPPED_LIMITS},
+        base=Path(served["env"]["TRANSFEROPS_PARAMS"]),
+    )
+    env = {**served["env"], "TRANSFEROPS_PARAMS": str(params_file)}
+    process, url = start_server(env=env, log_file=tmp_path / "serve.log")
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for _ in range(10):  # warm: the model, the store, the first answers
+                client.post("/v1/classify", files=[("images", ("ok.png", GOOD, "image/png"))])
+        baseline, peak, done = server_memory(process), [0], threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], server_memory(process))
+                time.sleep(0.05)
+
+        big, good = [], []
+
+        def flood() -> None:
+            with httpx.Client(base_url=url, timeout=120) as client:
+                for _ in range(2):
+                    files = [("images", (f"{i}.png", BIG, "image/png")) for i in range(2)]
+                    response = client.post("/v1/classify", files=files)
+                    big.append((response.status_code, response.headers, response.json()))
+
+        def small() -> None:
+            with httpx.Client(base_url=url, timeout=120) as client:
+                while not done.is_set():
+                    files = [("images", ("ok.png", GOOD, "image/png"))]
+                    good.append(client.post("/v1/classify", files=files).status_code)
+
+        watchers = [threading.Thread(target=sample), threading.Thread(target=small)]
+        clients = [threading.Thread(target=flood) for _ in range(6)]
+        for thread in watchers + clients:
+            thread.start()
+        for thread in clients:
+            thread.join(timeout=300)
+        done.set()
+        for thread in watchers:
+            thread.join(timeout=60)
+        after = server_memory(process)
+    finally:
+        stop_server(process)
+    assert len(big) == 12 and any(status == 200 for status, _, _ in big), big[:2]
+    for status, headers, body in big:
+        assert status == 200 or (
+            status == 503
+            and int(headers["retry-after"]) >= 1
+            and "serve.max_pixels_in_flight" in body["error"]
+        ), (status, body)
+    assert good and set(good) == {200}, f"small requests in between: {set(good)}"
+    growth = (peak[0] - baseline) / 1e9
+    assert growth <= 0.5, f"server memory grew {growth:.2f} GB under the flood"
+    assert (after - baseline) / 1e9 <= 0.25, "memory went back after the flood"
+
+
+def test_a_busy_pixel_budget_answers_503_with_retry_after(served: dict, tmp_path: Path) -> None:
+    """While one request decodes large canvases, another that does not fit is told to retry."""
+    params_file = write_params(
+        tmp_path / "params.yaml",
+        {
+            "paths.prediction_log": str(tmp_path / "log"),
+            **SHIPPED_LIMITS,
+            "serve.max_pixels_in_flight": 40_000_000,
+            "serve.budget_wait_s": 0,
+        },
+        base=Path(served["env"]["TRANSFEROPS_PARAMS"]),
+    )
+    env = {**served["env"], "TRANSFEROPS_PARAMS": str(params_file)}
+    holder: list = []
+
+    def hold() -> None:  # two canvases one after the other: the budget is busy a while
+        with httpx.Client(base_url=url, timeout=120) as client:
+            files = [("images", (f"{i}.png", BIG, "image/png")) for i in range(2)]
+            holder.append(client.post("/v1/classify", files=files).status_code)
+
+    with running_service(env=env, log_file=tmp_path / "serve.log") as url:
+        thread = threading.Thread(target=hold)
+        thread.start()
+        time.sleep(0.3)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            refused = client.post(
+                "/v1/classify", content=BIG, headers={"content-type": "image/png"}
+            )
+        thread.join(timeout=120)
+    assert holder == [200]
+    assert refused.status_code == 503, refused.text
+    assert int(refused.headers["retry-after"]) >= 1
+    error = refused.json()["error"]
+    assert "36,000,000" in error and "serve.max_pixels_in_flight = 40,000,000" in error
+
+
+def test_binding_beyond_localhost_without_a_key_refuses_to_start(
+    served: dict, tmp_path: Path
+) -> None:
+    from flows.serving import bentoml_command, free_port, spawn
+
+    log_file = tmp_path / "serve.log"
+    port = free_port()
+    process = spawn(bentoml_command(port, host="0.0.0.0"), log_file=log_file, env=served["env"])
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "beyond localhost" not in log_file.read_text():
+            time.sleep(0.5)
+        with pytest.raises(httpx.HTTPError):
+            httpx.post(
+                f"http://127.0.0.1:{port}/v1/classify",
+                files=[("images", ("ok.png", GOOD, "image/png"))],
+                timeout=5,
+            ).raise_for_status()
+    finally:
+        stop_server(process)
+    assert "without an API key: set serve.api_key_env" in log_file.read_text()

@@ -52,3 +52,65 @@ def test_decompression_bomb_is_refused_from_its_header(tmp_path: Path, side: int
     assert refused.value.status == 413
     # Decoding would fail as truncated: a bomb verdict proves only the header was read.
     assert "decompression bomb" in str(refused.value) and "not decoded" in str(refused.value)
+
+
+def test_formats_outside_the_allow_list_are_415() -> None:
+    with pytest.raises(BadImage) as refused:
+        decode_upload(encoded("TGA"), **LIMITS, formats=["PNG", "JPEG"])
+    assert refused.value.status == 415 and "image format TGA is not accepted" in str(refused.value)
+
+
+def test_a_big_jpeg_is_decoded_at_a_reduced_scale() -> None:
+    image = decode_upload(
+        encoded("JPEG", (1600, 1200)), max_bytes=10**7, max_pixels=10**7, draft_side=100
+    )
+    assert image.size == (200, 150), "1/8 of the DCT: the shorter side stays >= 100"
+
+
+def test_pillow_bomb_guard_stays_on_in_the_service() -> None:
+    import importlib
+
+    importlib.import_module("services.uploads")
+    assert Image.MAX_IMAGE_PIXELS is not None
+
+
+def test_shrink_keeps_the_working_side_and_statistics_report_the_size_that_arrived() -> None:
+    from transferops.data.imagestats import image_statistics
+    from transferops.data.pictures import shrink
+
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (700, 1000, 3), np.uint8))
+    small, scale = shrink(image, 73)
+    assert small.size == (112, 78) and min(small.size) >= 73
+    width, height = image_statistics(small, scale)[:2]
+    assert abs(width - 1000) <= 9 and abs(height - 700) <= 9
+    tiny = Image.new("RGB", (28, 28))
+    assert shrink(tiny, 73) == (tiny, 1.0), "small images pass untouched"
+
+
+def test_input_split_matches_the_eval_transform() -> None:
+    import torch
+
+    from transferops.models.classifier import ClassifierConfig, InputSplit, eval_transform
+
+    config = ClassifierConfig(
+        backbone="tf_efficientnet_lite0",
+        classes=["a", "b"],
+        data_config={
+            "input_size": (3, 64, 64),
+            "interpolation": "bicubic",
+            "mean": (0.485, 0.456, 0.406),
+            "std": (0.229, 0.224, 0.225),
+            "crop_pct": 0.875,
+            "crop_mode": "center",
+        },
+        strategy="full",
+    )
+    rng = np.random.default_rng(2)
+    images = [
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8))
+        for h, w in [(28, 28), (90, 300), (500, 64)]
+    ]
+    split = InputSplit(config)
+    whole = torch.stack([eval_transform(config)(image) for image in images])
+    cut = split.batch([split.pixels(image) for image in images])
+    assert split.side == 73 and torch.allclose(whole, cut, atol=1e-5)

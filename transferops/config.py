@@ -224,16 +224,41 @@ class PackageParams(Section):
 class ServeParams(Section):
     top_k: PositiveInt
     max_batch_size: PositiveInt
-    max_latency_ms: PositiveInt
     batching: bool = True
     workers: Annotated[int, Field(ge=1, le=64)] = 1
+    threads: Annotated[int, Field(ge=1, le=256)] = 1
+    max_queue: PositiveInt = 512
+    batch_wait_ms: Annotated[float, Field(ge=0)] = 10.0
     max_images: PositiveInt = 32
     max_image_bytes: PositiveInt = 10_000_000
+    max_request_bytes: PositiveInt = 50_000_000
     max_pixels: PositiveInt = 40_000_000
+    max_request_pixels: PositiveInt = 100_000_000
+    max_pixels_in_flight: PositiveInt = 50_000_000
+    max_bytes_in_flight: PositiveInt = 200_000_000
+    budget_wait_s: Annotated[float, Field(ge=0)] = 5.0
+    formats: list[str] = Field(
+        default_factory=lambda: ["PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF"], min_length=1
+    )
     api_key_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")] | None = None
+    allow_unauthenticated: bool = False
     switch_poll_s: Annotated[float, Field(gt=0)] = 2.0
-    model_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     log_fsync_s: Annotated[float, Field(gt=0)] = 1.0
+
+    @model_validator(mode="after")
+    def _budgets_fit(self) -> ServeParams:
+        for bound in ("max_request_pixels", "max_pixels_in_flight"):
+            if getattr(self, bound) < self.max_pixels:
+                raise ValueError(
+                    f"serve.{bound} = {getattr(self, bound):,} < serve.max_pixels = "
+                    f"{self.max_pixels:,}: an image the service accepts could never be decoded"
+                )
+        if self.max_bytes_in_flight < self.max_request_bytes:
+            raise ValueError(
+                f"serve.max_bytes_in_flight = {self.max_bytes_in_flight:,} < "
+                f"serve.max_request_bytes = {self.max_request_bytes:,}"
+            )
+        return self
 
 
 class BiasParams(Section):

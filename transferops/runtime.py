@@ -43,6 +43,29 @@ def configure_runtime(bentoml_home: Path | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter numbers (malloc.h)
+
+
+def return_big_buffers_to_the_os(threshold: int = 1 << 20) -> bool:
+    """Serve every allocation of ``threshold`` bytes or more by its own mapping (glibc).
+
+    glibc raises its mmap threshold after the first big buffer is freed, so a
+    decoded 6000 px image's memory lands on the heap the next time and stays
+    resident after it is freed: a few large uploads leave a server hundreds of
+    MB bigger for good. A fixed threshold keeps big buffers in mappings that
+    go back to the OS on free. False where glibc is not the C library.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return bool(libc and libc.mallopt(M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
+
+
 def select_device(requested: str) -> str:
     """Resolve ``auto`` to ``cuda`` when a GPU is present, else ``cpu``."""
     import torch

@@ -109,12 +109,19 @@ def read_header(data: bytes) -> dict | str:
             return f"unreadable image header: {err}"
 
 
-def _decode(data: bytes) -> Image.Image | str:
-    """Every pixel decoded, or what is wrong: a truncated or corrupt image fails here."""
+def _decode(data: bytes, draft_side: int | None = None) -> Image.Image | str:
+    """Every pixel decoded, or what is wrong: a truncated or corrupt image fails here.
+
+    ``draft_side``: let a JPEG decode at a reduced scale (shorter side >= it).
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(data))
+            if draft_side and image.format == "JPEG" and min(image.size) > 2 * draft_side:
+                ratio = draft_side / min(image.size)
+                wanted = (max(1, round(image.width * ratio)), max(1, round(image.height * ratio)))
+                image.draft(image.mode, wanted)
             image.load()
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             return f"truncated or corrupt: {err}"
@@ -137,14 +144,25 @@ class BadImage(ValueError):
         self.status = status
 
 
-def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int, name: str = "image"):
+def decode_upload(
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    name: str = "image",
+    formats: list[str] | None = None,
+    draft_side: int | None = None,
+):
     """Decode untrusted image bytes (e.g. a request body) into a loaded PIL image.
 
     Checks, in order, before any pixel is decoded: not empty, at most
-    ``max_bytes`` (413), a header an image library recognises (400), at most
-    ``max_pixels`` by the header (413: a decompression bomb is never
-    decoded); then the full decode, which catches truncated files (400).
-    Raises :class:`BadImage` naming ``name`` and the problem.
+    ``max_bytes`` (413), a header an image library recognises (400), a format
+    in ``formats`` when given (415), at most ``max_pixels`` by the header
+    (413: a decompression bomb is never decoded); then the full decode, which
+    catches truncated files (400). ``draft_side``: a JPEG is decoded straight
+    at the smallest of its DCT scales (1/2, 1/4, 1/8) that keeps the shorter
+    side >= this, never at full size. Raises :class:`BadImage` naming
+    ``name`` and the problem.
     """
     if not data:
         raise BadImage(f"{name}: empty (0 bytes)")
@@ -154,6 +172,12 @@ def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int, name: str = "
     if isinstance(header, str):
         status = 413 if header.startswith("decompression bomb") else 400
         raise BadImage(f"{name}: {header}", status)
+    if formats is not None and header["format"] not in formats:
+        raise BadImage(
+            f"{name}: image format {header['format']} is not accepted (serve.formats: "
+            f"{', '.join(formats)})",
+            415,
+        )
     pixels = header["width"] * header["height"]
     if pixels > max_pixels:
         raise BadImage(
@@ -161,7 +185,7 @@ def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int, name: str = "
             f"of {max_pixels:,} (decompression bomb guard; not decoded)",
             413,
         )
-    decoded = _decode(data)
+    decoded = _decode(data, draft_side)
     if isinstance(decoded, str):
         raise BadImage(f"{name}: {decoded}")
     return decoded
@@ -178,7 +202,8 @@ def inspect_files(
 
     The updated cache is written back (atomically) when ``cache_file`` is given.
     """
-    Image.MAX_IMAGE_PIXELS = None  # our own guard (max_pixels) applies, from the header
+    # Our own guard (max_pixels, from the header) runs first; Pillow's stays on above it.
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
     names = [os.fspath(f) for f in files]  # callers pass resolved paths
     cached = _load_cache(cache_file)
     fresh, stale = [], []

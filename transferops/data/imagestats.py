@@ -14,8 +14,11 @@ from PIL import Image
 STAT_NAMES = ("width", "height", "brightness", "contrast", "sharpness")
 
 
-def image_statistics(image: Image.Image) -> np.ndarray:
+def image_statistics(image: Image.Image, scale: float = 1.0) -> np.ndarray:
     """``STAT_NAMES`` of one image, as float32.
+
+    ``scale``: the image was shrunk by this factor (``pictures.shrink``); width
+    and height are reported at the size it arrived in.
 
     brightness and contrast are the mean and standard deviation of the grey
     levels (0-255); sharpness is the variance of the 4-neighbour Laplacian of
@@ -29,5 +32,5 @@ def image_statistics(image: Image.Image) -> np.ndarray:
         sharpness = float(laplacian.var())
     else:
         sharpness = 0.0
-    width, height = image.size
+    width, height = round(image.width * scale), round(image.height * scale)
     return np.array([width, height, grey.mean(), grey.std(), sharpness], dtype=np.float32)

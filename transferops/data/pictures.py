@@ -71,6 +71,26 @@ def to_rgb(image: Image.Image, settings: PictureSettings = DEFAULT_PICTURE) -> I
     return pad_to_aspect(rgb, settings.max_aspect, settings.background)
 
 
+REDUCIBLE_MODES = {"L", "LA", "RGB", "RGBA", "CMYK", "I", "F", "YCbCr", "PA"}
+
+
+def shrink(image: Image.Image, side: int) -> tuple[Image.Image, float]:
+    """``image`` reduced by the largest whole factor that keeps its shorter side >= ``side``.
+
+    A box filter over whole blocks (Pillow's ``reduce``): cheap, and what the
+    bicubic resize that follows would average over anyway. Serving calls it
+    right after decoding, so a 6000 px upload is never held at full size any
+    longer; evaluation calls it too, so the monitoring reference sees its images
+    as the service does. Returns (image, scale): original size / new size.
+    Modes ``reduce`` cannot handle (palette, bilevel, 16-bit) pass unchanged.
+    """
+    factor = min(image.size) // max(side, 1)
+    if factor < 2 or image.mode not in REDUCIBLE_MODES:
+        return image, 1.0
+    reduced = image.reduce(factor)
+    return reduced, image.width / reduced.width
+
+
 def _grey_to_8bit(image: Image.Image) -> Image.Image:
     """Scale a high-bit-depth grey image to 0-255 by its type's range, not by clipping."""
     values = np.asarray(image, dtype=np.float64)

@@ -1,31 +1,35 @@
-"""The prediction log: what the service saw and said, and the labels that came later.
+"""The prediction store: what the service saw and said, and the labels that came later.
 
-Append-only JSON Lines under one folder. Each writing process has its own
-files, so workers never interleave partial lines, and a new file each UTC
-hour, so a time window opens only the files it needs:
+One small interface (:class:`PredictionLog` to write; :func:`read_predictions`,
+:func:`read_feedback`, :func:`has_request` to read) over an embedded SQLite
+database per host, ``predictions-<host>.sqlite`` under ``paths.prediction_log``,
+in WAL mode:
 
-- ``pred-<host>-<pid>-<YYYYmmddTHH>.jsonl``: one line per prediction:
-  request id, UTC time, model tag, label, confidence, class probabilities,
-  the penultimate embedding (float32, base64), image statistics
+- ``predictions``: one row per prediction: request id (unique and indexed,
+  so feedback finds its request by index, not by reading the log), UTC time,
+  model tag, label, confidence, class probabilities and the penultimate
+  embedding (little-endian float32 blobs, no JSON floats), image statistics
   (``transferops/data/imagestats.py``), per-stage BatchNorm distances
-  (``transferops/models/bnshift.py``) and the optional group;
-- ``feedback-<host>-<pid>-<YYYYmmddTHH>.jsonl``: a true label for an earlier
-  request id (labels arrive late in real life).
+  (``transferops/models/bnshift.py``) and the optional group. Indexed by time
+  and by (model, time): time windows and per-model windows read only their rows.
+- ``feedback``: a true label for an earlier request id (labels arrive late).
 
-Durability: :meth:`PredictionLog.append` returns after ``write(2)``, so a
-record the service acknowledged is in the kernel's page cache and survives
-the server being killed; a background thread fsyncs every
-``fsync_interval`` seconds against power loss. A torn last line (a writer
-killed mid-write) is skipped by the readers, never fatal.
+Durability: :meth:`PredictionLog.append` returns after its transaction
+commits. In WAL mode with ``synchronous=NORMAL`` a commit is a ``write(2)``
+to the write-ahead log: a record the service acknowledged survives the server
+being killed (SIGKILL), and a background thread checkpoints (fsync) every
+``fsync_interval`` seconds against power loss. Workers of one host share the
+file (SQLite serialises their writers); each host writes its own file, and
+readers take the union. SQLite's WAL needs one host's shared memory, so
+replicas on several nodes need a server database instead (docs/scaling.md).
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import os
 import socket
+import sqlite3
 import threading
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,9 +38,7 @@ import numpy as np
 import pandas as pd
 
 from transferops.data.imagestats import STAT_NAMES
-from transferops.logs.jsonl import read_jsonl
 
-PREDICTIONS, FEEDBACK = "pred", "feedback"
 COLUMNS = [
     "request_id",
     "time",
@@ -49,6 +51,32 @@ COLUMNS = [
     "bn",
     *STAT_NAMES,
 ]
+BLOBS = ("probabilities", "embedding", "bn")  # float32 arrays, stored as raw bytes
+FILE_GLOB = "predictions-*.sqlite"
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS predictions (
+    request_id TEXT NOT NULL UNIQUE,
+    time TEXT NOT NULL,
+    model_tag TEXT NOT NULL,
+    label TEXT NOT NULL,
+    confidence REAL NOT NULL,
+    probabilities BLOB NOT NULL,
+    embedding BLOB NOT NULL,
+    "group" TEXT,
+    bn BLOB,
+    {", ".join(f"{name} REAL" for name in STAT_NAMES)}
+);
+CREATE INDEX IF NOT EXISTS predictions_time ON predictions (time);
+CREATE INDEX IF NOT EXISTS predictions_model_time ON predictions (model_tag, time);
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    label TEXT NOT NULL,
+    time TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_request ON feedback (request_id);
+"""
+INSERT = f"INSERT INTO predictions VALUES ({', '.join('?' * (len(COLUMNS)))})"
 
 
 @dataclass(frozen=True)
@@ -58,41 +86,55 @@ class PredictionRecord:
     model_tag: str
     label: str
     confidence: float
-    probabilities: list[float]
+    probabilities: list[float] | np.ndarray
     embedding: np.ndarray
     stats: dict[str, float] | None = None  # STAT_NAMES of the image as received
     group: str | None = None
-    bn: list[float] | None = None  # per-stage BatchNorm distances (transferops/models/bnshift.py)
+    bn: list[float] | np.ndarray | None = None  # per-stage BatchNorm distances
 
-    def to_json(self) -> str:
-        embedding = base64.b64encode(self.embedding.astype("<f4").tobytes()).decode("ascii")
-        return json.dumps(
-            {
-                "request_id": self.request_id,
-                "time": self.time,
-                "model_tag": self.model_tag,
-                "label": self.label,
-                "confidence": round(self.confidence, 6),
-                "probabilities": [round(p, 6) for p in self.probabilities],
-                "embedding_f32": embedding,
-                "group": self.group,
-                "bn": None if self.bn is None else [round(float(v), 4) for v in self.bn],
-                **{k: round(float(v), 4) for k, v in (self.stats or {}).items()},
-            }
+    def row(self) -> tuple:
+        stats = self.stats or {}
+        return (
+            self.request_id,
+            self.time,
+            self.model_tag,
+            self.label,
+            float(self.confidence),
+            _blob(self.probabilities),
+            _blob(self.embedding),
+            self.group,
+            None if self.bn is None else _blob(self.bn),
+            *(None if stats.get(n) is None else float(stats[n]) for n in STAT_NAMES),
         )
 
 
+def _blob(values) -> bytes:
+    return np.asarray(values, dtype="<f4").tobytes()
+
+
 def utc_now() -> str:
+    """UTC time as ISO text of fixed width: text order is time order."""
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+def _connect(path: Path, timeout: float = 30.0) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, timeout=timeout, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")  # commit = write(2); fsync at checkpoints
+    return connection
+
+
 class PredictionLog:
-    """Appends lines to this process's hourly files; safe across threads."""
+    """Writes this host's store; safe across threads and across the host's processes."""
 
     def __init__(self, directory: Path, fsync_interval: float = 1.0) -> None:
         self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / f"predictions-{socket.gethostname()}.sqlite"
         self._lock = threading.Lock()
-        self._handles: dict[str, tuple[str, object]] = {}  # kind -> (file name, handle)
+        self._db = _connect(self.path)
+        with self._lock, self._db:
+            self._db.executescript(SCHEMA)
         self._dirty = threading.Event()
         self._closed = threading.Event()
         self._syncer = threading.Thread(
@@ -101,26 +143,17 @@ class PredictionLog:
         self._syncer.start()
 
     def append(self, records: list[PredictionRecord]) -> None:
-        """Write prediction records; on return they survive a killed process."""
-        self._write(PREDICTIONS, "".join(r.to_json() + "\n" for r in records))
+        """Commit prediction records; on return they survive a killed process."""
+        with self._lock, self._db:
+            self._db.executemany(INSERT, [r.row() for r in records])
+        self._dirty.set()
 
     def append_feedback(self, request_id: str, label: str) -> None:
-        line = json.dumps({"request_id": request_id, "label": label, "time": utc_now()})
-        self._write(FEEDBACK, line + "\n")
-
-    def _write(self, kind: str, text: str) -> None:
-        hour = datetime.now(UTC).strftime("%Y%m%dT%H")
-        name = f"{kind}-{socket.gethostname()}-{os.getpid()}-{hour}.jsonl"
-        with self._lock:
-            current = self._handles.get(kind)
-            if current is None or current[0] != name:
-                if current is not None:
-                    current[1].close()
-                self.directory.mkdir(parents=True, exist_ok=True)
-                handle = open(self.directory / name, "a", encoding="utf-8")  # noqa: SIM115
-                self._handles[kind] = current = (name, handle)
-            current[1].write(text)
-            current[1].flush()  # write(2): in the page cache, safe from a killed process
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT INTO feedback (request_id, label, time) VALUES (?, ?, ?)",
+                (request_id, label, utc_now()),
+            )
         self._dirty.set()
 
     def _sync_loop(self, interval: float) -> None:
@@ -130,38 +163,32 @@ class PredictionLog:
                 self.sync()
 
     def sync(self) -> None:
-        """fsync every open file (power-loss durability)."""
+        """Checkpoint the write-ahead log into the database, fsyncing both."""
         with self._lock:
-            for _, handle in self._handles.values():
-                os.fsync(handle.fileno())
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
         self._closed.set()
         self.sync()
         with self._lock:
-            for _, handle in self._handles.values():
-                handle.close()
-            self._handles.clear()
+            self._db.close()
 
 
-def _files(directory: Path, kind: str, since: datetime | None) -> list[Path]:
-    """This kind's files, skipping whole hours before ``since``."""
-    files = []
-    for path in sorted(Path(directory).glob(f"{kind}-*.jsonl")):
-        hour = path.stem.rsplit("-", 1)[-1]
-        try:
-            start = datetime.strptime(hour, "%Y%m%dT%H").replace(tzinfo=UTC)
-        except ValueError:
-            start = None
-        ended = start is not None and start.timestamp() + 3600 <= (since or start).timestamp()
-        if since is not None and ended:  # the whole hour is before the window
-            continue
-        files.append(path)
-    return files
+def _stores(directory: Path) -> list[Path]:
+    return sorted(Path(directory).glob(FILE_GLOB))
 
 
-def _lines(paths: list[Path]) -> list[dict]:
-    return [row for path in paths for row in read_jsonl(path)]
+def _query(directory: Path, sql: str, args: tuple = ()) -> list[tuple]:
+    """Rows of ``sql`` from every host's store, read-only."""
+    rows: list[tuple] = []
+    for path in _stores(directory):
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)) as db:
+            rows.extend(db.execute(sql, args).fetchall())
+    return rows
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def read_predictions(
@@ -169,41 +196,58 @@ def read_predictions(
     last: int | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    model: str | None = None,
 ) -> pd.DataFrame:
-    """Logged predictions, oldest first: those in [since, until), or the ``last`` N.
+    """Logged predictions, oldest first: those in [since, until) of ``model``, or the ``last`` N.
 
-    Columns: :data:`COLUMNS` (time as UTC timestamps, probabilities as lists,
-    embedding as float32 arrays, image statistics as floats, NaN when absent).
+    Columns: :data:`COLUMNS` (time as UTC timestamps, probabilities and
+    embeddings as float32 arrays, image statistics as floats, NaN when absent).
     """
-    rows = _lines(_files(Path(directory), PREDICTIONS, since))
-    if not rows:
-        return pd.DataFrame(columns=COLUMNS)
-    frame = pd.DataFrame(rows).reindex(columns=[*COLUMNS, "embedding_f32"])
-    frame["embedding"] = [
-        np.frombuffer(base64.b64decode(e), dtype="<f4") for e in frame.pop("embedding_f32")
-    ]
-    frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
+    where, args = [], []
     if since is not None:
-        frame = frame[frame["time"] >= pd.Timestamp(since)]
+        where.append("time >= ?")
+        args.append(_iso(since))
     if until is not None:
-        frame = frame[frame["time"] < pd.Timestamp(until)]
-    frame = frame.sort_values("time", kind="stable").reset_index(drop=True)[COLUMNS]
+        where.append("time < ?")
+        args.append(_iso(until))
+    if model is not None:
+        where.append("model_tag = ?")
+        args.append(model)
+    columns = ", ".join(f'"{c}"' for c in COLUMNS)
+    sql = f"SELECT {columns} FROM predictions"
+    sql += f" WHERE {' AND '.join(where)}" if where else ""
+    sql += " ORDER BY time DESC" + (f" LIMIT {int(last)}" if last is not None else "")
+    rows = _query(directory, sql, tuple(args))
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    if frame.empty:
+        return frame
+    for column in BLOBS:
+        frame[column] = [
+            None if b is None else np.frombuffer(b, dtype="<f4") for b in frame[column]
+        ]
+    frame["probabilities"] = [p.tolist() for p in frame["probabilities"]]
+    frame["bn"] = [None if b is None else b.tolist() for b in frame["bn"]]
+    frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
+    frame[list(STAT_NAMES)] = frame[list(STAT_NAMES)].astype(float)
+    frame = frame.sort_values("time", kind="stable").reset_index(drop=True)
     return frame if last is None else frame.tail(last).reset_index(drop=True)
+
+
+def latest_model(directory: Path) -> str | None:
+    """The model tag of the newest logged prediction (None when nothing is logged)."""
+    rows = _query(directory, "SELECT time, model_tag FROM predictions ORDER BY time DESC LIMIT 1")
+    return max(rows)[1] if rows else None
 
 
 def read_feedback(directory: Path) -> pd.DataFrame:
     """Every feedback label (request_id, label, time); the latest per request id wins."""
-    rows = _lines(_files(Path(directory), FEEDBACK, None))
+    rows = _query(directory, "SELECT request_id, label, time FROM feedback")
     frame = pd.DataFrame(rows, columns=["request_id", "label", "time"])
     frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
     return frame.sort_values("time", kind="stable").drop_duplicates("request_id", keep="last")
 
 
 def has_request(directory: Path, request_id: str) -> bool:
-    """Whether any process logged a prediction with this request id."""
-    needle = f'"request_id": "{request_id}"'.encode()
-    for path in _files(Path(directory), PREDICTIONS, None):
-        with open(path, "rb") as handle:
-            if needle in handle.read():
-                return True
-    return False
+    """Whether any host logged a prediction with this request id (an index lookup per store)."""
+    sql = "SELECT 1 FROM predictions WHERE request_id = ? LIMIT 1"
+    return bool(_query(directory, sql, (request_id,)))

@@ -23,26 +23,35 @@ from torch import nn
 
 from transferops.models.backbones import stage_namer
 from transferops.models.classifier import embed_and_classify
-from transferops.models.transferability import gaussian_kl
 
 
-def _kl_to_running(x: torch.Tensor, layer: nn.BatchNorm2d) -> np.ndarray:
-    """Per image: mean over channels of KL(N(image mean, image var) || N(running stats))."""
-    x = x.float().flatten(2)  # N x C x positions
-    mean = x.mean(2)
-    # E[x^2] - E[x]^2: torch's own var() is about 12x slower on CPU here, on the serving path.
-    var = (x * x).mean(2) - mean * mean
-    kl = gaussian_kl(
-        mean.cpu().numpy(),
-        var.cpu().numpy(),
-        layer.running_mean.float().cpu().numpy(),
-        layer.running_var.float().cpu().numpy(),
-    )
-    return kl.mean(1)
+def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and channel: mean and mean square over positions.
+
+    Reduced along the tensor's own memory layout: a channels-last activation
+    is read as N x positions x C without a copy (the serving model runs
+    channels-last: about a third faster on CPU here, hooks included).
+    E[x^2] - E[x]^2 later: torch's own var() is about 12x slower on CPU here.
+    """
+    x = x.float()
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    if channels_last and not x.is_contiguous():
+        rows = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])  # a view
+        return rows.mean(1), (rows * rows).mean(1)
+    rows = x.flatten(2)  # N x C x positions
+    return rows.mean(2), (rows * rows).mean(2)
 
 
 class StageProbe:
-    """Records per-image, per-stage BatchNorm distances while a model runs."""
+    """Records per-image, per-stage BatchNorm distances while a model runs.
+
+    A hook per BatchNorm layer keeps only each image's channel means and mean
+    squares; after the forward pass one vectorised step turns every layer's
+    into the Gaussian KL to its running statistics (the formula of
+    ``transferability.gaussian_kl``), averages over each layer's channels and
+    then over a stage's layers. On the serving path that is a handful of
+    tensor operations per batch instead of a dozen per layer.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -53,27 +62,48 @@ class StageProbe:
             if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None
         ]
         self.stages = list(dict.fromkeys(s for _, s in self.layers))
+        layers_per_stage = {s: sum(1 for _, t in self.layers if t == s) for s in self.stages}
+        weights = torch.zeros(sum(m.num_features for m, _ in self.layers), len(self.stages))
+        start = 0
+        for layer, name in self.layers:
+            channels = layer.num_features
+            column = self.stages.index(name)
+            weights[start : start + channels, column] = 1 / (channels * layers_per_stage[name])
+            start += channels
+        self.weights = weights  # channel -> stage: mean over a layer's channels, then layers
 
     @contextmanager
     def _recording(self):
-        sums: dict[str, list] = {s: [] for s in self.stages}
+        moments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-        def hook(stage: str, layer: nn.BatchNorm2d):
+        def hook(index: int):
             def record(_module, inputs) -> None:
-                sums[stage].append(_kl_to_running(inputs[0], layer))
+                moments[index] = _moments(inputs[0])
 
             return record
 
-        handles = [m.register_forward_pre_hook(hook(s, m)) for m, s in self.layers]
+        handles = [m.register_forward_pre_hook(hook(i)) for i, (m, _) in enumerate(self.layers)]
         try:
-            yield sums
+            yield moments
         finally:
             for handle in handles:
                 handle.remove()
 
+    def _distances(self, moments: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        mean = torch.cat([moments[i][0] for i in range(len(self.layers))], dim=1)
+        square = torch.cat([moments[i][1] for i in range(len(self.layers))], dim=1)
+        var = (square - mean * mean).clamp_min(1e-8)
+        running_mean = torch.cat([m.running_mean.float() for m, _ in self.layers]).to(mean)
+        running_var = torch.cat([m.running_var.float() for m, _ in self.layers]).to(mean)
+        running_var = running_var.clamp_min(1e-8)
+        kl = 0.5 * (
+            torch.log(running_var / var) + (var + (mean - running_mean) ** 2) / running_var - 1
+        )
+        return kl @ self.weights.to(kl)
+
     def run(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(embeddings, probabilities, stage distances ``(n, len(stages))``) for a batch."""
-        with self._recording() as sums:
+        with self._recording() as moments:
             embeddings, probabilities = embed_and_classify(self.model, batch)
-        distances = np.stack([np.mean(sums[s], axis=0) for s in self.stages], axis=1)
-        return embeddings, probabilities, distances.astype(np.float32)
+        distances = self._distances(moments)
+        return embeddings, probabilities, distances.cpu().numpy().astype(np.float32)

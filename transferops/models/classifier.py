@@ -92,6 +92,43 @@ def eval_transform(config: ClassifierConfig):
     return build_transform(config.data_config, training=False)
 
 
+class InputSplit:
+    """The eval transform, cut where it leaves Pillow: pixels per image, then one batch.
+
+    ``pixels`` (resize and crop, in Pillow) runs where a request is decoded and
+    yields a small uint8 array; ``batch`` stacks those and scales and
+    normalises them in one tensor operation, exactly what ``ToTensor`` and
+    ``Normalize`` do image by image. ``side`` is the shorter side the resize
+    aims at: images are shrunk to it while decoding (``pictures.shrink``).
+    """
+
+    def __init__(self, config: ClassifierConfig) -> None:
+        steps = list(eval_transform(config).transforms)
+        names = [type(step).__name__ for step in steps]
+        cut = next(i for i, n in enumerate(names) if n in ("ToTensor", "MaybeToTensor"))
+        if names[cut + 1 :] != ["Normalize"]:
+            raise ValueError(f"unexpected eval transform {names}: expected ... ToTensor, Normalize")
+        self.pil_steps, normalize = steps[:cut], steps[cut + 1]
+        self.mean = torch.as_tensor(normalize.mean, dtype=torch.float32).view(1, -1, 1, 1) * 255
+        self.std = torch.as_tensor(normalize.std, dtype=torch.float32).view(1, -1, 1, 1) * 255
+        sizes = [getattr(step, "size", None) for step in self.pil_steps]
+        fallback = config.data_config["input_size"][1:]
+        first = next((size for size in sizes if size is not None), fallback)
+        self.side = int(first if isinstance(first, int) else min(first))
+        self.key = json.dumps(config.data_config, sort_keys=True, default=str)
+
+    def pixels(self, image) -> np.ndarray:
+        """Resize and crop one RGB image: (H, W, 3) uint8."""
+        for step in self.pil_steps:
+            image = step(image)
+        return np.asarray(image, dtype=np.uint8)
+
+    def batch(self, arrays: list[np.ndarray]) -> torch.Tensor:
+        """N x 3 x H x W float32, normalised: the eval transform's output for every image."""
+        stacked = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+        return (stacked - self.mean) / self.std
+
+
 @torch.inference_mode()
 def embed_and_classify(
     model: torch.nn.Module, batch: torch.Tensor

@@ -23,9 +23,11 @@ import torch
 from transferops.config import EvaluateParams
 from transferops.data.datasets import ManifestImages
 from transferops.data.imagestats import STAT_NAMES, image_statistics
+from transferops.data.pictures import shrink
 from transferops.models.bnshift import StageProbe
 from transferops.models.classifier import (
     ClassifierConfig,
+    InputSplit,
     eval_transform,
 )
 from transferops.runtime import loader_for
@@ -59,9 +61,13 @@ class Scored:
 
 
 class _ImagesWithStats(ManifestImages):
+    """Images as the service sees them: shrunk for the model first (``pictures.shrink``)."""
+
+    side = 0  # the model's working side (``InputSplit.side``); set per scoring
+
     def __getitem__(self, item: int):
-        image = self.load(item)
-        return self.transform(image), self.targets[item], image_statistics(image)
+        image, scale = shrink(self.load(item), self.side)
+        return self.transform(image), self.targets[item], image_statistics(image, scale)
 
 
 @torch.inference_mode()
@@ -85,6 +91,7 @@ def score_split(
     dataset = _ImagesWithStats(
         frame, root, names, eval_transform(config), config.picture_settings()
     )
+    dataset.side = InputSplit(config).side
     model = model.to(device).eval()
     probe = StageProbe(model)
     embeddings, probabilities, stats, bn = [], [], [], []
