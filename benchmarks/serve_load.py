@@ -28,6 +28,7 @@ import asyncio
 import os
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -67,7 +68,7 @@ async def load(
     url: str, bodies: list[bytes], concurrency: int, seconds: float, path: str = PRODUCT
 ) -> dict:
     """``concurrency`` clients in a loop for ``seconds``; every latency and status."""
-    latencies, statuses = [], []
+    latencies, statuses, errors = [], [], Counter()
     deadline = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
@@ -83,8 +84,9 @@ async def load(
                         path, files=[("images", ("x.png", body, "image/png"))]
                     )
                     statuses.append(response.status_code)
-                except httpx.HTTPError:
+                except httpx.HTTPError as err:  # the client's own failure: say which
                     statuses.append(0)
+                    errors[type(err).__name__] += 1
                 latencies.append(time.perf_counter() - started)
 
         began = time.perf_counter()
@@ -99,6 +101,7 @@ async def load(
         "p99": p99,
         "errors_5xx": sum(s >= 500 for s in statuses),
         "failed": sum(s == 0 for s in statuses),
+        "errors": dict(errors),
         "requests": len(statuses),
     }
 
@@ -240,6 +243,10 @@ def main() -> None:
     row(32, "transferops, batching off", unbatched_32)
     table.add_row("-", "forward only (ceiling)", f"{top:.0f}", "", "100%", "", "", "", "")
     Console(width=150).print(table)
+    for name, results in (("transferops", ours), ("bare BentoML", bare)):
+        for concurrency, r in results.items():
+            if r["errors"]:
+                print(f"client failures, {name} at concurrency {concurrency}: {r['errors']}")
     print(
         f"soak {args.soak:.0f} s at concurrency 32 (transferops): {soaked['requests']} requests, "
         f"{soaked['throughput']:.0f} img/s, {soaked['errors_5xx']} 5xx, {soaked['failed']} failed; "

@@ -237,7 +237,8 @@ def _add_serve(commands) -> None:
         "--host",
         default="127.0.0.1",
         help="address to bind (default: %(default)s); beyond localhost the service needs "
-        "serve.api_key_env, or serve.allow_unauthenticated: true",
+        "an API key in $TRANSFEROPS_API_KEY (serve.api_key_env), or "
+        "serve.allow_unauthenticated: true",
     )
 
 

@@ -22,7 +22,7 @@ def bentoml_command(port: int, target: str = SERVICE, host: str = "127.0.0.1") -
     """``bentoml serve TARGET`` (localhost by default); TARGET is the service or a Bento tag.
 
     Beyond localhost the service itself refuses to start without an API key
-    (``serve.api_key_env``) unless ``serve.allow_unauthenticated`` says otherwise.
+    (in the variable ``serve.api_key_env`` names) unless ``serve.allow_unauthenticated``.
     """
     bentoml = Path(sys.executable).parent / "bentoml"
     return [str(bentoml), "serve", target, "--host", host, "--port", str(port)]
@@ -112,9 +112,12 @@ def running_service(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     target: str = SERVICE,
+    host: str = "127.0.0.1",
 ) -> Iterator[str]:
-    """Run the service (or a Bento) on localhost for the duration of the block; yield its URL."""
-    process, url = start_server(port=port, log_file=log_file, env=env, cwd=cwd, target=target)
+    """Run the service (or a Bento) for the duration of the block; yield its localhost URL."""
+    process, url = start_server(
+        port=port, log_file=log_file, env=env, cwd=cwd, target=target, host=host
+    )
     try:
         yield url
     finally:

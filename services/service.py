@@ -26,6 +26,7 @@ champion is needed at import. ``transferops bento`` pins the champion
 
 from __future__ import annotations
 
+import gc
 import hmac
 import os
 from collections import OrderedDict
@@ -41,7 +42,7 @@ from starlette.exceptions import HTTPException
 from services.batching import Batcher, Busy
 from services.limits import Budget
 from transferops.config import load_params
-from transferops.runtime import configure_runtime, return_big_buffers_to_the_os
+from transferops.runtime import configure_runtime, return_decoded_images_to_the_os
 
 with bentoml.importing():
     import orjson
@@ -54,7 +55,7 @@ with bentoml.importing():
 
 PARAMS = load_params(Path(os.environ.get("TRANSFEROPS_PARAMS", "params.yaml")))
 configure_runtime(PARAMS.paths.bentoml_home)
-return_big_buffers_to_the_os()  # decoded uploads: freed memory goes back, RSS stays bounded
+return_decoded_images_to_the_os()  # freed pixels go back: RSS stays bounded
 SERVE = PARAMS.serve
 RECENT_IDS = 100_000  # request ids each worker remembers for quick feedback checks
 # Requests of at most this many pixels (by their headers) are decoded on the event loop:
@@ -105,23 +106,28 @@ def exposed_addresses() -> list[str]:
     ]
 
 
+def api_key() -> str:
+    """The key callers must send, from the variable ``serve.api_key_env`` names ("" = none)."""
+    return os.environ.get(SERVE.api_key_env, "")
+
+
 def check_exposure() -> None:
     """Refuse to serve beyond localhost without an API key, unless explicitly allowed."""
-    if SERVE.api_key_env is None and not SERVE.allow_unauthenticated:
+    if not api_key() and not SERVE.allow_unauthenticated:
         exposed = exposed_addresses()
         if exposed:
             raise RuntimeError(
                 f"listening on {', '.join(exposed)} (beyond localhost) without an API key: set "
-                "serve.api_key_env to the name of an env var holding one (docs/serving.md), "
-                "or serve.allow_unauthenticated: true behind your own gateway"
+                f"{SERVE.api_key_env} (serve.api_key_env) to a secret (docs/serving.md), "
+                "or serve.allow_unauthenticated: true behind a gateway of your own"
             )
 
 
 async def require_key(request: Request) -> None:
-    """With ``serve.api_key_env`` set, the ``X-API-Key`` header must hold that key."""
-    if SERVE.api_key_env is None:
-        return
-    expected = os.environ.get(SERVE.api_key_env, "")
+    """With a key in ``serve.api_key_env``'s variable, ``X-API-Key`` must hold it."""
+    expected = api_key()
+    if not expected:
+        return  # localhost only: check_exposure refused anything wider at start-up
     given = request.headers.get("x-api-key", "")
     if not given or not hmac.compare_digest(given.encode(), expected.encode()):
         raise HTTPException(401, "missing or wrong X-API-Key")
@@ -199,10 +205,6 @@ class Classifier:
         model_ref = bentoml.models.BentoModel(pinned_tag())
 
     def __init__(self) -> None:
-        if SERVE.api_key_env and not os.environ.get(SERVE.api_key_env):
-            raise RuntimeError(
-                f"serve.api_key_env = {SERVE.api_key_env} but that environment variable is empty"
-            )
         check_exposure()
         torch.set_num_threads(SERVE.threads)
         self.follower = ChampionFollower(
@@ -222,6 +224,9 @@ class Classifier:
         )
         self.log = PredictionLog(PARAMS.paths.prediction_log, SERVE.log_fsync_s)
         self.recent: OrderedDict[str, None] = OrderedDict()  # this worker's latest request ids
+        # What start-up made (modules, the model) lives as long as the process: out of the
+        # cyclic collector's sight, its full passes stop walking it under traffic.
+        gc.freeze()
 
     @property
     def loaded(self):

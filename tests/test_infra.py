@@ -128,8 +128,11 @@ def test_bento_manifests_agree_with_the_service() -> None:
     assert container["ports"][0]["containerPort"] == 3000, "bentoml serve's port"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert "TRANSFEROPS_MODEL_TAG" in env and env["BENTOML_DO_NOT_TRACK"] == "True"
+    key_env = load_params(ROOT / "params.yaml").serve.api_key_env
+    (key,) = [e for e in container["env"] if e["name"] == key_env]
+    assert "secretKeyRef" in key["valueFrom"], "the API key comes from a Secret, not the file"
     assert service["spec"]["type"] == "LoadBalancer"
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     claim = documents["PersistentVolumeClaim"]

@@ -51,7 +51,11 @@ def served(trained_project: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     params = load_params(params_file)
     tag = json.loads((params.paths.package / "bento_model.json").read_text())["tag"]
     champion.promote(params.paths.models, tag, reason="serving tests", via="test")
-    env = {"TRANSFEROPS_PARAMS": str(params_file), "TRANSFEROPS_MODEL_TAG": ""}
+    env = {
+        "TRANSFEROPS_PARAMS": str(params_file),
+        "TRANSFEROPS_MODEL_TAG": "",
+        "TRANSFEROPS_API_KEY": "",
+    }
     with running_service(log_file=root / "serve.log", env=env) as url:
         yield {"url": url, "params": params, "tag": tag, "root": root, "env": env}
 
@@ -242,7 +246,8 @@ def test_api_key_when_configured(served: dict, tmp_path: Path) -> None:
         "TRANSFEROPS_TEST_KEY": "s3cret",
     }
     image = [("images", ("ok.png", GOOD, "image/png"))]
-    with running_service(env=env) as url, httpx.Client(base_url=url, timeout=30) as client:
+    served_widely = running_service(env=env, host="0.0.0.0")  # allowed: a key is set
+    with served_widely as url, httpx.Client(base_url=url, timeout=30) as client:
         assert client.post("/v1/classify", files=image).status_code == 401
         wrong = client.post("/v1/classify", files=image, headers={"X-API-Key": "guess"})
         assert wrong.status_code == 401 and "X-API-Key" in wrong.json()["error"]
@@ -392,4 +397,4 @@ def test_binding_beyond_localhost_without_a_key_refuses_to_start(
             ).raise_for_status()
     finally:
         stop_server(process)
-    assert "without an API key: set serve.api_key_env" in log_file.read_text()
+    assert "without an API key: set TRANSFEROPS_API_KEY (serve.api_key_env)" in log_file.read_text()

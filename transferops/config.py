@@ -240,7 +240,7 @@ class ServeParams(Section):
     formats: list[str] = Field(
         default_factory=lambda: ["PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF"], min_length=1
     )
-    api_key_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")] | None = None
+    api_key_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")] = "TRANSFEROPS_API_KEY"
     allow_unauthenticated: bool = False
     switch_poll_s: Annotated[float, Field(gt=0)] = 2.0
     log_fsync_s: Annotated[float, Field(gt=0)] = 1.0

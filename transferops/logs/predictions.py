@@ -135,6 +135,11 @@ class PredictionLog:
         self._db = _connect(self.path)
         with self._lock, self._db:
             self._db.executescript(SCHEMA)
+        # Commits never checkpoint (that fsyncs, on the caller's time: the service's event
+        # loop); the syncer thread does, on a connection of its own, without this lock.
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._db.execute(f"PRAGMA journal_size_limit={64 << 20}")
+        self._checkpointer = _connect(self.path)
         self._dirty = threading.Event()
         self._closed = threading.Event()
         self._syncer = threading.Thread(
@@ -163,13 +168,17 @@ class PredictionLog:
                 self.sync()
 
     def sync(self) -> None:
-        """Checkpoint the write-ahead log into the database, fsyncing both."""
-        with self._lock:
-            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        """Checkpoint the write-ahead log into the database, fsyncing both.
+
+        Writers go on meanwhile (WAL): a checkpoint copies what is committed.
+        """
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
         self._closed.set()
+        self._syncer.join()
         self.sync()
+        self._checkpointer.close()
         with self._lock:
             self._db.close()
 
