@@ -141,12 +141,13 @@ async def classify(request: Request) -> Answer:
         uploads, held = await read_uploads(request, SERVE, service.body_bytes)
         try:
             sizes = header_sizes(uploads, SERVE)
-            small = sum(w * h for w, h in sizes) <= INLINE_PIXELS
-            where = on_the_loop if small else run_in_threadpool
             loaded = service.loaded
+            # Small requests: on the loop and outside the pixel budget (they never wait).
+            small = sum(w * h for w, h in sizes) <= INLINE_PIXELS
+            where, budget = (on_the_loop, None) if small else (run_in_threadpool, service.pixels)
             with service.batcher.announced(len(uploads)):
                 prepared = await where(
-                    prepare_all, uploads, sizes, SERVE, loaded.picture, loaded.split, service.pixels
+                    prepare_all, uploads, sizes, SERVE, loaded.picture, loaded.split, budget
                 )
         finally:
             service.body_bytes.give(held)

@@ -17,6 +17,7 @@ reduction), converted exactly as training converted its data
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -159,11 +160,13 @@ def prepare_all(
     serve: ServeParams,
     picture: PictureSettings,
     split: InputSplit,
-    pixels: Budget,
+    pixels: Budget | None,
 ) -> list[Prepared]:
     """Every image ready for the model, one decoded at a time; the first bad one refuses (4xx).
 
-    ``sizes``: :func:`header_sizes` of the uploads.
+    ``sizes``: :func:`header_sizes` of the uploads. ``pixels``: the budget the
+    full-size pixels are held against while decoding (None: small enough to
+    need none, e.g. work done on the event loop, which must never wait).
     """
     return [
         _prepare(name, data, size, serve, picture, split, pixels)
@@ -185,9 +188,10 @@ def _prepare(
     serve: ServeParams,
     picture: PictureSettings,
     split: InputSplit,
-    pixels: Budget,
+    pixels: Budget | None,
 ) -> Prepared:
-    with pixels.hold(size[0] * size[1]):  # the full-size pixels exist only inside this block
+    held = pixels.hold(size[0] * size[1]) if pixels else nullcontext()
+    with held:  # the full-size pixels exist only inside this block
         try:
             image = decode_upload(
                 data,

@@ -126,3 +126,13 @@ def test_several_processes_write_at_once(tmp_path: Path) -> None:
     frame = read_predictions(tmp_path)
     assert len(frame) == 800 and frame["request_id"].is_unique
     assert len(list(tmp_path.glob("predictions-*.sqlite"))) == 1, "one store per host"
+
+
+def test_a_relative_store_folder_reads(tmp_path: Path, monkeypatch) -> None:
+    """paths.prediction_log is relative in params.yaml: readers take it as it is."""
+    monkeypatch.chdir(tmp_path)
+    log = PredictionLog(Path("logs"))
+    log.append([record(1)])
+    log.close()
+    assert read_predictions(Path("logs"))["request_id"].tolist() == ["r1"]
+    assert has_request(Path("logs"), "r1") and latest_model(Path("logs")) == "m:1"

@@ -191,7 +191,8 @@ def _query(directory: Path, sql: str, args: tuple = ()) -> list[tuple]:
     """Rows of ``sql`` from every host's store, read-only."""
     rows: list[tuple] = []
     for path in _stores(directory):
-        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)) as db:
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        with closing(sqlite3.connect(uri, uri=True, timeout=30)) as db:
             rows.extend(db.execute(sql, args).fetchall())
     return rows
 
