@@ -108,20 +108,51 @@ def test_deployments_are_registered_with_their_guards(repo: Path, prefect_api, d
     assert trigger["within"] == 24 * 3600, "the window is monitor.retrain.cooldown_hours"
 
 
-def test_drift_event_retrains_once_and_the_service_switches(
-    repo: Path, prefect_api, deployed, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from flows.events import request_retrain
-    from flows.monitoring import monitoring_flow
+@pytest.fixture(scope="module")
+def first_model(repo: Path, prefect_api) -> dict:
+    """The workspace's first training run (every test that needs a model starts here)."""
     from flows.training import training_flow
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(repo)
+        return training_flow(trigger={"kind": "test", "by": "pytest"})
+
+
+@pytest.fixture(scope="module")
+def drift_scenario(repo: Path, prefect_api, deployed, first_model: dict) -> dict:
+    """Normal traffic, then blurred traffic until the drift event retrains, served throughout."""
+    from flows.monitoring import monitoring_flow
     from transferops.config import load_params
 
     api, _ = prefect_api
     training_id = deployed[TRAINING_DEPLOYMENT]["id"]
-    monkeypatch.chdir(repo)
     params = load_params(repo / "params.yaml")
+    # The workspace's params and its champion, whatever an in-process service test of
+    # this session pinned (conftest's service_client sets both for the session).
+    unpinned = {"TRANSFEROPS_PARAMS": str(repo / "params.yaml"), "TRANSFEROPS_MODEL_TAG": ""}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(repo)  # the params' paths are relative to the workspace
+        pool = HeldOutPool(params.data.source, params.paths.prepared, params.seed)
+        drop = write_labelled_drop(pool.take(100, "blur"), repo.parent / "labelled-blur")
+        found: dict = {"drop": drop, "training_id": training_id}
+        with running_service(port=SERVICE_PORT, log_file=repo / "serve.log", env=unpinned) as url:
+            found["accuracy"] = send(url, pool.take(params.monitor.window))
+            found["normal"] = monitoring_flow(retrain=False)
+            send(url, pool.take(params.monitor.window, "blur"))
+            found["once"] = monitoring_flow(retrain=True, new_data=str(drop))
+            send(url, pool.take(params.monitor.window, "blur"))
+            found["runs_before"] = flow_runs(api, training_id)
+            found["shifted"] = monitoring_flow(retrain=True, new_data=str(drop))
+            found["run"] = wait_for_run(api, training_id, known=set(), timeout=500)
+            found["served"] = httpx.get(f"{url}/v1/metadata", timeout=10).json()["model"]
+    return found
 
-    first = training_flow(trigger={"kind": "test", "by": "pytest"})
+
+def test_first_model_is_trained_stage_by_stage_and_promoted(
+    repo: Path, prefect_api, first_model: dict
+) -> None:
+    first = first_model
+    api, _ = prefect_api
     assert first["gate"]["promoted"] and first["champion"] == first["model_tag"], "first model"
     assert list(first["stages"]) == STAGES and set(first["stages"].values()) == {"ran"}
     assert (
@@ -130,7 +161,11 @@ def test_drift_event_retrains_once_and_the_service_switches(
     ), "the model's data version is DVC's hash of the prepared dataset"
     assert "Data and pipelines are up to date" in dvc(repo, "repro")
     assert any((repo / ".dvcstore").rglob("*")), "dvc push filled the local remote"
-    first_record = read_records(repo / "reports")[-1]
+    (first_record,) = [
+        r
+        for r in read_records(repo / "reports")
+        if (r.get("result") or {}).get("model_tag") == first["model_tag"]
+    ]
     assert first_record["flow"] == "training" and first_record["status"] == "completed"
     assert first_record["trigger"] == {"kind": "test", "by": "pytest"}
     assert first_record["result"]["data_version"] == first["data_version"]
@@ -140,22 +175,28 @@ def test_drift_event_retrains_once_and_the_service_switches(
     )
     assert {f"dvc repro {s}" for s in STAGES} <= {t["name"] for t in tasks}
 
-    pool = HeldOutPool(params.data.source, params.paths.prepared, params.seed)
-    drop = write_labelled_drop(pool.take(100, "blur"), repo.parent / "labelled-blur")
-    # The workspace's params and its champion, whatever an in-process service test of
-    # this session pinned (conftest's service_client sets both for the session).
-    unpinned = {"TRANSFEROPS_PARAMS": str(repo / "params.yaml"), "TRANSFEROPS_MODEL_TAG": ""}
-    with running_service(port=SERVICE_PORT, log_file=repo / "serve.log", env=unpinned) as url:
-        assert send(url, pool.take(params.monitor.window)) > 0.3
-        normal = monitoring_flow(retrain=False)
-        send(url, pool.take(params.monitor.window, "blur"))
-        once = monitoring_flow(retrain=True, new_data=str(drop))
-        send(url, pool.take(params.monitor.window, "blur"))
-        assert flow_runs(api, training_id) == [], "no request yet, no retraining run"
-        shifted = monitoring_flow(retrain=True, new_data=str(drop))
 
-        run = wait_for_run(api, training_id, known=set(), timeout=500)
-        served = httpx.get(f"{url}/v1/metadata", timeout=10).json()["model"]
+def test_drift_event_retrains_once_and_the_service_switches(
+    repo: Path, prefect_api, first_model: dict, drift_scenario: dict, monkeypatch
+) -> None:
+    from flows.events import request_retrain
+    from flows.monitoring import monitoring_flow
+    from monitoring.shift import input_level
+    from transferops.config import load_params
+
+    api, _ = prefect_api
+    monkeypatch.chdir(repo)
+    params = load_params(repo / "params.yaml")
+    first, found = first_model, drift_scenario
+    training_id, drop, run = found["training_id"], found["drop"], found["run"]
+    normal, once, shifted, served = (
+        found["normal"],
+        found["once"],
+        found["shifted"],
+        found["served"],
+    )
+    assert found["accuracy"] > 0.3
+    assert found["runs_before"] == [], "no request yet, no retraining run"
 
     assert normal["verdict"]["status"] == "no_drift", normal["verdict"]["reasons"]
     assert normal["decision"] is None and normal["requested"] is None
@@ -181,17 +222,24 @@ def test_drift_event_retrains_once_and_the_service_switches(
     assert retrained["drops"] == ["data/incoming/labelled-blur"], "the labelled drop came along"
     assert (repo / "data" / "incoming" / "labelled-blur.dvc").is_file(), "drop snapshotted"
     applied = json.loads((params.paths.profile / "decision.json").read_text())
-    if decision["strategy"] == "surgical":
-        assert applied["strategy"] == "surgical" and applied["forced"]
-        assert applied["trainable_stages"] == ["stem", "block0", "classifier"]
+    # Surgical exactly when the verdict found an input-level shift (early stages and an
+    # image statistic), and then the retrain ran that strategy on the first stages.
+    latest = shifted["verdict"]
+    fired = [test for test, result in latest["tests"].items() if result["fired"]]
+    surgical = input_level(latest["shift_location"], fired)
+    assert decision["strategy"] == ("surgical" if surgical else "default"), decision
+    assert (applied["strategy"] == "surgical") is surgical and applied["forced"] is surgical
+    first_stages = applied["trainable_stages"] == ["stem", "block0", "classifier"]
+    assert first_stages is surgical, applied["trainable_stages"]
     assert "force: null" in (repo / "params.yaml").read_text(), "overrides were for that run"
     # The candidate faced the gate against the first model; the service followed.
     verdict = json.loads((repo / retrained["gate"]["report"]).read_text())
     assert verdict["champion"] == first["model_tag"] and verdict["n"] > 0
     expected = retrained["model_tag"] if verdict["promote"] else first["model_tag"]
     assert retrained["champion"] == expected and served == expected
-    if verdict["promote"]:
-        assert retrained["service"]["switched"] is True
+    # Promoted or not, the flow saw the service serve the champion it left.
+    assert retrained["service"]["switched"] is True
+    assert retrained["service"]["serving"] == expected
 
     # The same request again, inside the cooldown: Prefect's trigger drops it.
     again = request_retrain(
@@ -218,12 +266,12 @@ def test_drift_event_retrains_once_and_the_service_switches(
 
 
 def test_train_on_a_recorded_data_version_with_a_forced_strategy(
-    repo: Path, prefect_api, monkeypatch: pytest.MonkeyPatch
+    repo: Path, prefect_api, first_model: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flows.training import training_flow
 
     monkeypatch.chdir(repo)
-    first = read_records(repo / "reports")[0]["result"]
+    first = first_model
     restored = checkout_version(first["data_version"], Path("restored"))
     assert len(read_manifest(restored)) == 260, "the first dataset: 100 + 40 + 120 images"
 
@@ -244,7 +292,9 @@ def test_train_on_a_recorded_data_version_with_a_forced_strategy(
     assert outcome["gate"]["reasons"], "the experiment's model faced the gate too"
 
 
-def test_report_index_renders_in_chromium(repo: Path, tmp_path: Path, monkeypatch) -> None:
+def test_report_index_renders_in_chromium(
+    repo: Path, drift_scenario: dict, tmp_path: Path, monkeypatch
+) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -278,7 +328,9 @@ def test_report_index_renders_in_chromium(repo: Path, tmp_path: Path, monkeypatc
         assert "drift" in driver.find_element(By.ID, "latest-verdict").text
         assert "passed" in driver.find_element(By.ID, "latest-validation").text
         runs = driver.find_elements(By.CSS_SELECTOR, "#runs tr")
-        assert len(runs) >= 1 + 7, "a header and every run of this module"
+        recorded = read_records(repo / "reports")
+        assert len(recorded) >= 5, "the first training, three checks, the retrain"
+        assert len(runs) == 1 + len(recorded), "a header and every recorded run"
         assert "drift event" in driver.find_element(By.ID, "runs").text
         changes = driver.find_elements(By.CSS_SELECTOR, "#models tr")
         assert len(changes) >= 2, "the first promotion at least"
@@ -287,11 +339,12 @@ def test_report_index_renders_in_chromium(repo: Path, tmp_path: Path, monkeypatc
         for image in images:  # every picture loaded and has pixels
             width = driver.execute_script("return arguments[0].naturalWidth", image)
             assert width > 0, image.get_attribute("src")
-        for link in driver.find_elements(By.CSS_SELECTOR, "a[href]"):
-            href = link.get_attribute("href")
-            if href.startswith("file://"):
-                target = Path(href.removeprefix("file://").split("#")[0])
-                assert target.exists(), f"broken link {href}"
+        hrefs = [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, "a[href]")]
+        files = [h for h in hrefs if h.startswith("file://")]
+        assert files, "the page links its reports"
+        for href in files:
+            target = Path(href.removeprefix("file://").split("#")[0])
+            assert target.exists(), f"broken link {href}"
         driver.save_screenshot(str(tmp_path / "index.png"))
     finally:
         driver.quit()

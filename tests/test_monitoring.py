@@ -16,6 +16,7 @@ from monitoring.drift import check_drift, read_history
 from services.client import png_bytes
 from transferops.config import BiasParams, load_params
 from transferops.data.shifts import HeldOutPool
+from transferops.models.profiling import shift_location
 
 STATS = ["width", "height", "brightness", "contrast", "sharpness"]
 CLASSES = np.array(list("abcdefghij"))
@@ -144,6 +145,18 @@ def _traffic(rng, groups: dict[str, float], n: int) -> Side:
     return Side(np.concatenate(predictions), np.concatenate(labels), np.concatenate(names))
 
 
+@pytest.mark.parametrize(
+    ("moved", "where"),
+    [
+        ({"stem": 3.0, "block0": 2.0, "block1": 0.1, "block2": 0.2}, "early"),
+        ({"stem": 0.1, "block0": 0.2, "block1": 2.0, "block2": 3.0}, "late"),
+        ({"stem": 1.0, "block0": 1.0, "block1": 1.0, "block2": 1.0}, "late"),  # a tie: late
+    ],
+)
+def test_shift_location_on_known_answers(moved: dict, where: str) -> None:
+    assert shift_location(moved) == where
+
+
 def test_bias_alarm_names_the_degraded_group_with_values_and_interval() -> None:
     rng = np.random.default_rng(5)
     reference = _traffic(rng, {"": 0.9}, 600)  # the evaluation set had no groups
@@ -222,7 +235,15 @@ def test_drift_verdicts_reports_and_workspace_on_served_traffic(serve_traffic) -
     shifted = check_drift(small)
     assert shifted.status == "drift" and shifted.shift
     assert shifted.tests["embedding"]["fired"] or shifted.tests["stat:sharpness"]["fired"]
-    assert shifted.stage_shift and shifted.shift_location in ("early", "late")
+    # Every stage of the model is judged, each a finite number of reference SDs, and the
+    # location is the documented rule's on those numbers (the rule itself: known answers
+    # in test_shift_location_on_known_answers). On this tiny model blur sits "late":
+    # the location rule is weak (issue 21), so the test does not pretend otherwise.
+    stages = ["stem", *(f"block{i}" for i in range(7)), "head"]
+    assert list(shifted.stage_shift) == stages, shifted.stage_shift
+    assert all(np.isfinite(v) for v in shifted.stage_shift.values())
+    moved = {s: abs(v) for s, v in shifted.stage_shift.items()}
+    assert shifted.shift_location == shift_location(moved)
 
     report = Path(shifted.report_dir)
     html = (report / "report.html").read_text()

@@ -1,6 +1,7 @@
 """The linear probe: learns a separable problem; the folded head equals the trained one."""
 
 import numpy as np
+import pytest
 import torch
 
 from transferops.models.probe import fit_linear_probe
@@ -29,10 +30,13 @@ def test_probe_learns_and_folded_weights_predict_on_raw_features() -> None:
 def test_zero_epochs_is_an_untrained_baseline() -> None:
     x, y = separable(300, 0)
     vx, vy = separable(100, 1)
-    _, _, best = fit_linear_probe(
+    weight, bias, best = fit_linear_probe(
         x, y, vx, vy, num_classes=3, epochs=0, lr=0.05, weight_decay=0.0, batch_size=64, seed=0
     )
     assert best["epoch"] == 0
+    raw_predictions = (torch.from_numpy(vx) @ weight.T + bias).argmax(1).numpy()
+    assert (raw_predictions == vy).mean() == pytest.approx(best["val_accuracy"]), "as returned"
+    assert best["val_accuracy"] < 0.9, "untrained: far from the 0.95 that 20 epochs reach"
 
 
 def test_probe_is_seeded() -> None:
