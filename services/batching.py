@@ -87,12 +87,6 @@ class Batcher:
             if not batch:
                 continue
             self.batches = [*self.batches[-99:], len(batch)]
-            import os
-            import sys
-
-            if os.environ.get("BATCH_DEBUG") and len(self.batches) == 100:
-                print("BATCHES", sum(self.batches) / 100, file=sys.stderr, flush=True)
-                self.batches = []
             try:
                 results = await loop.run_in_executor(
                     self._executor, self.run, [item for item, _ in batch]

@@ -45,7 +45,6 @@ class Budget:
     def __init__(self, name: str, limit: int, wait_s: float, unit: str) -> None:
         self.name, self.limit, self.wait_s, self.unit = name, limit, wait_s, unit
         self.used = 0
-        self.peak = 0
         self._free = threading.Condition()
 
     def _refuse(self, amount: int) -> Busy:
@@ -60,10 +59,6 @@ class Budget:
             413, f"{amount:,} {self.unit} > {self.name} = {self.limit:,}: never fits"
         )
 
-    def _take(self, amount: int) -> None:
-        self.used += amount
-        self.peak = max(self.peak, self.used)
-
     def try_take(self, amount: int) -> None:
         """Take ``amount`` now or refuse (503); for the event loop, which must not wait."""
         if amount > self.limit:
@@ -71,7 +66,7 @@ class Budget:
         with self._free:
             if self.used + amount > self.limit:
                 raise self._refuse(amount)
-            self._take(amount)
+            self.used += amount
 
     def give(self, amount: int) -> None:
         with self._free:
@@ -86,7 +81,7 @@ class Budget:
         with self._free:
             if not self._free.wait_for(lambda: self.used + amount <= self.limit, self.wait_s):
                 raise self._refuse(amount)
-            self._take(amount)
+            self.used += amount
         try:
             yield
         finally:
