@@ -22,7 +22,9 @@ from flows.dvc import run_dvc
 from transferops.config import Params
 from transferops.data.checks import check_source
 from transferops.data.datasets import DataSourceError
+from transferops.data.preparation import DROP_MANIFEST
 from transferops.data.sources import list_source
+from transferops.names import name_problem
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,9 @@ def add_dataset(
     """Check ``source``; when it passes, snapshot it as drop ``name`` and push it."""
     source = Path(source).resolve()
     name = name or source.stem
+    problem = name_problem("dataset name", name)
+    if problem:  # the name becomes a folder under paths.incoming: refuse it before any write
+        raise DataSourceError(f"{problem} (give one with --name)")
     report_dir = Path(params.paths.reports) / "data" / name
     report = check_source(source, params.validate_, report_dir)
     record = DatasetVersion(
@@ -74,23 +79,29 @@ def add_dataset(
 
 
 def copy_drop(source: Path, target: Path, excluded: set[str]) -> Path:
-    """Copy the source's images (not the quarantined ones) into an ImageFolder drop.
+    """Copy the source's images (not the quarantined ones) into a drop folder.
 
-    The copy is staged and swapped in, so a new version replaces the old one
-    whole (the old one stays in the DVC cache and remote).
+    An ImageFolder stays one (``<label>/...``). A manifest's images keep their
+    paths relative to the manifest's folder, under ``images/``, beside a
+    ``manifest.csv`` with ``path,label,split,group``: the given splits and
+    groups survive, and two files of the same name in different folders stay
+    two files. The copy is staged and swapped in, so a new version replaces
+    the old one whole (the old one stays in the DVC cache and remote).
     """
     listing = list_source(source)
     staging = target.with_name(target.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
-    for row in listing.rows.itertuples():
-        if row.problem is None and row.path not in excluded:
-            relative = Path(row.path)
-            # A manifest's folder layout need not name the label: file it under it.
-            destination = staging / (
-                relative if source.is_dir() else Path(row.label) / relative.name
-            )
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(row.file, destination)
+    staging.mkdir(parents=True)
+    kept = listing.rows[listing.rows["problem"].isna() & ~listing.rows["path"].isin(excluded)]
+    real_root = listing.root.resolve()
+    relative = [Path(f).relative_to(real_root) for f in kept["file"]]
+    if not source.is_dir():
+        relative = [Path("images") / r for r in relative]
+        table = kept[["label", "split", "group"]].assign(path=[r.as_posix() for r in relative])
+        table[["path", "label", "split", "group"]].to_csv(staging / DROP_MANIFEST, index=False)
+    for file, destination in zip(kept["file"], relative, strict=True):
+        (staging / destination).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(file, staging / destination)
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)

@@ -20,6 +20,7 @@ import pandas as pd
 from transferops.commands import run_stage
 from transferops.config import Params
 from transferops.data.preparation import (
+    drop_source,
     incoming_drops,
     listing_items,
     split_fashion_mnist,
@@ -45,7 +46,8 @@ def prepare(params: Params) -> pd.DataFrame:
         sources = []
     else:
         items, sources = [], [data.source]
-    for source in [*sources, *incoming_drops(params.paths.incoming)]:
+    drops = [drop_source(d) for d in incoming_drops(params.paths.incoming)]
+    for source in [*sources, *drops]:
         more, bad = listing_items(list_source(source), data.holdout_fraction, params.seed)
         items += more
         refused.append(bad.drop(columns=["file"]))

@@ -12,7 +12,6 @@ is free without waiting.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,23 +19,15 @@ from contextlib import contextmanager
 from starlette.exceptions import HTTPException
 
 from services.batching import Busy
-
-# Group names and other caller text: letters (any script), digits, space and . _ : / @ + -,
-# at most 64 characters. No markup, quotes, dollar signs (matplotlib math) or control
-# characters reach the log, the drift pictures or the report.
-TEXT = re.compile(r"[\w .:/@+\-]{1,64}")
+from transferops.names import text_problem
 
 
 def checked_text(field: str, value: str | None) -> str | None:
-    """``value`` when it is acceptable caller text; a 400 naming the field otherwise."""
-    if value is None or TEXT.fullmatch(value):
-        return value
-    shown = value if len(value) <= 40 else value[:40] + "..."
-    raise HTTPException(
-        400,
-        f"{field} {shown!r} ({len(value)} characters) is not accepted: use at most 64 letters, "
-        "digits, spaces and . _ : / @ + -",
-    )
+    """``value`` when it is acceptable caller text (``transferops.names``); a 400 naming it."""
+    problem = None if value is None else text_problem(field, value)
+    if problem:
+        raise HTTPException(400, problem)
+    return value
 
 
 class Budget:

@@ -14,7 +14,9 @@ from pipelines.prepare import prepare
 from tests.conftest import ROOT, TINY, write_params
 from tests.imagefiles import clean_folder, png
 from transferops.config import load_params
+from transferops.data.datasets import DataSourceError
 from transferops.data.preparation import assign_splits
+from transferops.names import name_problem
 
 pytestmark = pytest.mark.integration
 
@@ -90,3 +92,82 @@ def test_parquet_manifest_with_splits_and_groups(tmp_path: Path, tiny_params_fil
     assert manifest.groupby("split").size().to_dict() == {"test": 4, "train": 4, "val": 4}
     assert set(manifest["group"]) == {"site0", "site1"}
     assert json.loads((params.paths.prepared / "classes.json").read_text()) == ["cat", "dog"]
+
+
+def test_hostile_manifest_labels_and_drop_names_are_refused_before_any_write(
+    workspace: Path, tmp_path: Path
+) -> None:
+    params = load_params(workspace / "params.yaml")
+    source = tmp_path / "outside" / "drops" / "shop"
+    records = []
+    for label in ("cat", "dog", "../../escaped"):
+        for i in range(2):
+            png(source / f"pics/{label.replace('/', '_')}-{i}.png")
+            records.append({"path": f"pics/{label.replace('/', '_')}-{i}.png", "label": label})
+    pd.DataFrame(records).to_csv(source / "labels.csv", index=False)
+
+    hostile = add_dataset(source / "labels.csv", params, name="shop")
+    assert hostile.status == "failed", "a label that is a path fails the check"
+    assert "label '../../escaped' is not a usable name" in Path(hostile.report).read_text()
+    assert not (workspace / "data/incoming/shop").exists()
+    before = sorted(p for p in tmp_path.rglob("*") if ".dvc" not in p.parts)
+
+    with pytest.raises(DataSourceError, match=r"dataset name '\.\./\.\./\.\./x'"):
+        add_dataset(clean_folder(tmp_path / "good"), params, name="../../../x")
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "data",
+            "add",
+            str(tmp_path / "good"),
+            "--name",
+            "../x",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=workspace,
+    )
+    assert refused.returncode != 0 and "dataset name '../x'" in refused.stderr
+    after = sorted(p for p in tmp_path.rglob("*") if ".dvc" not in p.parts)
+    written = set(after) - set(before) - set((tmp_path / "good").rglob("*")) - {tmp_path / "good"}
+    assert not {p for p in written if not p.is_relative_to(workspace)}, "nothing outside"
+    assert not [p for p in (workspace / "data/incoming").iterdir() if p.is_dir()], "no drop"
+    assert [v.name for v in list_versions(params.paths.registry)] == ["shop"]
+
+
+def test_a_manifest_drop_keeps_its_splits_groups_and_same_named_files(
+    workspace: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "shop"
+    records = []
+    for site in ("north", "south"):
+        for split in ("train", "val", "test"):
+            for label in ("cat", "dog"):
+                path = f"{site}/{split}/{label}/0.png"  # the same file name in every folder
+                png(source / path)
+                records.append({"path": path, "label": label, "split": split, "group": site})
+    pd.DataFrame(records).to_csv(source / "labels.csv", index=False)
+    params = load_params(workspace / "params.yaml")
+    added = add_dataset(source / "labels.csv", params, name="shop")
+    assert added.status == "passed" and added.images == 12
+
+    manifest = prepare(params)
+    from_drop = manifest[manifest["source"].str.contains("incoming/shop")]
+    assert len(from_drop) == 12, "no file overwrote another"
+    assert from_drop["sha256"].nunique() == 12
+    kept = from_drop.groupby(["group", "split", "label"]).size()
+    assert kept.to_dict() == {key: 1 for key in kept.index} and len(kept) == 12
+
+
+@pytest.mark.parametrize("value", ["cat", "T-shirt (top)", "Zürich 2", "v1.2+b", "店舗"])
+def test_plain_names_pass(value: str) -> None:
+    assert name_problem("label", value) is None
+
+
+@pytest.mark.parametrize(
+    "value", ["", "..", ".hidden", "a/b", "a\\b", "x" * 65, "new\nline", "dot.", "$x$", "-rf"]
+)
+def test_names_that_could_be_paths_or_markup_are_refused(value: str) -> None:
+    assert name_problem("label", value).startswith("label ")

@@ -172,9 +172,18 @@ def write_dataset(items: list[dict], refused: pd.DataFrame, out_dir: Path) -> pd
     return manifest
 
 
+DROP_MANIFEST = "manifest.csv"  # a drop made from a manifest keeps one (splits, groups)
+
+
 def incoming_drops(incoming: Path) -> list[Path]:
     """The drop folders under ``incoming``, oldest name first."""
     incoming = Path(incoming)
     if not incoming.is_dir():
         return []
     return sorted(p for p in incoming.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def drop_source(drop: Path) -> Path:
+    """What to list for a drop: its manifest when it has one, else the ImageFolder itself."""
+    manifest = Path(drop) / DROP_MANIFEST
+    return manifest if manifest.is_file() else Path(drop)

@@ -3,7 +3,8 @@
 A listing has one row per image: ``path`` (as written, relative to the root),
 ``file`` (resolved, or None when refused), ``label``, ``split``, ``group``
 (None when not given) and ``problem`` (why the row was refused: a path that
-escapes the root, an absolute path, a missing file). ``empty_classes`` lists
+escapes the root, an absolute path, a missing file, a label, split or group
+that ``transferops.names`` refuses). ``empty_classes`` lists
 class folders of an ImageFolder that hold no image.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from transferops.data.datasets import IMAGE_SUFFIXES, DataSourceError
+from transferops.names import name_problem, split_problem, text_problem
 
 LISTING_COLUMNS = ["path", "file", "label", "split", "group", "problem"]
 MANIFEST_SUFFIXES = {".csv", ".parquet"}
@@ -73,6 +75,7 @@ def list_image_folder(root: Path) -> Listing:
 def _walk_class(root: Path, real_root: Path, class_dir: Path) -> list[dict]:
     rows = []
     escaped: dict[str, str] = {}  # folder -> where it resolves, for folders outside the root
+    label_problem = name_problem("label (class folder name)", class_dir.name)
     for folder, dirs, files in os.walk(class_dir, followlinks=True):
         dirs.sort()
         parent = escaped.get(os.path.dirname(folder))
@@ -87,7 +90,7 @@ def _walk_class(root: Path, real_root: Path, class_dir: Path) -> list[dict]:
                 continue
             path = os.path.join(folder, name)
             relative = os.path.relpath(path, root)
-            problem = _escape_problem(path, real_root, parent)
+            problem = _escape_problem(path, real_root, parent) or label_problem
             rows.append(
                 {
                     "path": Path(relative).as_posix(),
@@ -134,22 +137,36 @@ def list_manifest(manifest: Path) -> Listing:
     for record in table.to_dict(orient="records"):
         written = str(record["path"])
         path = Path(written)
+        label, split, group = (
+            str(record["label"]),
+            _optional(record.get("split")),
+            _optional(record.get("group")),
+        )
         problem = (
             "absolute path refused: paths must be relative to the manifest's folder"
             if path.is_absolute()
             else contained(root, root / path)
-        )
+        ) or _text_problem(label, split, group)
         rows.append(
             {
                 "path": written,
                 "file": None if problem else str((root / path).resolve()),
-                "label": str(record["label"]),
-                "split": _optional(record.get("split")),
-                "group": _optional(record.get("group")),
+                "label": label,
+                "split": split,
+                "group": group,
                 "problem": problem,
             }
         )
     return Listing(root, pd.DataFrame(rows, columns=LISTING_COLUMNS))
+
+
+def _text_problem(label: str, split: str | None, group: str | None) -> str | None:
+    """Labels and splits become folder names and groups are stored: refuse what may not."""
+    return (
+        name_problem("label", label)
+        or (split_problem(split) if split is not None else None)
+        or (text_problem("group", group) if group is not None else None)
+    )
 
 
 def _optional(value: object) -> str | None:
