@@ -36,8 +36,10 @@ def _add_train(commands) -> None:
     train = commands.add_parser(
         "train",
         help="run the training flow (DVC snapshot + dvc repro)",
-        description="Snapshot the data with DVC, run `dvc repro` "
-        "(or `dvc exp run` with -S), push to the DVC remote.",
+        description="Snapshot the data with DVC, run `dvc repro` stage by stage, push to the "
+        "DVC remote, gate the candidate. --params and -S reach the stages through "
+        ".transferops/run-params.yaml; params.yaml is never rewritten. One training run "
+        "per project at a time: a second one exits 3 at once, naming the run in progress.",
     )
     source = train.add_mutually_exclusive_group()
     source.add_argument("--dataset", help="a labelled ImageFolder to add as a new data drop")
@@ -306,6 +308,7 @@ def run_command(args: argparse.Namespace, params) -> int:
         from flows.serving import bentoml_command
 
         command = bentoml_command(args.port, host=args.host)
+        os.environ["TRANSFEROPS_PARAMS"] = str(Path(args.params).resolve())  # the service reads it
         os.execv(command[0], command)
     if args.command == "data":
         return run_data(args, params)
@@ -320,11 +323,11 @@ def run_command(args: argparse.Namespace, params) -> int:
 
         try:
             if args.work_pool:
-                ids = deploy_to_work_pool(params, args.work_pool, args.image)
+                ids = deploy_to_work_pool(params, args.work_pool, args.image, args.params)
                 print(f"registered {len(ids)} deployments on work pool {args.work_pool!r}: {ids}")
                 print(f"run them with: prefect worker start --pool {args.work_pool}")
             else:
-                serve_deployments(params)
+                serve_deployments(params, args.params)
         except (NoServerError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -335,19 +338,27 @@ def run_command(args: argparse.Namespace, params) -> int:
         print(build_index(params, args.out))
         return 0
     if args.command == "train":
-        from flows.training import training_flow
+        from flows.training import TrainingBusy, training_flow
 
-        result = training_flow(
-            dataset=args.dataset,
-            data_version=args.data_version,
-            overrides=args.overrides,
-            strategy=args.strategy,
-        )
+        try:
+            result = training_flow(
+                dataset=args.dataset,
+                data_version=args.data_version,
+                overrides=args.overrides,
+                strategy=args.strategy,
+                params_file=str(args.params),
+            )
+        except TrainingBusy as busy:
+            print(f"error: {busy}", file=sys.stderr)
+            return 3
     elif args.command == "monitor":
         from flows.monitoring import monitoring_flow
 
         result = monitoring_flow(
-            retrain=not args.no_retrain, new_data=args.new_data, overrides=args.overrides
+            retrain=not args.no_retrain,
+            new_data=args.new_data,
+            overrides=args.overrides,
+            params_file=str(args.params),
         )
     else:
         from flows.demo import DemoSettings, run_demo

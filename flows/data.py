@@ -9,7 +9,6 @@ never changes what trains. Every attempt, passed or failed, is recorded in
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ from transferops.data.checks import check_source
 from transferops.data.datasets import DataSourceError
 from transferops.data.preparation import DROP_MANIFEST
 from transferops.data.sources import list_source
+from transferops.logs.jsonl import append_jsonl, read_jsonl
 from transferops.names import name_problem
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,7 @@ def add_dataset(
         run_dvc(["add", str(drop)], repo, log)
         run_dvc(["push", f"{drop}.dvc"], repo, log)
         record.version, record.bytes = dvc_hash(Path(f"{drop}.dvc"))
-    with open(params.paths.registry, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(asdict(record)) + "\n")
+    append_jsonl(params.paths.registry, asdict(record))
     return record
 
 
@@ -116,10 +115,7 @@ def dvc_hash(dvc_file: Path) -> tuple[str, int]:
 
 def list_versions(registry: Path) -> list[DatasetVersion]:
     """Every recorded attempt, oldest first."""
-    if not Path(registry).is_file():
-        return []
-    lines = Path(registry).read_text(encoding="utf-8").splitlines()
-    return [DatasetVersion(**json.loads(line)) for line in lines if line.strip()]
+    return [DatasetVersion(**row) for row in read_jsonl(registry)]
 
 
 def require_passed(record: DatasetVersion) -> DatasetVersion:

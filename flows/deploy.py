@@ -25,7 +25,7 @@ from prefect.schedules import Cron
 from flows.events import api_url, retrain_trigger
 from flows.monitoring import monitoring_flow
 from flows.training import training_flow
-from transferops.config import Params
+from transferops.config import DEFAULT_PARAMS, Params
 
 MONITORING = "check"
 TRAINING = "retrain"
@@ -50,15 +50,20 @@ class NoServerError(RuntimeError):
     """``PREFECT_API_URL`` is not set: there is no server to register deployments with."""
 
 
-def build_deployments(params: Params, **where) -> list:
+def build_deployments(params: Params, params_file: Path = DEFAULT_PARAMS, **where) -> list:
     """The deployments, not yet registered (``serve`` or ``deploy`` registers them).
 
+    Their runs read ``params_file`` (``transferops --params FILE deploy``).
     ``where``: more ``to_deployment`` options (a work pool's job variables).
     The flows are referenced by module path (``flows.training.training_flow``),
     not by file: loading a flow from its file puts ``flows/`` on ``sys.path``,
     where ``flows/monitoring.py`` would hide the ``monitoring`` package.
     """
-    where = {"entrypoint_type": EntrypointType.MODULE_PATH, **where}
+    where = {
+        "entrypoint_type": EntrypointType.MODULE_PATH,
+        "parameters": {"params_file": str(params_file)},
+        **where,
+    }
     monitoring = monitoring_flow.to_deployment(
         name=MONITORING,
         description="The drift and bias check over the latest traffic window; on a "
@@ -94,18 +99,20 @@ def _cron(params: Params, key: str) -> list:
     return [Cron(cron, timezone=params.orchestrate.timezone, parameters={"trigger": trigger})]
 
 
-def serve_deployments(params: Params) -> None:
+def serve_deployments(params: Params, params_file: Path = DEFAULT_PARAMS) -> None:
     """Register the deployments and run what they start until interrupted."""
     from prefect import serve
 
     if api_url() is None:
         raise NoServerError(SERVER_HELP)
-    deployments = build_deployments(params)
+    deployments = build_deployments(params, params_file)
     log.info("serving %s and %s on %s", MONITORING_DEPLOYMENT, TRAINING_DEPLOYMENT, api_url())
     serve(*deployments, print_starting_message=True)
 
 
-def deploy_to_work_pool(params: Params, pool: str, image: str | None = None) -> list[str]:
+def deploy_to_work_pool(
+    params: Params, pool: str, image: str | None = None, params_file: Path = DEFAULT_PARAMS
+) -> list[str]:
     """Register the same deployments on a work pool; its workers run them. Returns their ids.
 
     The flows are referenced by module path (``flows.training.training_flow``),
@@ -119,7 +126,7 @@ def deploy_to_work_pool(params: Params, pool: str, image: str | None = None) -> 
     if api_url() is None:
         raise NoServerError(SERVER_HELP)
     variables = {} if image else {"working_dir": str(Path.cwd().resolve())}
-    deployments = build_deployments(params, job_variables=variables)
+    deployments = build_deployments(params, params_file, job_variables=variables)
     ids = deploy(
         *deployments,
         work_pool_name=pool,

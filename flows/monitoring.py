@@ -12,7 +12,7 @@ from flows.events import api_url, request_retrain
 from flows.records import recorded_run
 from monitoring.decision import decide_and_record
 from monitoring.drift import check_drift, read_history
-from transferops.config import Params, load_params
+from transferops.config import DEFAULT_PARAMS, Params, load_params
 from transferops.models.classifier import WEIGHTS
 from transferops.registry import champion
 from transferops.registry.store import stored_model, stored_model_dir
@@ -78,6 +78,7 @@ def monitoring_flow(
     new_data: str | None = None,
     overrides: list[str] | None = None,
     trigger: dict | None = None,
+    params_file: str = str(DEFAULT_PARAMS),
 ) -> dict:
     """Check the latest traffic window; when the decision says retrain, emit the request.
 
@@ -91,11 +92,12 @@ def monitoring_flow(
             that the retraining run adds to the dataset.
         overrides: params overrides, ``key=value``; they go to the retraining run too.
         trigger: what started this run (a schedule fills this in); recorded.
+        params_file: the params file (``transferops --params FILE monitor``).
     """
     logger = get_run_logger()
-    with recorded_run(load_params(Path("params.yaml")), "monitoring", trigger) as result:
+    with recorded_run(load_params(params_file), "monitoring", trigger) as result:
         overrides = list(overrides or [])
-        params = load_params(Path("params.yaml"), overrides)  # bad overrides fail here, named
+        params = load_params(params_file, overrides)  # bad overrides fail here, named
         verdict = drift_check(params)
         result |= {"verdict": verdict, "decision": None, "requested": None}
         result["model_tag"] = verdict.get("model_tag")

@@ -48,7 +48,7 @@ def describe_trigger(trigger: dict | None) -> dict:
 
 @contextlib.contextmanager
 def recorded_run(params: Params, flow: str, trigger: dict | None) -> Iterator[dict]:
-    """Yield the ``result`` dict for the flow to fill; write the record when the block ends.
+    """Yield the ``result`` dict for the flow to fill; write the record as it starts and ends.
 
     On an exception the record says ``failed`` with the error, and the
     exception goes on. Then the reviewers' index page is rebuilt, so it
@@ -63,6 +63,7 @@ def recorded_run(params: Params, flow: str, trigger: dict | None) -> Iterator[di
         "started_at": _now(),
         "result": {},
     }
+    runs.write_record(params.paths.reports, record)  # a killed run leaves "running"
     try:
         yield record["result"]
         record["status"] = "completed"

@@ -26,15 +26,22 @@ from prefect.cache_policies import NO_CACHE
 from flows.data import add_dataset, checkout_version, require_passed
 from flows.dvc import DvcError, pipeline_stages, run_dvc
 from flows.records import recorded_run
-from transferops.config import Params, load_params, write_overrides
+from transferops.config import (
+    DEFAULT_PARAMS,
+    Params,
+    load_params,
+    run_changes,
+    write_run_params,
+)
 from transferops.data.preparation import incoming_drops
+from transferops.files import Held, exclusive
 from transferops.models.evaluation import METRICS
 from transferops.registry import champion
 from transferops.registry.gate import run_gate
 from transferops.registry.packaging import PACKAGE_RECORD
 
 REPO = Path()
-PARAMS = Path("params.yaml")
+TRAINING_LOCK = Path(".dvc") / "tmp" / "transferops-training.lock"
 NO_ANSWER_S = 5  # tell_service: a service that has not answered at all by then is not running
 VERSIONS = Path("data") / "versions"  # data versions restored for a run (data_version=...)
 
@@ -98,17 +105,44 @@ def restore_data_version(version: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def params_for_this_run(overrides: list[str]) -> Iterator[None]:
-    """Write the overrides into params.yaml (DVC reads it) and put the file back afterwards."""
-    if not overrides:
-        yield
-        return
-    original = PARAMS.read_bytes()
+def params_for_this_run(params: Params) -> Iterator[bool]:
+    """Give the DVC stages this run's params without touching params.yaml.
+
+    What ``params`` changes from params.yaml goes to ``RUN_PARAMS`` (DVC
+    watches it and the stages load it on top, transferops/config.py); it is
+    emptied when the block ends. A run killed inside leaves its changes there
+    until the next run starts, and params.yaml as it was. Yields whether the
+    run changes anything.
+    """
+    base = load_params(DEFAULT_PARAMS)
+    changes = run_changes(base, params)
+    write_run_params(changes)
     try:
-        write_overrides(PARAMS, overrides)
-        yield
+        yield params != base
     finally:
-        PARAMS.write_bytes(original)
+        write_run_params(run_changes(base, base))
+
+
+@contextlib.contextmanager
+def one_training_run(who: str) -> Iterator[None]:
+    """Hold the project's training lock for the block; refuse when another run holds it.
+
+    Every caller (the CLI, a deployment run, cron calling the CLI) takes it, so
+    two runs never rebuild the same outputs at once and the gate always scores
+    the candidate this run packaged.
+    """
+    try:
+        with exclusive(TRAINING_LOCK, who):
+            yield
+    except Held as held:
+        raise TrainingBusy(
+            f"another training run is in progress ({held.holder}; lock {TRAINING_LOCK}): "
+            "this one does not start. Wait for it to end, then start again."
+        ) from None
+
+
+class TrainingBusy(RuntimeError):
+    """A training run was asked for while another one runs in the same project."""
 
 
 @task(cache_policy=NO_CACHE)
@@ -125,10 +159,10 @@ def push_to_remote() -> None:
 
 
 @task(cache_policy=NO_CACHE)
-def gate_candidate(params: Params) -> dict:
-    """Champion vs. the new candidate on the same test images; promote if it passes."""
+def gate_candidate(params: Params, candidate: str) -> dict:
+    """Champion vs. this run's candidate on the same test images; promote if it passes."""
     who = f"prefect flow run {runtime.flow_run.name} ({runtime.flow_run.id})"
-    verdict = run_gate(params, who=who)
+    verdict = run_gate(params, candidate, who=who)
     get_run_logger().info("gate: %s", verdict.summary())
     return {"promoted": verdict.promote, "reasons": verdict.reasons, "report": verdict.report}
 
@@ -198,6 +232,7 @@ def training_flow(
     overrides: list[str] | None = None,
     strategy: str | None = None,
     trigger: dict | None = None,
+    params_file: str = str(DEFAULT_PARAMS),
 ) -> dict:
     """Snapshot data -> ``dvc repro``, stage by stage -> push -> gate -> tell the service.
 
@@ -212,27 +247,37 @@ def training_flow(
         overrides: params overrides for this run, e.g. ``["train.lr=0.01"]``.
         strategy: force a freeze strategy (``strategy.force``).
         trigger: what started the run (a drift event fills this in); recorded.
+        params_file: the params file (``transferops --params FILE``); what it
+            changes from params.yaml reaches the stages through ``RUN_PARAMS``.
+
+    Raises:
+        TrainingBusy: another training run of this project is in progress.
     """
-    with recorded_run(load_params(PARAMS), "training", trigger) as outcome:
+    who = f"flow run {runtime.flow_run.name} (pid {os.getpid()}, since {time.ctime()})"
+    with (
+        one_training_run(who),
+        recorded_run(load_params(params_file), "training", trigger) as outcome,
+    ):
         overrides = run_overrides(overrides, strategy)
-        params = load_params(PARAMS, overrides)  # bad overrides fail here, named
+        params = load_params(params_file, overrides)  # bad overrides fail here, named
         if data_version:
             overrides += restore_data_version(data_version)
-            params = load_params(PARAMS, overrides)
+            params = load_params(params_file, overrides)
+        outcome["params_file"] = params_file
         outcome["overrides"] = overrides
         outcome["drops"] = snapshot_data(params, dataset)
-        with params_for_this_run(overrides):
+        with params_for_this_run(params) as changed:
             retried = reproduce_stage.with_options(
                 retries=params.orchestrate.stage_retries,
                 retry_delay_seconds=params.orchestrate.retry_delay_s,
                 retry_condition_fn=transient_failure,
             )
             outcome["stages"] = {stage: retried(stage) for stage in pipeline_stages(REPO)}
-            if overrides:
+            if changed:
                 outcome["experiment"] = save_experiment()
         push_to_remote()
         outcome |= training_outcome(params)
-        outcome["gate"] = gate_candidate(params)
+        outcome["gate"] = gate_candidate(params, outcome["model_tag"])
         holder = champion.current(params.paths.models)
         outcome["champion"] = holder.tag if holder else None
         outcome["service"] = tell_service(params, outcome["champion"])

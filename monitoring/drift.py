@@ -42,6 +42,7 @@ from sklearn.decomposition import PCA
 from monitoring import bias, evidently_report, shift, summary
 from transferops.commands import run_stage
 from transferops.config import Params
+from transferops.files import write_atomic
 from transferops.logs.jsonl import append_jsonl, read_jsonl
 from transferops.logs.predictions import latest_model, read_feedback, read_predictions
 from transferops.models.evaluation import REFERENCE
@@ -164,10 +165,7 @@ def calibration_for(
     if path.is_file():
         return shift.Calibration(**json.loads(path.read_text()))
     calibration = calibrate(reference, rows, stat_names, params)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(calibration.to_dict()))
-    os.replace(temporary, path)
+    write_atomic(path, json.dumps(calibration.to_dict()))
     return calibration
 
 

@@ -25,6 +25,7 @@ from monitoring.drift import HISTORY
 from monitoring.pages import relative_link, render, shorten, when
 from monitoring.summary import gap_cells
 from transferops.config import Params
+from transferops.files import write_atomic
 from transferops.logs.jsonl import read_jsonl
 from transferops.logs.runs import read_records
 from transferops.registry import champion
@@ -52,9 +53,7 @@ def build_index(params: Params, out: Path | None = None) -> Path:
         validation=validation_section(params, folder),
         runs=runs_section(read_records(reports), folder),
     )
-    partial = out.with_name(f".{out.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(out)  # a failed build leaves the last good page
+    write_atomic(out, text)  # a failed build leaves the last good page
     return out
 
 

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
+from transferops.config import RUN_PARAMS, load_params, run_changes
 
 ROOMS = ("transferops", "pipelines", "flows", "monitoring", "services")
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -102,8 +103,21 @@ READS_ALL = {"package"}
 
 
 def declared_params(stage: str) -> list[str]:
-    entries = STAGES[stage].get("params", [])
-    return [e if isinstance(e, str) else next(iter(e)) for e in entries]
+    """The params.yaml keys a stage lists (the run-params file is checked on its own)."""
+    return [e for e in STAGES[stage].get("params", []) if isinstance(e, str)]
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_a_runs_changes_are_watched_like_params_yaml(stage: str) -> None:
+    files = [e for e in STAGES[stage].get("params", []) if isinstance(e, dict)]
+    assert files == [{str(RUN_PARAMS): declared_params(stage)}]
+
+
+def test_the_shipped_run_params_file_has_every_key_and_no_change() -> None:
+    """DVC fails a stage whose listed key is missing, and between runs nothing is changed."""
+    params = load_params(ROOT / "params.yaml")
+    shipped = yaml.safe_load((ROOT / RUN_PARAMS).read_text())
+    assert shipped == run_changes(params, params)
 
 
 def covers(declared: str, key: str) -> bool:

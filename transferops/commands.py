@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from transferops.config import DEFAULT_PARAMS, Params, ParamsError, load_params
+from transferops.config import DEFAULT_PARAMS, Params, ParamsError, load_stage_params
 from transferops.paramstrace import traced, write_trace
 from transferops.runtime import configure_runtime
 
@@ -48,7 +48,7 @@ def run_stage(
     add_params_options(parser)
     args = parser.parse_args(argv)
     try:
-        params = load_params(args.params, args.overrides)
+        params = load_stage_params(args.params, args.overrides)
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -346,6 +346,13 @@ def load_params(path: Path = DEFAULT_PARAMS, overrides: Sequence[str] = ()) -> P
         ParamsError: naming the file, the key and the offending value.
     """
     path = Path(path)
+    raw = _read_mapping(path)
+    for override in overrides:
+        apply_override(raw, override, source=path)
+    return _validated(raw, path)
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError as err:
@@ -354,12 +361,92 @@ def load_params(path: Path = DEFAULT_PARAMS, overrides: Sequence[str] = ()) -> P
         raise ParamsError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
-    for override in overrides:
-        apply_override(raw, override, source=path)
+    return raw
+
+
+def _validated(raw: dict[str, Any], path: Path) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
         raise ParamsError(format_validation_error(err, path)) from None
+
+
+# A run's params (``transferops --params FILE train -S key=value``) are never written into
+# params.yaml: the run writes what differs from params.yaml here, every DVC stage lists
+# this file's sections beside params.yaml's (so DVC re-runs what a change touches) and
+# loads it on top (:func:`load_stage_params`). The training flow empties it when the run
+# ends, and rewrites it when the next run starts. docs/training.md, "Run params".
+RUN_PARAMS = Path(".transferops") / "run-params.yaml"
+# dvc.yaml templates its outputs from params.yaml: a run may not move them.
+RUN_MAY_CHANGE_PATHS = ("incoming",)
+
+
+def run_changes(base: Params, effective: Params) -> dict[str, Any]:
+    """What ``effective`` changes from ``base``, as the full tree of params' keys.
+
+    Every leaf is there, ``{}`` when unchanged and ``{"value": ...}`` when
+    changed: DVC fails a stage whose listed param is missing from the file, so
+    dvc.yaml can list the same keys here as in params.yaml (``train.lr``), and
+    a change re-runs only the stages that list it.
+    """
+    old = base.model_dump(mode="json", by_alias=True)
+    new = effective.model_dump(mode="json", by_alias=True)
+    moved = [k for k in old["paths"] if old["paths"][k] != new["paths"][k]]
+    moved = [k for k in moved if k not in RUN_MAY_CHANGE_PATHS]
+    if moved:
+        raise ParamsError(
+            f"paths.{moved[0]} = {new['paths'][moved[0]]!r} differs from params.yaml "
+            f"({old['paths'][moved[0]]!r}): dvc.yaml's outputs come from params.yaml, so a "
+            "run cannot move them; change them in params.yaml itself"
+        )
+    return _leaf_changes(old, new)
+
+
+def _leaf_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in new.items():
+        if isinstance(value, dict) and value and isinstance(old.get(key), dict):
+            tree[key] = _leaf_changes(old[key], value)
+        else:
+            tree[key] = {} if old.get(key) == value else {"value": value}
+    return tree
+
+
+def write_run_params(changes: dict[str, Any], path: Path = RUN_PARAMS) -> Path:
+    """Write a run's changes (:func:`run_changes`) in one step; ``{}`` sections mean none."""
+    from transferops.files import write_atomic
+
+    header = (
+        "# Written by transferops for the training run in progress (empty between runs):\n"
+        "# what the run changes from params.yaml. Edit params.yaml, not this file.\n"
+    )
+    return write_atomic(path, header + yaml.safe_dump(changes, sort_keys=False))
+
+
+def load_stage_params(
+    path: Path = DEFAULT_PARAMS, overrides: Sequence[str] = (), run_params: Path = RUN_PARAMS
+) -> Params:
+    """What a DVC stage runs with: ``path``, the run's changes (when any), then ``overrides``."""
+    path, run_params = Path(path), Path(run_params)
+    raw = _read_mapping(path)
+    if run_params.is_file():
+        _apply_changes(raw, _read_mapping(run_params))
+    for override in overrides:
+        apply_override(raw, override, source=path)
+    return _validated(raw, path)
+
+
+def _apply_changes(raw: dict[str, Any], tree: dict[str, Any]) -> None:
+    """Set every ``{"value": ...}`` leaf of a :func:`run_changes` tree into ``raw``."""
+    for key, node in tree.items():
+        if not isinstance(node, dict) or not node:
+            continue
+        if set(node) == {"value"}:
+            raw[key] = node["value"]
+        else:
+            child = raw.setdefault(key, {})
+            if isinstance(child, dict):
+                _apply_changes(child, node)
 
 
 def apply_override(raw: dict[str, Any], override: str, *, source: Path) -> None:

@@ -32,17 +32,27 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def append_line(path: Path, line: str) -> None:
-    """Append one line and fsync it; after a torn last line, start a new one first."""
+    """Append one line and fsync it, holding the file's lock; after a torn line, start anew.
+
+    The lock (``flock`` on the file itself) keeps two writers' lines whole and
+    apart: the torn-line check and the write happen as one step.
+    """
     path = Path(path)
-    prefix = ""
-    if path.is_file() and path.stat().st_size:
-        with open(path, "rb") as handle:
-            handle.seek(-1, os.SEEK_END)
-            prefix = "" if handle.read(1) == b"\n" else "\n"
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(prefix + line + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            handle.seek(0, os.SEEK_END)
+            prefix = b""
+            if handle.tell():
+                handle.seek(-1, os.SEEK_END)
+                prefix = b"" if handle.read(1) == b"\n" else b"\n"
+            handle.seek(0, os.SEEK_END)
+            handle.write(prefix + line.encode("utf-8") + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def append_jsonl(path: Path, row: dict) -> None:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from transferops.files import write_atomic
 from transferops.logs.jsonl import append_line, locked, read_lines
 
 CHAMPION, HISTORY, LOCK = "champion.json", "history.jsonl", ".lock"
@@ -149,14 +150,7 @@ def _commit(models_dir: Path, record: ChampionRecord) -> None:
     _repair_history(models_dir)
     for stale in models_dir.glob(f".{CHAMPION}.*.tmp"):  # left by a crashed change
         stale.unlink()
-    target = models_dir / CHAMPION
-    temporary = models_dir / f".{CHAMPION}.{os.getpid()}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(record.to_json())
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, target)  # the commit point
-    _fsync_dir(models_dir)
+    write_atomic(models_dir / CHAMPION, record.to_json())  # the commit point
     _append(models_dir, record)
 
 
@@ -182,14 +176,6 @@ def _logged(models_dir: Path) -> list[ChampionRecord]:
 
 def _append(models_dir: Path, record: ChampionRecord) -> None:
     append_line(models_dir / HISTORY, record.to_json())
-
-
-def _fsync_dir(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _locked(models_dir: Path):
