@@ -18,14 +18,20 @@ import httpx
 SERVICE = "services.service:Classifier"
 
 
-def bentoml_command(port: int, target: str = SERVICE, host: str = "127.0.0.1") -> list[str]:
+def bentoml_command(
+    port: int, target: str = SERVICE, host: str = "127.0.0.1", python: Path | None = None
+) -> list[str]:
     """``bentoml serve TARGET`` (localhost by default); TARGET is the service or a Bento tag.
+
+    ``python``: serve with another environment's interpreter (``python -m bentoml``).
 
     Beyond localhost the service itself refuses to start without an API key
     (in the variable ``serve.api_key_env`` names) unless ``serve.allow_unauthenticated``.
     """
-    bentoml = Path(sys.executable).parent / "bentoml"
-    return [str(bentoml), "serve", target, "--host", host, "--port", str(port)]
+    serve = ["serve", target, "--host", host, "--port", str(port)]
+    if python is not None:
+        return [str(python), "-m", "bentoml", *serve]
+    return [str(Path(sys.executable).parent / "bentoml"), *serve]
 
 
 def free_port(preferred: int | None = None) -> int:
@@ -89,6 +95,7 @@ def start_server(
     cwd: Path | None = None,
     target: str = SERVICE,
     host: str = "127.0.0.1",
+    python: Path | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """Start ``bentoml serve TARGET`` on localhost, wait until it is ready; (process, URL).
 
@@ -96,7 +103,8 @@ def start_server(
     """
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    process = spawn(bentoml_command(port, target, host), log_file=log_file, env=env, cwd=cwd)
+    command = bentoml_command(port, target, host, python)
+    process = spawn(command, log_file=log_file, env=env, cwd=cwd)
     try:
         wait_ready(f"{url}/readyz", process)
     except BaseException:
@@ -113,10 +121,11 @@ def running_service(
     cwd: Path | None = None,
     target: str = SERVICE,
     host: str = "127.0.0.1",
+    python: Path | None = None,
 ) -> Iterator[str]:
     """Run the service (or a Bento) for the duration of the block; yield its localhost URL."""
     process, url = start_server(
-        port=port, log_file=log_file, env=env, cwd=cwd, target=target, host=host
+        port=port, log_file=log_file, env=env, cwd=cwd, target=target, host=host, python=python
     )
     try:
         yield url

@@ -125,6 +125,23 @@ def test_gradual_unfreezing_adds_one_stage_per_epoch_from_the_top() -> None:
     assert unfrozen_at(0, trainable, False) == trainable
 
 
+def test_fine_tune_with_gradual_unfreezing_trains_one_more_stage_each_epoch() -> None:
+    """Through ``fine_tune`` itself: epoch 1 moves only the classifier, epoch 2 the head too."""
+
+    def stages_moved(epochs: int) -> set[str]:
+        model, train, val = small_task(n_train=32, n_val=16)
+        before = snapshot(model)
+        fine_tune(model, train, val, config_for("top_blocks", epochs=epochs, gradual_unfreeze=True))
+        stage = stage_namer(model)
+        after = snapshot(model)
+        return {stage(k) for k in before if not torch.equal(before[k], after[k])}
+
+    trainable = trainable_stages("top_blocks", STAGES)
+    assert len(trainable) >= 3, "stages left frozen at the end, so the test can tell"
+    assert stages_moved(1) == {"classifier"}
+    assert stages_moved(2) == {"classifier", "head"}
+
+
 @torch.no_grad()
 def val_accuracy(model: torch.nn.Module, val) -> float:
     model.eval()
@@ -278,6 +295,38 @@ def test_killed_training_resumes_where_it_stopped(finetune_project: Path, tmp_pa
         > 1e-4 * max(1.0, float(v.float().abs().max()))
     }
     assert differing == {}, "resuming reaches the uninterrupted run's weights"
+
+
+@pytest.mark.slow
+def test_the_train_stage_itself_runs_under_torchrun(trained_project: Path, tmp_path: Path) -> None:
+    """``torchrun -m pipelines.train`` on the tiny project: two ranks, one model written."""
+    source = yaml.safe_load(trained_project.read_text())["paths"]
+    for key in ("prepared", "validation", "features", "profile"):
+        shutil.copytree(
+            source[key], tmp_path / Path(source[key]).relative_to(trained_project.parent)
+        )
+    changes = {"strategy.force": "top_blocks", "train.epochs": 1, "train.batch_size": 16}
+    params = write_params(tmp_path / "params.yaml", TINY | absolute_paths(tmp_path) | changes)
+    stage(params, "strategy")
+    env = {
+        **os.environ,
+        "GLOO_SOCKET_IFNAME": "lo",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    ran = subprocess.run(
+        [*command, "-m", "pipelines.train", "--params", str(params)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    model, config = load_classifier(tmp_path / "artifacts" / "model")
+    assert config.extra["finetune"]["processes"] == 2, "both ranks trained"
+    assert config.strategy == "top_blocks" and model is not None
 
 
 def test_two_process_ddp_on_cpu_splits_data_and_agrees_on_weights(tmp_path: Path) -> None:

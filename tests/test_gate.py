@@ -19,7 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from services.client import png_bytes
+from tests.bento_env import venv_from_requirements
 from tests.conftest import ROOT, write_params
 from tests.models import always_answering
 from transferops.config import load_params
@@ -298,7 +301,7 @@ def test_bento_builds_offline_and_serves_the_champion(models: Models, tmp_path: 
     from flows.serving import running_service
 
     context = tmp_path / "project"
-    for part in ("pipelines", "services"):
+    for part in ("pipelines", "services", "transferops"):
         shutil.copytree(ROOT / part, context / part, ignore=shutil.ignore_patterns("__pycache__"))
     relative = {"paths.models": "models", "paths.prediction_log": "logs"}
     write_params(context / "params.yaml", relative, base=models.project)
@@ -315,10 +318,29 @@ def test_bento_builds_offline_and_serves_the_champion(models: Models, tmp_path: 
     bento = bentoml.get(bento_tag)
     assert [str(m.tag) for m in bento.info.all_models] == [models.trained]
 
-    # Served from the Bento, elsewhere: no project files, no champion folder around.
-    with running_service(cwd=tmp_path, target=bento_tag, log_file=tmp_path / "bento.log") as url:
+    # Served from the Bento, elsewhere, in a fresh venv holding only the Bento's own
+    # requirements (and what they require): no project files, no champion folder around.
+    python = venv_from_requirements(
+        Path(bento.path) / "env" / "python" / "requirements.txt", tmp_path / "bento-venv"
+    )
+    for absent in ("sklearn", "matplotlib", "prefect", "dvc", "evidently", "transferops"):
+        probe = subprocess.run(
+            [python, "-c", f"import {absent}"], capture_output=True, cwd=tmp_path
+        )
+        assert probe.returncode != 0, f"{absent} is not in the Bento's environment"
+    with running_service(
+        cwd=tmp_path,
+        target=bento_tag,
+        log_file=tmp_path / "bento.log",
+        env={"PYTHONPATH": ""},
+        python=python,
+    ) as url:
         import httpx
 
         answer = httpx.get(f"{url}/v1/metadata", timeout=30).json()
+        image = ("images", ("x.png", png_bytes(Image.new("RGB", (40, 30), "gray")), "image/png"))
+        classified = httpx.post(f"{url}/v1/classify", files=[image], timeout=60)
     assert answer["model"] == models.trained
     assert answer["labels"]["data_version"].startswith("manifest-")
+    assert classified.status_code == 200, classified.text
+    assert classified.json()[0]["model"] == models.trained

@@ -140,3 +140,33 @@ def test_bento_manifests_agree_with_the_service() -> None:
     log_dir = load_params(ROOT / "params.yaml").paths.prediction_log
     mount = container["volumeMounts"][0]["mountPath"]
     assert mount.endswith("/" + Path(log_dir).parts[0]), "the mount holds paths.prediction_log"
+
+
+def test_the_compose_prefect_api_is_local_and_authenticated_with_secrets_from_the_environment():
+    services = yaml.safe_load((ROOT / "flows/infra/docker-compose.yaml").read_text())["services"]
+    server, postgres, worker = (services[k] for k in ("prefect-server", "postgres", "worker"))
+    assert server["ports"] == ["127.0.0.1:4200:4200"], "this machine's loopback only"
+    assert "ports" not in postgres, "the database is reachable on the compose network only"
+    required = "${PREFECT_DB_PASSWORD:?"  # compose stops with a message when it is not set
+    assert postgres["environment"]["POSTGRES_PASSWORD"].startswith(required)
+    url = server["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert "prefect:${PREFECT_DB_PASSWORD:?}@" in url
+    assert server["environment"]["PREFECT_SERVER_API_AUTH_STRING"].startswith(
+        "${PREFECT_API_AUTH_STRING:?"
+    )
+    assert worker["environment"]["PREFECT_API_AUTH_STRING"] == "${PREFECT_API_AUTH_STRING:?}"
+
+
+@pytest.mark.integration
+def test_a_prefect_server_with_an_auth_string_refuses_callers_without_it(tmp_path: Path) -> None:
+    """What the compose file sets, on a real server: no string, no API."""
+    from flows.prefect_server import running_prefect_server
+
+    secret = {"PREFECT_SERVER_API_AUTH_STRING": "admin:s3cret-for-test"}
+    with running_prefect_server(tmp_path / "home", settings=secret) as api:
+        anonymous = httpx.post(f"{api}/flows/filter", json={}, timeout=10)
+        wrong = httpx.post(f"{api}/flows/filter", json={}, auth=("admin", "guess"), timeout=10)
+        admitted = httpx.post(
+            f"{api}/flows/filter", json={}, auth=("admin", "s3cret-for-test"), timeout=10
+        )
+    assert (anonymous.status_code, wrong.status_code, admitted.status_code) == (401, 401, 200)

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import httpx
-import yaml
 import pytest
+import yaml
 
 from flows.data import checkout_version
 from flows.deploy import MONITORING_DEPLOYMENT, TRAINING_DEPLOYMENT

@@ -143,7 +143,9 @@ def fit_classifier(
             fingerprint=run_id,
             world=world,
         )
-        summary["finetune"] = finetune_summary(result, rates)
+        summary["finetune"] = finetune_summary(result, rates) | {
+            "processes": world.size if world is not None else 1
+        }
     return Fitted(model, summary)
 
 
