@@ -375,7 +375,7 @@ def _validated(raw: dict[str, Any], path: Path) -> Params:
 # params.yaml: the run writes what differs from params.yaml here, every DVC stage lists
 # this file's sections beside params.yaml's (so DVC re-runs what a change touches) and
 # loads it on top (:func:`load_stage_params`). The training flow empties it when the run
-# ends, and rewrites it when the next run starts. docs/training.md, "Run params".
+# ends, and rewrites it when the next run starts. docs/orchestration.md, "Run params".
 RUN_PARAMS = Path(".transferops") / "run-params.yaml"
 # dvc.yaml templates its outputs from params.yaml: a run may not move them.
 RUN_MAY_CHANGE_PATHS = ("incoming",)
@@ -482,8 +482,8 @@ def write_overrides(path: Path, overrides: Sequence[str]) -> None:
     """Write ``key.sub=value`` overrides into the params file, keeping its comments.
 
     The overrides are validated first (:func:`load_params`), so a bad one
-    changes nothing. DVC reads ``params.yaml`` itself: a run with overrides
-    writes them there, and the caller restores the file afterwards.
+    changes nothing. For setting up a project's own file (the demo's
+    workspace); a run never writes params.yaml (:data:`RUN_PARAMS`).
     """
     from ruamel.yaml import YAML
 
