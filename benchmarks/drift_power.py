@@ -232,6 +232,7 @@ def other_references(args, params: Params, ref: drift.Reference, base: Embedded)
             stat_names=ref.stat_names,
             bn=drawn.bn,
             bn_stages=ref.bn_stages,
+            regimes=np.full(len(picked), "base"),
         )
         pca, reference = drift.reference_sample(other, params)
         calibration = drift.calibrate(reference, size, ref.stat_names, params)

@@ -42,6 +42,7 @@ from sklearn.decomposition import PCA
 from monitoring import bias, evidently_report, shift, summary
 from transferops.commands import run_stage
 from transferops.config import Params
+from transferops.data.preparation import BASE_REGIME
 from transferops.files import write_atomic
 from transferops.logs.jsonl import append_jsonl, read_jsonl
 from transferops.logs.predictions import latest_model, read_feedback, read_predictions
@@ -63,6 +64,10 @@ class DriftVerdict:
     tests: dict[str, dict] = field(default_factory=dict)  # test -> value, threshold, fired
     stage_shift: dict[str, float] = field(default_factory=dict)
     shift_location: str | None = None  # early | late, from the BatchNorm distances
+    # The tests fired against the whole reference but not against this regime of it
+    # (the base data or a drop the model was trained on): known traffic, not drift.
+    regime: str | None = None
+    regime_tests: dict[str, dict] = field(default_factory=dict)  # regime -> rows, fired
     untested: list[str] = field(default_factory=list)  # image statistics with no test, and why
     bias: dict = field(default_factory=dict)
     false_alarm_rate: float | None = None
@@ -93,6 +98,7 @@ class Reference:
     stat_names: list[str]
     bn: np.ndarray | None
     bn_stages: list[str]
+    regimes: np.ndarray  # per row: "base" or the drop it came from (older references: all base)
 
 
 def load_reference(model_tag: str) -> Reference:
@@ -110,6 +116,11 @@ def load_reference(model_tag: str) -> Reference:
             stat_names=data["stat_names"].astype(str).tolist(),
             bn=data["bn"] if has_bn else None,
             bn_stages=data["bn_stages"].astype(str).tolist() if has_bn else [],
+            regimes=(
+                data["regimes"].astype(str)
+                if "regimes" in data.files
+                else np.full(len(data["labels"]), BASE_REGIME)
+            ),
         )
 
 
@@ -252,12 +263,81 @@ def check_drift(params: Params) -> DriftVerdict:
                 f"{threshold:.3g} ({detail})"
             )
     verdict.shift = any(t["fired"] for t in verdict.tests.values())
+    if verdict.shift:
+        known_regime(verdict, current, reference, pca, params)
     untested = sorted(set(stat_names) - set(calibration.tested_stats))
     verdict.untested = [f"{name}: the same for every reference image" for name in untested]
     _locate(verdict, window, reference)
     _judge_bias(verdict, window, reference, params)
     verdict.status = "drift" if verdict.shift or verdict.bias_alarm else "no_drift"
     return _record(params, verdict, snapshot)
+
+
+REGIME_SPLITS = 5  # splits of a regime a window is compared with (known_regime)
+
+
+def known_regime(
+    verdict: DriftVerdict,
+    current: shift.Sample,
+    reference: Reference,
+    pca: PCA,
+    params: Params,
+) -> None:
+    """Whether a window that drifted from the whole reference is like one regime of it.
+
+    After a retrain on a drop (say, labelled blurred images), the reference
+    mixes the base data and the drop; traffic that is all base, or all like
+    the drop, differs from the mix but is what the model was trained for. Each
+    regime with at least ``monitor.min_regime_rows`` rows is tested on its
+    own: a seeded sample of the window (at most half the regime's rows)
+    against the rest of seeded splits of the regime, with thresholds
+    calibrated on the regime for exactly that comparison, a test firing on
+    most splits. The first regime
+    (largest first) that no test tells apart makes the verdict "known traffic".
+    """
+    names, counts = np.unique(reference.regimes, return_counts=True)
+    usable = [
+        (name, int(count))
+        for count, name in sorted(zip(counts, names, strict=True), reverse=True)
+        if count >= params.monitor.min_regime_rows
+    ]
+    if len(usable) < 2:  # one regime is the whole reference, already tested
+        return
+    rng = np.random.default_rng(params.seed)
+    for name, count in usable:
+        rows = np.flatnonzero(reference.regimes == name)
+        rows = rows[sample_rows(len(rows), params.monitor.max_rows, params.seed)]
+        part = shift.Sample(
+            pca.transform(reference.embeddings[rows]),
+            reference.stats[rows],
+            reference.predictions[rows],
+        )
+        size = min(len(current), count // 2)
+        window = current.take(np.sort(rng.choice(len(current), size, replace=False)))
+        tag = f"{verdict.model_tag}@{name}"
+        calibration = calibration_for(part, size, reference.stat_names, params, tag)
+        # Against the rest of seeded splits of the regime, as each calibration draw
+        # compared (at half the regime, scaling the MMD's threshold to the whole regime
+        # is too rough); one split's luck would decide alone, so a test counts as fired
+        # when it fires on most of REGIME_SPLITS splits.
+        thresholds = calibration.against(len(part) - size)
+        votes: dict[str, int] = {}
+        for _ in range(REGIME_SPLITS):
+            rest = part.take(np.sort(rng.choice(len(part), len(part) - size, replace=False)))
+            values = shift.scores(window, rest, reference.stat_names, calibration.tested_stats)
+            for test, value in values.items():
+                votes[test] = votes.get(test, 0) + shift.fires(test, value, thresholds[test])
+        fired = [test for test, count in votes.items() if count > REGIME_SPLITS // 2]
+        verdict.regime_tests[name] = {"rows": count, "window": size, "fired": fired}
+        if not fired:
+            verdict.regime = name
+            verdict.shift = False
+            verdict.reasons.append(
+                f"known traffic: the window differs from the whole reference but not from "
+                f"its '{name}' part ({count} reference images; {size} window images tested), "
+                "which the model was trained on"
+            )
+            return
 
 
 def _detail(

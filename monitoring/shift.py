@@ -83,6 +83,16 @@ class Calibration:
     def tested_stats(self) -> list[str]:
         return [t[len(STAT) :] for t in self.thresholds if t.startswith(STAT)]
 
+    def against(self, rows: int) -> dict[str, float]:
+        """The thresholds for comparing a window with ``rows`` of the reference, not all.
+
+        Only the MMD's depends on the sizes (its null spread goes as 1/window +
+        1/reference): compared with the held-in part of a calibration draw
+        (``reference - window`` rows), it is the draws' own cut-off, unscaled.
+        """
+        scale = (1 / self.window + 1 / rows) / (1 / self.window + 1 / self.reference)
+        return {t: v * scale if t == EMBEDDING else v for t, v in self.thresholds.items()}
+
 
 def test_names(stat_names: list[str]) -> list[str]:
     return [EMBEDDING, *[STAT + name for name in stat_names], PREDICTION]

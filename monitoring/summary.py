@@ -146,7 +146,12 @@ def html_block(verdict: dict, pictures: list[Path]) -> str:
     return render(
         "summary.html.j2",
         colour=COLOURS[status],
-        headline=HEADLINES[status],
+        headline=(
+            f"Known traffic: unlike the reference as a whole, like its "
+            f"'{verdict['regime']}' part, which the model was trained on"
+            if verdict.get("regime")
+            else HEADLINES[status]
+        ),
         model=str(verdict["model_tag"]),
         window=verdict["window_size"],
         window_start=str(verdict.get("window_start", "")),

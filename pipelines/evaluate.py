@@ -18,9 +18,13 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from transferops.commands import run_stage
 from transferops.config import Params
 from transferops.data.datasets import read_accepted
+from transferops.data.preparation import regime_of
 from transferops.models.classifier import load_classifier
 from transferops.models.evaluation import (
     CONFUSION,
@@ -29,6 +33,7 @@ from transferops.models.evaluation import (
     REFERENCE,
     RELIABILITY,
     evaluation_metrics,
+    join_scored,
     plot_confusion,
     plot_groups,
     plot_reliability,
@@ -41,7 +46,12 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(params: Params) -> dict:
-    """Score the model on the test split; write metrics, pictures and the reference."""
+    """Score the model on the test split; write metrics, pictures and the reference.
+
+    The monitoring reference is the test and validation splits together (more
+    rows: steadier drift thresholds), each row with its regime (the base data
+    or the drop it came from, docs/monitoring.md).
+    """
     set_threads(params.threads)
     device = select_device(params.device)
     paths, cfg = params.paths, params.evaluate
@@ -58,7 +68,14 @@ def evaluate(params: Params) -> dict:
         plot_groups(metrics, out_dir / GROUPS)
     else:  # not a DVC output: it exists only for data with groups
         (out_dir / GROUPS).unlink(missing_ok=True)
-    save_reference(scored, out_dir / REFERENCE)
+    val = manifest[manifest["split"] == "val"]
+    batch = params.features.batch_size
+    reference = join_scored(
+        [scored, score_split(model, config, val, paths.prepared, batch, device, "reference")]
+    )
+    rows = pd.concat([test, val])
+    regimes = [regime_of(source, paths.incoming) for source in rows["source"]]
+    save_reference(reference, out_dir / REFERENCE, rows["split"].to_numpy(), np.asarray(regimes))
     (out_dir / METRICS).write_text(json.dumps(metrics, indent=2))
     low, high = metrics["ci"]["accuracy"]
     log.info(

@@ -122,7 +122,11 @@ def first_model(repo: Path, prefect_api) -> dict:
 
 @pytest.fixture(scope="module")
 def drift_scenario(repo: Path, prefect_api, deployed, first_model: dict) -> dict:
-    """Normal traffic, then blurred traffic until the drift event retrains, served throughout."""
+    """Normal traffic, then blurred traffic until the drift event retrains, served throughout.
+
+    Then the cycle after the retrain: blurred traffic to the new champion, then normal
+    traffic again; both are traffic the new champion was trained for.
+    """
     from flows.monitoring import monitoring_flow
     from transferops.config import load_params
 
@@ -135,7 +139,8 @@ def drift_scenario(repo: Path, prefect_api, deployed, first_model: dict) -> dict
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(repo)  # the params' paths are relative to the workspace
         pool = HeldOutPool(params.data.source, params.paths.prepared, params.seed)
-        drop = write_labelled_drop(pool.take(100, "blur"), repo.parent / "labelled-blur")
+        # 300 labelled blurred images: 90 of them land in val + test, the new reference.
+        drop = write_labelled_drop(pool.take(300, "blur"), repo.parent / "labelled-blur")
         found: dict = {"drop": drop, "training_id": training_id}
         with running_service(port=SERVICE_PORT, log_file=repo / "serve.log", env=unpinned) as url:
             found["accuracy"] = send(url, pool.take(params.monitor.window))
@@ -147,7 +152,31 @@ def drift_scenario(repo: Path, prefect_api, deployed, first_model: dict) -> dict
             found["shifted"] = monitoring_flow(retrain=True, new_data=str(drop))
             found["run"] = wait_for_run(api, training_id, known=set(), timeout=500)
             found["served"] = httpx.get(f"{url}/v1/metadata", timeout=10).json()["model"]
+            send(url, pool.take(params.monitor.window, "blur"))
+            found["after_shifted"] = monitoring_flow(retrain=True)
+            send(url, pool.take(params.monitor.window))
+            found["after_normal"] = monitoring_flow(retrain=True)
     return found
+
+
+def test_after_a_retrain_shifted_and_normal_traffic_are_both_known(
+    repo: Path, drift_scenario: dict
+) -> None:
+    """The cycle settles: normal -> blur -> retrain on the labelled blur -> blur is quiet ->
+    normal is quiet. The new reference mixes both; each is one regime of it."""
+    found = drift_scenario
+    retrained = record_of(repo, found["run"]["id"])["result"]
+    assert retrained["gate"]["promoted"], "the retrained model serves: the cycle needs it"
+    shifted, normal = found["after_shifted"], found["after_normal"]
+    for check in (shifted, normal):
+        assert check["model_tag"] == retrained["model_tag"] == found["served"]
+        assert check["verdict"]["status"] == "no_drift", check["verdict"]["reasons"]
+        assert check["decision"]["reason"] == "the latest check found no drift"
+        assert check["requested"] is None
+    regimes = shifted["verdict"]["regime_tests"]
+    assert shifted["verdict"]["regime"] == "labelled-blur", regimes
+    assert regimes["labelled-blur"]["fired"] == [] and regimes["labelled-blur"]["rows"] >= 60
+    assert normal["verdict"]["regime"] in (None, "base"), normal["verdict"]["regime_tests"]
 
 
 def test_first_model_is_trained_stage_by_stage_and_promoted(

@@ -32,7 +32,9 @@ def test_evaluation_writes_metrics_pictures_and_reference(trained_project: Path)
     for picture in ("confusion.png", "reliability.png"):
         assert (out / picture).stat().st_size > 10_000
     with np.load(out / "reference.npz") as ref:  # allow_pickle is off by default
-        assert ref["embeddings"].shape == (120, 1280)
+        assert ref["embeddings"].shape == (160, 1280), "test (120) and val (40) images"
+        assert list(ref["splits"]) == ["test"] * 120 + ["val"] * 40
+        assert (ref["regimes"] == "base").all(), "no drops in this project"
         assert np.allclose(ref["probabilities"].sum(1), 1, atol=1e-4)
         assert set(ref["predictions"]) <= set(ref["classes"])
         assert list(ref["stat_names"]) == list(STAT_NAMES)

@@ -12,8 +12,17 @@ import pytest
 from flows.serving import free_port
 from monitoring import evidently_report, shift
 from monitoring.bias import Side, group_gaps
-from monitoring.drift import check_drift, read_history
+from monitoring.drift import (
+    DriftVerdict,
+    Reference,
+    check_drift,
+    known_regime,
+    read_history,
+    reference_sample,
+    window_sample,
+)
 from services.client import png_bytes
+from tests.conftest import ROOT
 from transferops.config import BiasParams, load_params
 from transferops.data.shifts import HeldOutPool
 from transferops.models.profiling import shift_location
@@ -22,7 +31,9 @@ STATS = ["width", "height", "brightness", "contrast", "sharpness"]
 CLASSES = np.array(list("abcdefghij"))
 
 
-def synthetic(rng: np.random.Generator, n: int, offset: float = 0.0) -> shift.Sample:
+def synthetic(
+    rng: np.random.Generator, n: int, offset: float = 0.0, dims: int = 16
+) -> shift.Sample:
     """Gaussian embeddings, integer-valued sizes and skewed grey levels, ten classes."""
     stats = np.column_stack(
         [
@@ -33,7 +44,7 @@ def synthetic(rng: np.random.Generator, n: int, offset: float = 0.0) -> shift.Sa
             rng.lognormal(6, 0.5, n),
         ]
     )
-    return shift.Sample(rng.normal(offset, 1, (n, 16)), stats, rng.choice(CLASSES, n))
+    return shift.Sample(rng.normal(offset, 1, (n, dims)), stats, rng.choice(CLASSES, n))
 
 
 def test_statistics_are_evidently_s_own() -> None:
@@ -97,7 +108,7 @@ def test_a_small_reference_does_not_make_new_images_look_shifted() -> None:
     ref = sample(n)
     reference = Reference(
         ref.embeddings, ref.predictions, ref.predictions, ref.predictions, ref.stats, STATS,
-        None, [],
+        None, [], np.full(n, "base"),
     )  # fmt: skip
     pca, projected = reference_sample(reference, params)
     assert pca.n_components_ <= n // 4
@@ -328,3 +339,67 @@ def test_bias_scenario_names_the_degraded_group(serve_traffic) -> None:
     assert any(r.startswith(f"bias: group '{south}'") for r in degraded.reasons)
     pictures = Path(degraded.report_dir) / "group_gaps.png"
     assert pictures.stat().st_size > 1000, "the per-group picture was drawn"
+
+
+def regimes_reference(rng: np.random.Generator) -> tuple[Reference, np.ndarray]:
+    """A reference that mixes 400 base rows and 160 rows of a drop unlike them."""
+    base, drop = synthetic(rng, 400, dims=40), synthetic(rng, 160, offset=1.0, dims=40)
+    joined = [
+        np.concatenate([a, b])
+        for a, b in zip(
+            (base.embeddings, base.stats, base.predictions),
+            (drop.embeddings, drop.stats, drop.predictions),
+            strict=True,
+        )
+    ]
+    regimes = np.array(["base"] * 400 + ["blur-drop"] * 160)
+    reference = Reference(
+        embeddings=joined[0], predictions=joined[2], labels=joined[2],
+        groups=np.full(560, ""), stats=joined[1], stat_names=STATS, bn=None, bn_stages=[],
+        regimes=regimes,
+    )  # fmt: skip
+    return reference, regimes
+
+
+def test_a_window_like_one_regime_of_the_reference_is_known_traffic(tmp_path: Path) -> None:
+    """Ten windows each: like the base part, like the drop, like neither (a new shift)."""
+    rng = np.random.default_rng(5)
+    reference, _ = regimes_reference(rng)
+    params = load_params(
+        ROOT / "params.yaml", [f"paths.reports={tmp_path}", "monitor.calibration_draws=200"]
+    )
+    pca, _ = reference_sample(reference, params)
+
+    def judged(offset: float) -> list[DriftVerdict]:
+        verdicts = []
+        for _ in range(10):
+            window = synthetic(rng, 200, offset=offset, dims=40)
+            current = window_sample(pca, window.embeddings, window.stats, window.predictions)
+            verdict = DriftVerdict("drift", "m:1", 200, shift=True)
+            known_regime(verdict, current, reference, pca, params)
+            for tested in verdict.regime_tests.values():
+                assert tested["window"] == min(200, tested["rows"] // 2), "half a regime at most"
+            assert verdict.shift is (verdict.regime is None)
+            verdicts.append(verdict)
+        return verdicts
+
+    # Each regime test alarms on about 1% of windows like it (monitor.false_alarm_rate).
+    assert sum(v.regime == "base" for v in judged(0.0)) >= 9
+    assert sum(v.regime == "blur-drop" for v in judged(1.0)) >= 9
+    new = judged(-1.5)
+    assert all(v.regime is None for v in new), "a new shift is unlike every regime"
+    assert all(t["fired"] for v in new for t in v.regime_tests.values())
+    assert all(set(v.regime_tests) == {"base", "blur-drop"} for v in new)
+
+
+def test_a_reference_of_one_regime_tests_nothing_more(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    reference, _ = regimes_reference(rng)
+    reference.regimes[:] = "base"
+    params = load_params(ROOT / "params.yaml", [f"paths.reports={tmp_path}"])
+    pca, _ = reference_sample(reference, params)
+    window = synthetic(rng, 200, offset=1.0, dims=40)
+    current = window_sample(pca, window.embeddings, window.stats, window.predictions)
+    verdict = DriftVerdict("drift", "m:1", 200, shift=True)
+    known_regime(verdict, current, reference, pca, params)
+    assert (verdict.regime, verdict.regime_tests, verdict.shift) == (None, {}, True)

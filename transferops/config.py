@@ -294,6 +294,7 @@ class MonitorParams(Section):
     false_alarm_rate: Probability
     min_effect: Annotated[float, Field(ge=0, le=10)]
     calibration_draws: Annotated[int, Field(ge=100, le=100_000)]
+    min_regime_rows: Annotated[int, Field(ge=20)]
     bias: BiasParams
     retrain: RetrainParams
 

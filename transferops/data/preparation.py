@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -181,6 +182,22 @@ def incoming_drops(incoming: Path) -> list[Path]:
     if not incoming.is_dir():
         return []
     return sorted(p for p in incoming.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+BASE_REGIME = "base"  # rows from data.source, as against a drop's
+
+
+def regime_of(source: str, incoming: Path) -> str:
+    """Which part of the data a prepared row came from: its drop's name, or ``base``.
+
+    ``source`` is the manifest's ``source`` column (the file a row was copied
+    from); a row copied from ``incoming/<drop>/...`` belongs to ``<drop>``.
+    """
+    parts = Path(os.path.abspath(source)).parts
+    root = Path(os.path.abspath(incoming)).parts
+    if len(parts) > len(root) + 1 and parts[: len(root)] == root:
+        return parts[len(root)]
+    return BASE_REGIME
 
 
 def drop_source(drop: Path) -> Path:

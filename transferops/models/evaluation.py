@@ -11,6 +11,7 @@ light.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -272,11 +273,24 @@ def plot_groups(metrics: dict, path: Path) -> None:
 # --- the stage --------------------------------------------------------------
 
 
-def save_reference(scored: Scored, path: Path) -> None:
-    """The monitoring reference; only plain arrays, so it loads without pickle."""
+def join_scored(parts: list[Scored]) -> Scored:
+    """Several scorings of one model as one, row after row."""
+    fields = [f.name for f in dataclasses.fields(Scored) if f.name != "bn_stages"]
+    joined = {name: np.concatenate([getattr(p, name) for p in parts]) for name in fields}
+    return Scored(**joined, bn_stages=parts[0].bn_stages)
+
+
+def save_reference(scored: Scored, path: Path, splits: np.ndarray, regimes: np.ndarray) -> None:
+    """The monitoring reference; only plain arrays, so it loads without pickle.
+
+    ``splits`` and ``regimes`` say, row for row, which split and which part of
+    the data (``base`` or a drop: ``preparation.regime_of``) each image is.
+    """
     classes = sorted(set(scored.labels) | set(scored.predictions))
     np.savez(
         path,
+        splits=np.asarray(splits, dtype=str),
+        regimes=np.asarray(regimes, dtype=str),
         embeddings=scored.embeddings,
         probabilities=scored.probabilities,
         labels=scored.labels,
