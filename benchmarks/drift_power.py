@@ -38,6 +38,7 @@ from rich.progress import track
 from rich.table import Table
 
 from monitoring import drift, shift
+from monitoring.accuracy import fit_estimator
 from monitoring.bias import Side, group_gaps
 from transferops.config import Params, load_params
 from transferops.data.imagestats import STAT_NAMES, image_statistics
@@ -59,15 +60,22 @@ SIZES = (50, 100, 200, 500)
 class Embedded:
     """Images as the service sees them: embeddings, statistics, predictions, BN distances."""
 
-    def __init__(self, embeddings, stats, predictions, bn, labels) -> None:
+    def __init__(self, embeddings, stats, predictions, bn, labels, probabilities) -> None:
         self.embeddings, self.stats, self.predictions = embeddings, stats, predictions
-        self.bn, self.labels = bn, labels
+        self.bn, self.labels, self.probabilities = bn, labels, probabilities
 
     def take(self, rows: np.ndarray) -> Embedded:
         return Embedded(*(a[rows] for a in self.arrays()))
 
     def arrays(self) -> tuple:
-        return self.embeddings, self.stats, self.predictions, self.bn, self.labels
+        return (
+            self.embeddings,
+            self.stats,
+            self.predictions,
+            self.bn,
+            self.labels,
+            self.probabilities,
+        )
 
     @staticmethod
     def join(parts: list[Embedded]) -> Embedded:
@@ -90,6 +98,7 @@ def embed(model, config, items: list[tuple[Image.Image, str]], batch: int = 256)
                 np.asarray(config.classes)[prob.argmax(1)],
                 bn,
                 np.asarray([label for _, label in chunk]),
+                prob,
             )
         )
     return Embedded.join(parts)
@@ -110,7 +119,7 @@ def build_cells(model, config, pool: HeldOutPool, per_cell: int, unshifted: int,
     return base, cells
 
 
-FIELDS = ("embeddings", "stats", "predictions", "bn", "labels")
+FIELDS = ("embeddings", "stats", "predictions", "bn", "labels", "probabilities")
 
 
 def save_cells(path: Path, base: Embedded, cells: dict) -> None:
@@ -208,6 +217,60 @@ def power(args, params: Params, ref: drift.Reference, base: Embedded, cells: dic
             results["early"][f"{PRIOR}:{severity}:{size}"] = early
             results["input_level"][f"{PRIOR}:{severity}:{size}"] = surgical
     return results
+
+
+def accuracy_errors(args, config, base: Embedded, cells: dict) -> dict:
+    """Estimated against true accuracy on windows of 200, per corruption and severity.
+
+    The estimator (monitoring/accuracy.py) is fitted on labelled clean held-out
+    images (temperature on one half, ATC threshold on the other), as the check
+    fits it on the model's val and test splits; windows are drawn from the
+    rest of the clean pool and from every corrupted cell. Both ATC and the
+    mean calibrated confidence (the CBPE-like peer) are scored.
+    """
+    columns = {name: i for i, name in enumerate(config.classes)}
+    labels = np.array([columns[label] for label in base.labels])
+    half = min(len(base.labels) // 4, 1000)
+    estimator = fit_estimator(
+        base.probabilities, labels, np.arange(half), np.arange(half, 2 * half)
+    )
+    rng = np.random.default_rng(args.seed + 3)
+    clean = base.take(np.arange(2 * half, len(base.labels)))
+    results = {"fitted": estimator.to_dict(), "window": 200, "cells": {}}
+    for key, cell in [(("none", 0), clean), *cells.items()]:
+        atc, confidence, truth = [], [], []
+        for _ in range(args.windows):
+            window = cell.take(rng.choice(len(cell.labels), 200, replace=False))
+            truth.append(float(np.mean(window.predictions == window.labels)))
+            atc.append(estimator.estimate(window.probabilities))
+            confidence.append(estimator.mean_confidence(window.probabilities))
+        truth_a = np.asarray(truth)
+        results["cells"][f"{key[0]}:{key[1]}"] = {
+            "accuracy": float(truth_a.mean()),
+            "atc_mae": float(np.mean(np.abs(np.asarray(atc) - truth_a))),
+            "atc_bias": float(np.mean(np.asarray(atc) - truth_a)),
+            "confidence_mae": float(np.mean(np.abs(np.asarray(confidence) - truth_a))),
+            "confidence_bias": float(np.mean(np.asarray(confidence) - truth_a)),
+        }
+    return results
+
+
+def print_accuracy(results: dict, console: Console) -> None:
+    table = Table(title="accuracy without labels: error on windows of 200 (points)")
+    for column in ("shift", "sev", "true acc", "ATC MAE", "ATC bias", "conf MAE", "conf bias"):
+        table.add_column(column, justify="right")
+    for key, cell in results["cells"].items():
+        name, severity = key.split(":")
+        table.add_row(
+            name,
+            severity,
+            f"{cell['accuracy']:.1%}",
+            f"{100 * cell['atc_mae']:.1f}",
+            f"{100 * cell['atc_bias']:+.1f}",
+            f"{100 * cell['confidence_mae']:.1f}",
+            f"{100 * cell['confidence_bias']:+.1f}",
+        )
+    console.print(table)
 
 
 def other_references(args, params: Params, ref: drift.Reference, base: Embedded) -> dict:
@@ -386,6 +449,9 @@ def main() -> None:
     parser.add_argument("--timing-rows", type=int, default=10_000)
     parser.add_argument("--reference-trials", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--only", choices=["accuracy"], help="only the accuracy-estimate table (quick)"
+    )
     parser.add_argument("--out", type=Path, default=Path("reports/benchmarks/drift_power.json"))
     args = parser.parse_args()
     params = load_params(Path("params.yaml"))
@@ -400,8 +466,8 @@ def main() -> None:
     ref = drift.load_reference(tag)
     pool = HeldOutPool(params.data.source, params.paths.prepared, seed=args.seed)
     started = time.perf_counter()
-    cache = args.out.with_name(
-        f"cells-{tag.replace(':', '-')}-{args.per_cell}-{args.unshifted}.npz"
+    cache = args.out.with_name(  # v2: with probabilities
+        f"cells-v2-{tag.replace(':', '-')}-{args.per_cell}-{args.unshifted}.npz"
     )
     if cache.is_file():  # embedding is most of the cost; the windows are drawn afresh
         base, cells = load_cells(cache)
@@ -412,7 +478,14 @@ def main() -> None:
         f"embedded {len(base.labels) + len(cells) * args.per_cell} images in "
         f"{time.perf_counter() - started:.0f} s"
     )
+    if args.only == "accuracy":
+        results = {"accuracy": accuracy_errors(args, config, base, cells), "tag": tag}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_name("accuracy.json").write_text(json.dumps(results, indent=2))
+        print_accuracy(results["accuracy"], console)
+        return
     results = power(args, params, ref, base, cells)
+    results["accuracy"] = accuracy_errors(args, config, base, cells)
     results["other_references"] = other_references(args, params, ref, base)
     results["bias"] = bias_scenario(args, params, ref, base, cells)
     results["timing"] = check_timing(params, tag, base, args.timing_rows)
@@ -424,6 +497,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print_tables(results, console)
+    print_accuracy(results["accuracy"], console)
     console.print(f"written {args.out}")
 
 

@@ -40,6 +40,7 @@ import pandas as pd
 from sklearn.decomposition import PCA
 
 from monitoring import bias, evidently_report, shift, summary
+from monitoring.accuracy import AccuracyEstimator, fit_estimator
 from transferops.commands import run_stage
 from transferops.config import Params
 from transferops.data.preparation import BASE_REGIME
@@ -64,6 +65,10 @@ class DriftVerdict:
     tests: dict[str, dict] = field(default_factory=dict)  # test -> value, threshold, fired
     stage_shift: dict[str, float] = field(default_factory=dict)
     shift_location: str | None = None  # early | late, from the BatchNorm distances
+    # Accuracy without labels (monitoring/accuracy.py): ATC's estimate, the mean calibrated
+    # confidence beside it, the reference's accuracy, and the accuracy measured from the
+    # feedback labels that came back for this window (with how many).
+    accuracy: dict = field(default_factory=dict)
     # The tests fired against the whole reference but not against this regime of it
     # (the base data or a drop the model was trained on): known traffic, not drift.
     regime: str | None = None
@@ -99,6 +104,9 @@ class Reference:
     bn: np.ndarray | None
     bn_stages: list[str]
     regimes: np.ndarray  # per row: "base" or the drop it came from (older references: all base)
+    probabilities: np.ndarray | None = None  # (rows, columns): the model's, per row
+    columns: list[str] = field(default_factory=list)  # the classes of those columns
+    splits: np.ndarray | None = None  # per row: test or val (older references: None)
 
 
 def load_reference(model_tag: str) -> Reference:
@@ -121,6 +129,9 @@ def load_reference(model_tag: str) -> Reference:
                 if "regimes" in data.files
                 else np.full(len(data["labels"]), BASE_REGIME)
             ),
+            probabilities=data["probabilities"],
+            columns=data["columns"].astype(str).tolist() if "columns" in data.files else [],
+            splits=data["splits"].astype(str) if "splits" in data.files else None,
         )
 
 
@@ -269,6 +280,7 @@ def check_drift(params: Params) -> DriftVerdict:
     verdict.untested = [f"{name}: the same for every reference image" for name in untested]
     _locate(verdict, window, reference)
     _judge_bias(verdict, window, reference, params)
+    _estimate_accuracy(verdict, window, reference, params)
     verdict.status = "drift" if verdict.shift or verdict.bias_alarm else "no_drift"
     return _record(params, verdict, snapshot)
 
@@ -371,6 +383,45 @@ def _locate(verdict: DriftVerdict, window: pd.DataFrame, reference: Reference) -
     verdict.shift_location = shift_location({s: abs(v) for s, v in effects.items()})
 
 
+def accuracy_estimator(reference: Reference) -> AccuracyEstimator | None:
+    """ATC fitted on the reference: temperature on its val rows, threshold on its test rows.
+
+    None for references written before the evaluate stage kept splits and columns.
+    """
+    if reference.splits is None or not reference.columns or reference.probabilities is None:
+        return None
+    column = {name: i for i, name in enumerate(reference.columns)}
+    known = np.array([label in column for label in reference.labels])
+    labels = np.array([column.get(label, -1) for label in reference.labels])
+    val = np.flatnonzero((reference.splits == "val") & known)
+    test = np.flatnonzero((reference.splits == "test") & known)
+    if len(val) < 20 or len(test) < 20:
+        return None
+    return fit_estimator(reference.probabilities, labels, val, test)
+
+
+def _estimate_accuracy(
+    verdict: DriftVerdict, window: pd.DataFrame, reference: Reference, params: Params
+) -> None:
+    estimator = accuracy_estimator(reference)
+    if estimator is None:
+        return
+    probabilities = np.stack(window["probabilities"].to_numpy()).astype(np.float64)
+    labels = with_feedback(window, params.paths.prediction_log)
+    labelled = labels != ""
+    predictions = window["label"].to_numpy(dtype=str)
+    verdict.accuracy = {
+        "estimated": estimator.estimate(probabilities),
+        "mean_confidence": estimator.mean_confidence(probabilities),
+        "reference": estimator.fitted_accuracy,
+        "feedback": (
+            float(np.mean(predictions[labelled] == labels[labelled])) if labelled.any() else None
+        ),
+        "feedback_labels": int(labelled.sum()),
+        "temperature": estimator.temperature,
+    }
+
+
 def _judge_bias(
     verdict: DriftVerdict, window: pd.DataFrame, reference: Reference, params: Params
 ) -> None:
@@ -405,6 +456,9 @@ def _record(params: Params, verdict: DriftVerdict, snapshot=None) -> DriftVerdic
             pictures = [staging / "drift_history.png", staging / "group_gaps.png"]
             summary.plot_history(history, pictures[0])
             summary.plot_gaps(verdict.bias.get("gaps", []), pictures[1])
+            if verdict.accuracy:
+                pictures.append(staging / "accuracy.png")
+                summary.plot_accuracy(history, pictures[-1])
             if verdict.stage_shift:
                 pictures.append(staging / "stage_shift.png")
                 summary.plot_stages(verdict.stage_shift, verdict.shift_location, pictures[-1])

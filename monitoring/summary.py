@@ -63,6 +63,31 @@ def plot_history(history: list[dict], path: Path) -> None:
     save_figure(figure, path)
 
 
+def plot_accuracy(history: list[dict], path: Path) -> None:
+    """Estimated accuracy per check (no labels), beside what feedback measured where it did."""
+    checks = [h for h in history if h.get("accuracy")]
+    figure, axes = plt.subplots(figsize=(8, 3.0))
+    times = np.arange(len(checks))
+    estimated = [h["accuracy"]["estimated"] for h in checks]
+    confidence = [h["accuracy"]["mean_confidence"] for h in checks]
+    feedback = [
+        h["accuracy"]["feedback"] if h["accuracy"]["feedback_labels"] else np.nan for h in checks
+    ]
+    axes.plot(times, estimated, marker="o", ms=4, label="estimated (ATC, no labels)")
+    axes.plot(times, confidence, ls=":", marker=".", label="mean calibrated confidence")
+    axes.plot(times, feedback, ls="none", marker="s", ms=6, label="measured from feedback")
+    if checks:
+        axes.axhline(checks[-1]["accuracy"]["reference"], color="black", ls="--", lw=1,
+                     label="reference (test split)")  # fmt: skip
+        labels = [h["checked_at"][5:19].replace("T", " ") for h in checks]
+        step = max(1, len(labels) // 8)
+        axes.set_xticks(times[::step], labels[::step], rotation=20, fontsize=7)
+    axes.set_ylim(0, 1.02)
+    axes.set(ylabel="accuracy", title="Accuracy on the traffic, per check")
+    axes.legend(fontsize=6, loc="lower left")
+    save_figure(figure, path)
+
+
 def plot_gaps(gaps: list[dict], path: Path) -> None:
     """Per group and metric: the current gap with its interval, and the reference's."""
     figure, axes = plt.subplots(figsize=(8, 1.6 + 0.42 * max(len(gaps), 1)))
@@ -160,6 +185,7 @@ def html_block(verdict: dict, pictures: list[Path]) -> str:
         false_alarm_rate=verdict.get("false_alarm_rate", ""),
         checked=verdict["checked_at"],
         reasons=verdict["reasons"],
+        accuracy=verdict.get("accuracy") or None,
         where={"location": location, "kind": shift_kind(location, fired)}
         if location and status == "drift"
         else None,

@@ -75,7 +75,13 @@ def evaluate(params: Params) -> dict:
     )
     rows = pd.concat([test, val])
     regimes = [regime_of(source, paths.incoming) for source in rows["source"]]
-    save_reference(reference, out_dir / REFERENCE, rows["split"].to_numpy(), np.asarray(regimes))
+    save_reference(
+        reference,
+        out_dir / REFERENCE,
+        rows["split"].to_numpy(),
+        np.asarray(regimes),
+        config.classes,
+    )
     (out_dir / METRICS).write_text(json.dumps(metrics, indent=2))
     low, high = metrics["ci"]["accuracy"]
     log.info(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from flows.serving import free_port
 from monitoring import evidently_report, shift
@@ -24,7 +25,7 @@ from monitoring.drift import (
 from services.client import png_bytes
 from tests.conftest import ROOT
 from transferops.config import BiasParams, load_params
-from transferops.data.shifts import HeldOutPool
+from transferops.data.shifts import CORRUPTIONS, HeldOutPool, corrupt
 from transferops.models.profiling import shift_location
 
 STATS = ["width", "height", "brightness", "contrast", "sharpness"]
@@ -261,8 +262,14 @@ def test_drift_verdicts_reports_and_workspace_on_served_traffic(serve_traffic) -
     body = html[html.index("<body") :]
     assert body.index('id="transferops-summary"') < 200, "the summary opens the page"
     assert "DRIFT" in body[:3000] and "evidently" in body[3000:].lower(), "then Evidently's"
-    for picture in ("drift_history.png", "group_gaps.png", "stage_shift.png"):
+    for picture in ("drift_history.png", "group_gaps.png", "stage_shift.png", "accuracy.png"):
         assert (report / picture).stat().st_size > 5_000, picture
+    # Accuracy without labels, on every check: fitted on the reference's val and test rows.
+    for check in (normal, shifted):
+        assert check.accuracy["feedback"] is None and check.accuracy["feedback_labels"] == 0
+        assert 0 <= check.accuracy["estimated"] <= 1
+    assert shifted.accuracy["reference"] == normal.accuracy["reference"]
+    assert "Estimated accuracy on this window" in body[:6000]
     summary = json.loads((report / "summary.json").read_text())
     assert summary["status"] == "drift" and summary["reasons"]
     assert json.loads((report / "report.json").read_text())["metrics"]
@@ -339,6 +346,11 @@ def test_bias_scenario_names_the_degraded_group(serve_traffic) -> None:
     assert any(r.startswith(f"bias: group '{south}'") for r in degraded.reasons)
     pictures = Path(degraded.report_dir) / "group_gaps.png"
     assert pictures.stat().st_size > 1000, "the per-group picture was drawn"
+    # Every image came back labelled: the estimate sits beside the measured accuracy.
+    measured = degraded.accuracy
+    assert measured["feedback_labels"] == 240 and 0 <= measured["feedback"] <= 1
+    assert 0 <= measured["estimated"] <= 1 and measured["temperature"] > 0
+    assert (Path(degraded.report_dir) / "accuracy.png").stat().st_size > 5_000
 
 
 def regimes_reference(rng: np.random.Generator) -> tuple[Reference, np.ndarray]:
@@ -403,3 +415,17 @@ def test_a_reference_of_one_regime_tests_nothing_more(tmp_path: Path) -> None:
     verdict = DriftVerdict("drift", "m:1", 200, shift=True)
     known_regime(verdict, current, reference, pca, params)
     assert (verdict.regime, verdict.regime_tests, verdict.shift) == (None, {}, True)
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_every_corruption_runs_at_every_severity_and_grows_with_it(name: str) -> None:
+    """The benchmark's ladders (a JPEG one failed on a missing import for two issues)."""
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).convert("L")
+    original = np.asarray(image, dtype=float)
+    moved = []
+    for severity in range(1, 6):
+        out = corrupt(image, name, severity, np.random.default_rng(1))
+        assert out.mode == "L" and out.size == image.size
+        moved.append(np.abs(np.asarray(out, dtype=float) - original).mean())
+    assert moved[0] > 0 and moved[-1] >= moved[0], moved

@@ -6,6 +6,7 @@ split (so the reference never sees them); a shift is applied on the way.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np

@@ -280,16 +280,24 @@ def join_scored(parts: list[Scored]) -> Scored:
     return Scored(**joined, bn_stages=parts[0].bn_stages)
 
 
-def save_reference(scored: Scored, path: Path, splits: np.ndarray, regimes: np.ndarray) -> None:
+def save_reference(
+    scored: Scored,
+    path: Path,
+    splits: np.ndarray,
+    regimes: np.ndarray,
+    columns: list[str],
+) -> None:
     """The monitoring reference; only plain arrays, so it loads without pickle.
 
     ``splits`` and ``regimes`` say, row for row, which split and which part of
-    the data (``base`` or a drop: ``preparation.regime_of``) each image is.
+    the data (``base`` or a drop: ``preparation.regime_of``) each image is;
+    ``columns`` names the classes of the probabilities' columns (the model's).
     """
     classes = sorted(set(scored.labels) | set(scored.predictions))
     np.savez(
         path,
         splits=np.asarray(splits, dtype=str),
+        columns=np.asarray(columns, dtype=str),
         regimes=np.asarray(regimes, dtype=str),
         embeddings=scored.embeddings,
         probabilities=scored.probabilities,
