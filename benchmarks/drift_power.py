@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from monitoring import drift, shift
+from monitoring import drift, evidently_report, shift
 from monitoring.accuracy import fit_estimator
 from monitoring.bias import Side, group_gaps
 from transferops.config import Params, load_params
@@ -255,6 +255,68 @@ def accuracy_errors(args, config, base: Embedded, cells: dict) -> dict:
     return results
 
 
+def evidently_defaults(args, params: Params, ref: drift.Reference, base: Embedded, cells: dict):
+    """Our calibrated check and Evidently's defaults on the same windows of ``--peer-size``.
+
+    The peer is what a user gets out of the box (``evidently_report.default_drift``):
+    the default embedding method on the raw embeddings and the default test per
+    image statistic and for the predicted class, against the model's reference;
+    a window alarms when any of them says drift. Ours: the check's tests and
+    calibrated thresholds (``fired_tests``).
+    """
+    size = args.peer_size
+    pca, reference = drift.reference_sample(ref, params)
+    calibration = drift.calibrate(reference, size, ref.stat_names, params)
+    ref_frame = evidently_report.frame(ref.embeddings, ref.predictions, ref.stats, ref.stat_names)
+    rng = np.random.default_rng(args.seed + 4)
+    clean = base.take(np.arange(len(base.labels)))
+    rows = {}
+    for key, cell in track(
+        [(("none", 0), clean), *cells.items()], description=f"peer windows of {size}"
+    ):
+        ours, theirs, parts = 0, 0, {}
+        count = args.peer_windows * (3 if key[0] == "none" else 1)
+        for _ in range(count):
+            window = cell.take(rng.choice(len(cell.labels), size, replace=False))
+            ours += bool(fired_tests(window, pca, reference, calibration, ref.stat_names))
+            flags = evidently_report.default_drift(
+                evidently_report.frame(
+                    window.embeddings, window.predictions, window.stats, ref.stat_names
+                ),
+                ref_frame,
+                ref.stat_names,
+            )
+            theirs += any(flags.values())
+            for test, fired in flags.items():
+                parts[test] = parts.get(test, 0) + fired
+        rows[f"{key[0]}:{key[1]}"] = {
+            "windows": count,
+            "ours": ours / count,
+            "evidently_default": theirs / count,
+            "evidently_parts": {t: v / count for t, v in parts.items()},
+        }
+    return {"size": size, "cells": rows}
+
+
+def print_peer(results: dict, console: Console) -> None:
+    table = Table(
+        title=f"alarm rate on windows of {results['size']}: calibrated check vs Evidently defaults"
+    )
+    for column in ("shift", "sev", "windows", "ours", "Evidently default", "of which embedding"):
+        table.add_column(column, justify="right")
+    for key, cell in results["cells"].items():
+        name, severity = key.split(":")
+        table.add_row(
+            name,
+            severity,
+            str(cell["windows"]),
+            f"{cell['ours']:.0%}",
+            f"{cell['evidently_default']:.0%}",
+            f"{cell['evidently_parts'].get('embedding', 0):.0%}",
+        )
+    console.print(table)
+
+
 def print_accuracy(results: dict, console: Console) -> None:
     table = Table(title="accuracy without labels: error on windows of 200 (points)")
     for column in ("shift", "sev", "true acc", "ATC MAE", "ATC bias", "conf MAE", "conf bias"):
@@ -450,8 +512,12 @@ def main() -> None:
     parser.add_argument("--reference-trials", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--only", choices=["accuracy"], help="only the accuracy-estimate table (quick)"
+        "--only",
+        choices=["accuracy", "peer"],
+        help="only the accuracy-estimate table, or only the Evidently-defaults peer",
     )
+    parser.add_argument("--peer-size", type=int, default=200, help="peer: window size")
+    parser.add_argument("--peer-windows", type=int, default=20, help="peer: windows per cell")
     parser.add_argument("--out", type=Path, default=Path("reports/benchmarks/drift_power.json"))
     args = parser.parse_args()
     params = load_params(Path("params.yaml"))
@@ -478,6 +544,12 @@ def main() -> None:
         f"embedded {len(base.labels) + len(cells) * args.per_cell} images in "
         f"{time.perf_counter() - started:.0f} s"
     )
+    if args.only == "peer":
+        results = {"peer": evidently_defaults(args, params, ref, base, cells), "tag": tag}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_name("peer.json").write_text(json.dumps(results, indent=2))
+        print_peer(results["peer"], console)
+        return
     if args.only == "accuracy":
         results = {"accuracy": accuracy_errors(args, config, base, cells), "tag": tag}
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -486,6 +558,7 @@ def main() -> None:
         return
     results = power(args, params, ref, base, cells)
     results["accuracy"] = accuracy_errors(args, config, base, cells)
+    results["peer"] = evidently_defaults(args, params, ref, base, cells)
     results["other_references"] = other_references(args, params, ref, base)
     results["bias"] = bias_scenario(args, params, ref, base, cells)
     results["timing"] = check_timing(params, tag, base, args.timing_rows)
@@ -498,6 +571,7 @@ def main() -> None:
     args.out.write_text(json.dumps(results, indent=2))
     print_tables(results, console)
     print_accuracy(results["accuracy"], console)
+    print_peer(results["peer"], console)
     console.print(f"written {args.out}")
 
 

@@ -82,6 +82,34 @@ def run_report(
     return snapshot, dict(zip([name for name, _ in tests], values, strict=True))
 
 
+def default_drift(
+    current: pd.DataFrame, reference: pd.DataFrame, stat_names: list[str]
+) -> dict[str, bool]:
+    """What Evidently decides out of the box, per test: drifted or not.
+
+    The embedding method a user gets by default (a classifier told to separate
+    the two sets, drift above ROC AUC 0.55; with a bootstrap when the
+    reference has fewer than 1,000 rows, as ``EmbeddingsDriftMetric`` picks),
+    and the default test of each column for its type and size (K-S or
+    chi-square at p < 0.05 up to 1,000 reference rows, Wasserstein or
+    Jensen-Shannon at 0.1 above). For the drift benchmark's peer
+    (``benchmarks/drift_power.py``); the check itself uses calibrated thresholds.
+    """
+    from evidently.legacy.calculations.stattests.registry import get_stattest
+    from evidently.legacy.core import ColumnType
+    from evidently.legacy.metrics.data_drift.embedding_drift_methods import model
+
+    embedding_columns = [c for c in current.columns if c.startswith("emb_")]
+    method = model(bootstrap=len(reference) < 1000)
+    _, drifted, _ = method(current[embedding_columns], reference[embedding_columns])
+    flags = {EMBEDDING: bool(drifted)}
+    columns = [(STAT + n, n, ColumnType.Numerical) for n in stat_names]
+    for test, column, kind in [*columns, (PREDICTION, PREDICTED, ColumnType.Categorical)]:
+        stattest = get_stattest(reference[column], current[column], kind, None)
+        flags[test] = bool(stattest(reference[column], current[column], kind, None).drifted)
+    return flags
+
+
 def save_report(snapshot, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     html, json_path = out_dir / "report.html", out_dir / "report.json"

@@ -429,3 +429,17 @@ def test_every_corruption_runs_at_every_severity_and_grows_with_it(name: str) ->
         assert out.mode == "L" and out.size == image.size
         moved.append(np.abs(np.asarray(out, dtype=float) - original).mean())
     assert moved[0] > 0 and moved[-1] >= moved[0], moved
+
+
+def test_evidently_defaults_as_a_user_gets_them_flag_a_plain_shift() -> None:
+    """The benchmark's peer (no calibration): its own methods and thresholds, one flag each."""
+    rng = np.random.default_rng(7)
+    reference, current = synthetic(rng, 300, dims=20), synthetic(rng, 150, offset=1.0, dims=20)
+    flags = evidently_report.default_drift(
+        evidently_report.frame(current.embeddings, current.predictions, current.stats, STATS),
+        evidently_report.frame(reference.embeddings, reference.predictions, reference.stats, STATS),
+        STATS,
+    )
+    assert set(flags) == {"embedding", *(f"stat:{s}" for s in STATS), "prediction"}
+    assert flags["embedding"] and flags["stat:brightness"], flags
+    assert not flags["stat:width"], "a column that is the same everywhere never drifts"
