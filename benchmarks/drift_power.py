@@ -298,41 +298,45 @@ def evidently_defaults(args, params: Params, ref: drift.Reference, base: Embedde
     return {"size": size, "cells": rows}
 
 
-def print_peer(results: dict, console: Console) -> None:
-    table = Table(
-        title=f"alarm rate on windows of {results['size']}: calibrated check vs Evidently defaults"
-    )
-    for column in ("shift", "sev", "windows", "ours", "Evidently default", "of which embedding"):
+def print_cells(title: str, columns: list[str], cells: dict, row_of, console: Console) -> None:
+    """One row per shift and severity (``"name:severity"`` keys); ``row_of`` gives the rest."""
+    table = Table(title=title)
+    for column in ("shift", "sev", *columns):
         table.add_column(column, justify="right")
-    for key, cell in results["cells"].items():
-        name, severity = key.split(":")
-        table.add_row(
-            name,
-            severity,
+    for key, cell in cells.items():
+        table.add_row(*key.split(":"), *row_of(cell))
+    console.print(table)
+
+
+def print_peer(results: dict, console: Console) -> None:
+    print_cells(
+        f"alarm rate on windows of {results['size']}: calibrated check vs Evidently defaults",
+        ["windows", "ours", "Evidently default", "of which embedding"],
+        results["cells"],
+        lambda cell: [
             str(cell["windows"]),
             f"{cell['ours']:.0%}",
             f"{cell['evidently_default']:.0%}",
             f"{cell['evidently_parts'].get('embedding', 0):.0%}",
-        )
-    console.print(table)
+        ],
+        console,
+    )
 
 
 def print_accuracy(results: dict, console: Console) -> None:
-    table = Table(title="accuracy without labels: error on windows of 200 (points)")
-    for column in ("shift", "sev", "true acc", "ATC MAE", "ATC bias", "conf MAE", "conf bias"):
-        table.add_column(column, justify="right")
-    for key, cell in results["cells"].items():
-        name, severity = key.split(":")
-        table.add_row(
-            name,
-            severity,
+    print_cells(
+        "accuracy without labels: error on windows of 200 (points)",
+        ["true acc", "ATC MAE", "ATC bias", "conf MAE", "conf bias"],
+        results["cells"],
+        lambda cell: [
             f"{cell['accuracy']:.1%}",
             f"{100 * cell['atc_mae']:.1f}",
             f"{100 * cell['atc_bias']:+.1f}",
             f"{100 * cell['confidence_mae']:.1f}",
             f"{100 * cell['confidence_bias']:+.1f}",
-        )
-    console.print(table)
+        ],
+        console,
+    )
 
 
 def other_references(args, params: Params, ref: drift.Reference, base: Embedded) -> dict:
