@@ -256,46 +256,50 @@ def accuracy_errors(args, config, base: Embedded, cells: dict) -> dict:
 
 
 def evidently_defaults(args, params: Params, ref: drift.Reference, base: Embedded, cells: dict):
-    """Our calibrated check and Evidently's defaults on the same windows of ``--peer-size``.
+    """Our calibrated check and Evidently's defaults on the same windows, per ``--peer-sizes``.
 
     The peer is what a user gets out of the box (``evidently_report.default_drift``):
     the default embedding method on the raw embeddings and the default test per
     image statistic and for the predicted class, against the model's reference;
     a window alarms when any of them says drift. Ours: the check's tests and
-    calibrated thresholds (``fired_tests``).
+    calibrated thresholds (``fired_tests``), with which of them fired.
     """
-    size = args.peer_size
     pca, reference = drift.reference_sample(ref, params)
-    calibration = drift.calibrate(reference, size, ref.stat_names, params)
     ref_frame = evidently_report.frame(ref.embeddings, ref.predictions, ref.stats, ref.stat_names)
     rng = np.random.default_rng(args.seed + 4)
     clean = base.take(np.arange(len(base.labels)))
     rows = {}
-    for key, cell in track(
-        [(("none", 0), clean), *cells.items()], description=f"peer windows of {size}"
-    ):
-        ours, theirs, parts = 0, 0, {}
-        count = args.peer_windows * (3 if key[0] == "none" else 1)
-        for _ in range(count):
-            window = cell.take(rng.choice(len(cell.labels), size, replace=False))
-            ours += bool(fired_tests(window, pca, reference, calibration, ref.stat_names))
-            flags = evidently_report.default_drift(
-                evidently_report.frame(
-                    window.embeddings, window.predictions, window.stats, ref.stat_names
-                ),
-                ref_frame,
-                ref.stat_names,
-            )
-            theirs += any(flags.values())
-            for test, fired in flags.items():
-                parts[test] = parts.get(test, 0) + fired
-        rows[f"{key[0]}:{key[1]}"] = {
-            "windows": count,
-            "ours": ours / count,
-            "evidently_default": theirs / count,
-            "evidently_parts": {t: v / count for t, v in parts.items()},
-        }
-    return {"size": size, "cells": rows}
+    for size in args.peer_sizes:
+        calibration = drift.calibrate(reference, size, ref.stat_names, params)
+        for key, cell in track(
+            [(("none", 0), clean), *cells.items()], description=f"peer windows of {size}"
+        ):
+            ours, theirs, our_parts, parts = 0, 0, {}, {}
+            count = args.peer_windows * (4 if key[0] == "none" else 1)
+            for _ in range(count):
+                window = cell.take(rng.choice(len(cell.labels), size, replace=False))
+                fired = fired_tests(window, pca, reference, calibration, ref.stat_names)
+                ours += bool(fired)
+                for test in fired:
+                    our_parts[test] = our_parts.get(test, 0) + 1
+                flags = evidently_report.default_drift(
+                    evidently_report.frame(
+                        window.embeddings, window.predictions, window.stats, ref.stat_names
+                    ),
+                    ref_frame,
+                    ref.stat_names,
+                )
+                theirs += any(flags.values())
+                for test, flag in flags.items():
+                    parts[test] = parts.get(test, 0) + flag
+            rows[f"{key[0]}:{key[1]}:{size}"] = {
+                "windows": count,
+                "ours": ours / count,
+                "our_parts": {t: v / count for t, v in our_parts.items()},
+                "evidently_default": theirs / count,
+                "evidently_parts": {t: v / count for t, v in parts.items()},
+            }
+    return {"sizes": list(args.peer_sizes), "cells": rows}
 
 
 def print_cells(title: str, columns: list[str], cells: dict, row_of, console: Console) -> None:
@@ -309,18 +313,20 @@ def print_cells(title: str, columns: list[str], cells: dict, row_of, console: Co
 
 
 def print_peer(results: dict, console: Console) -> None:
-    print_cells(
-        f"alarm rate on windows of {results['size']}: calibrated check vs Evidently defaults",
-        ["windows", "ours", "Evidently default", "of which embedding"],
-        results["cells"],
-        lambda cell: [
-            str(cell["windows"]),
-            f"{cell['ours']:.0%}",
-            f"{cell['evidently_default']:.0%}",
-            f"{cell['evidently_parts'].get('embedding', 0):.0%}",
-        ],
-        console,
-    )
+    """One row per shift and severity; per window size: ours / Evidently's default."""
+    sizes, cells = results["sizes"], results["cells"]
+    keys = list(dict.fromkeys(k.rsplit(":", 1)[0] for k in cells))
+    table = Table(title="alarm rate, calibrated check / Evidently defaults (same windows)")
+    for column in ("shift", "sev", *[f"n={s}" for s in sizes], "ours: classifier (n=200)"):
+        table.add_column(column, justify="right")
+    for key in keys:
+        row = [
+            f"{cells[f'{key}:{s}']['ours']:.0%} / {cells[f'{key}:{s}']['evidently_default']:.0%}"
+            for s in sizes
+        ]
+        at_200 = cells.get(f"{key}:200", {}).get("our_parts", {})
+        table.add_row(*key.split(":"), *row, f"{at_200.get(shift.CLASSIFIER, 0):.0%}")
+    console.print(table)
 
 
 def print_accuracy(results: dict, console: Console) -> None:
@@ -520,8 +526,12 @@ def main() -> None:
         choices=["accuracy", "peer"],
         help="only the accuracy-estimate table, or only the Evidently-defaults peer",
     )
-    parser.add_argument("--peer-size", type=int, default=200, help="peer: window size")
-    parser.add_argument("--peer-windows", type=int, default=20, help="peer: windows per cell")
+    parser.add_argument(
+        "--peer-sizes", type=int, nargs="+", default=list(SIZES), help="peer: window sizes"
+    )
+    parser.add_argument(
+        "--peer-windows", type=int, default=10, help="peer: windows per cell (4x clean ones)"
+    )
     parser.add_argument("--out", type=Path, default=Path("reports/benchmarks/drift_power.json"))
     args = parser.parse_args()
     params = load_params(Path("params.yaml"))

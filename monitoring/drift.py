@@ -52,6 +52,7 @@ from transferops.models.profiling import shift_location
 
 log = logging.getLogger(__name__)
 HISTORY, WORKSPACE, CALIBRATION = "history.jsonl", "workspace", "calibration"
+TESTS_VERSION = 2  # part of a cached calibration's key: 2 added the classifier test
 
 
 @dataclass
@@ -174,7 +175,7 @@ def calibration_for(
     """Thresholds for windows of ``rows``; computed once per model, size and settings."""
     cfg = params.monitor
     key = json.dumps(
-        [rows, len(reference), cfg.false_alarm_rate, cfg.calibration_draws,
+        [TESTS_VERSION, rows, len(reference), cfg.false_alarm_rate, cfg.calibration_draws,
          cfg.embedding_components, cfg.max_rows, cfg.min_effect, params.seed],
     )  # fmt: skip
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -208,13 +209,22 @@ def reference_sample(reference: Reference, params: Params) -> tuple[PCA, shift.S
     components = min(params.monitor.embedding_components, max(2, len(sample) // 4))
     pca = PCA(n_components=components, random_state=params.seed)
     embedded = pca.fit_transform(sample)
-    return pca, shift.Sample(embedded, reference.stats[rows], reference.predictions[rows])
+    return pca, shift.Sample(
+        embedded, reference.stats[rows], reference.predictions[rows], features=sample
+    )
 
 
 def window_sample(
     pca: PCA, embeddings: np.ndarray, stats: np.ndarray, predictions: np.ndarray
 ) -> shift.Sample:
-    return shift.Sample(pca.transform(embeddings), stats, predictions)
+    """A window as the tests see it: PCA coordinates for the MMD, raw embeddings kept."""
+    return shift.Sample(pca.transform(embeddings), stats, predictions, features=embeddings)
+
+
+def report_frame(sample: shift.Sample, stat_names: list[str]) -> pd.DataFrame:
+    return evidently_report.frame(
+        sample.embeddings, sample.predictions, sample.stats, stat_names, sample.features
+    )
 
 
 def check_drift(params: Params) -> DriftVerdict:
@@ -242,10 +252,8 @@ def check_drift(params: Params) -> DriftVerdict:
     )
     calibration = calibration_for(ref_sample, len(current), stat_names, params, tag)
     snapshot, values = evidently_report.run_report(
-        evidently_report.frame(current.embeddings, current.predictions, current.stats, stat_names),
-        evidently_report.frame(
-            ref_sample.embeddings, ref_sample.predictions, ref_sample.stats, stat_names
-        ),
+        report_frame(current, stat_names),
+        report_frame(ref_sample, stat_names),
         stat_names,
         calibration.thresholds,
     )
@@ -319,10 +327,8 @@ def known_regime(
     for name, count in usable:
         rows = np.flatnonzero(reference.regimes == name)
         rows = rows[sample_rows(len(rows), params.monitor.max_rows, params.seed)]
-        part = shift.Sample(
-            pca.transform(reference.embeddings[rows]),
-            reference.stats[rows],
-            reference.predictions[rows],
+        part = window_sample(
+            pca, reference.embeddings[rows], reference.stats[rows], reference.predictions[rows]
         )
         size = min(len(current), count // 2)
         window = current.take(np.sort(rng.choice(len(current), size, replace=False)))
@@ -368,6 +374,8 @@ def _detail(
         cur = {c: float(np.mean(current.predictions == c)) for c in classes}
         c = max(classes, key=lambda k: abs(cur[k] - ref[k]))
         return f"{str(c)!r} predicted {ref[c]:.1%} -> {cur[c]:.1%}"
+    if test == shift.CLASSIFIER:
+        return f"ROC AUC of a linear classifier on the {current.features.shape[1]}-d embeddings"
     return f"{current.embeddings.shape[1]} principal components"
 
 

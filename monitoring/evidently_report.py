@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from monitoring.shift import EMBEDDING, PREDICTION, STAT
+from monitoring.shift import CLASSIFIER, EMBEDDING, PREDICTION, STAT
 
 log = logging.getLogger(__name__)
 PREDICTED = "predicted_label"
@@ -22,10 +22,18 @@ PROJECT = "transferops drift"
 
 
 def frame(
-    embeddings: np.ndarray, predictions: np.ndarray, stats: np.ndarray, stat_names: list[str]
+    embeddings: np.ndarray,
+    predictions: np.ndarray,
+    stats: np.ndarray,
+    stat_names: list[str],
+    features: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """One row per image: embedding coordinates, image statistics, the predicted class."""
+    """One row per image: embedding coordinates, image statistics, the predicted class, and
+    the raw embeddings (``features``) when the classifier test runs."""
     data = pd.DataFrame(embeddings, columns=[f"emb_{i}" for i in range(embeddings.shape[1])])
+    if features is not None:
+        raw = pd.DataFrame(features, columns=[f"raw_{i}" for i in range(features.shape[1])])
+        data = pd.concat([data, raw], axis=1)
     for i, name in enumerate(stat_names):
         data[name] = stats[:, i].astype(float)
     data[PREDICTED] = np.asarray(predictions, dtype=str)
@@ -38,20 +46,26 @@ def run_report(
     stat_names: list[str],
     thresholds: dict[str, float],
 ):
-    """One Evidently report: embedding MMD, a normed Wasserstein distance per tested image
-    statistic (those with a threshold), predicted classes.
+    """One Evidently report: embedding MMD, the classifier on the raw embeddings (when it
+    has a threshold), a normed Wasserstein distance per tested image statistic (those
+    with a threshold), predicted classes.
 
     Returns the snapshot and each test's value by test name.
     """
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import EmbeddingsDrift, ValueDrift
-    from evidently.metrics.embeddings import MMDDriftMethod
+    from evidently.metrics.embeddings import MMDDriftMethod, ModelDriftMethod
 
     embedding_columns = [c for c in current.columns if c.startswith("emb_")]
+    raw_columns = [c for c in current.columns if c.startswith("raw_")]
+    classifier = CLASSIFIER in thresholds
+    if classifier and not raw_columns:
+        raise ValueError("a classifier threshold but no raw embeddings in the frames")
     definition = DataDefinition(
-        numerical_columns=[*embedding_columns, *stat_names],
+        numerical_columns=[*embedding_columns, *raw_columns, *stat_names],
         categorical_columns=[PREDICTED],
-        embeddings={"embedding": embedding_columns},
+        embeddings={"embedding": embedding_columns}
+        | ({"raw embedding": raw_columns} if classifier else {}),
     )
     tests = [
         (
@@ -60,20 +74,27 @@ def run_report(
                 embeddings_name="embedding",
                 drift_method=MMDDriftMethod(threshold=thresholds[EMBEDDING]),
             ),
-        ),
-        *[
-            (
-                STAT + name,
-                ValueDrift(column=name, method="wasserstein", threshold=thresholds[STAT + name]),
-            )
-            for name in stat_names
-            if STAT + name in thresholds
-        ],
+        )
+    ]
+    if classifier:
+        method = ModelDriftMethod(threshold=thresholds[CLASSIFIER], bootstrap=False)
+        tests.append(
+            (CLASSIFIER, EmbeddingsDrift(embeddings_name="raw embedding", drift_method=method))
+        )
+    tests += [
+        (
+            STAT + name,
+            ValueDrift(column=name, method="wasserstein", threshold=thresholds[STAT + name]),
+        )
+        for name in stat_names
+        if STAT + name in thresholds
+    ]
+    tests.append(
         (
             PREDICTION,
             ValueDrift(column=PREDICTED, method="chisquare", threshold=thresholds[PREDICTION]),
-        ),
-    ]
+        )
+    )
     snapshot = Report([metric for _, metric in tests]).run(
         Dataset.from_pandas(current, data_definition=definition),
         Dataset.from_pandas(reference, data_definition=definition),

@@ -7,6 +7,12 @@ Evidently computes it (``tests/test_monitoring.py`` checks they agree):
 - ``embedding``: MMD² (unbiased; RBF kernel, bandwidth the median
   reference-to-window distance) on the reference's principal components,
   Evidently's ``MMDDriftMethod``. Higher = further apart.
+- ``classifier``: how well a linear classifier tells the window from the
+  reference on the raw embeddings (ROC AUC on a held-out half; Evidently's
+  ``ModelDriftMethod``, its default method for embeddings). The MMD works on
+  the reference's top principal components, where a subtle corruption (JPEG
+  artefacts, mild pixelation) hardly moves; the classifier sees every
+  direction of the embedding (docs/benchmarks.md). Higher = further apart.
 - ``stat:<name>``: the Wasserstein distance between the window's and the
   reference's values of an image statistic (``transferops/data/imagestats.py``), in
   reference standard deviations: Evidently's ``wasserstein`` (its own default
@@ -25,7 +31,8 @@ rest. The thresholds are set jointly (on the smallest per-test tail rank of
 each draw), so that *any* test firing on an unshifted window happens in a
 ``false_alarm_rate`` fraction of checks, not once per test. The MMD
 threshold is rescaled from the draws' sizes to the real ones (its null
-spread scales with 1/n + 1/m); an image-statistic threshold is never below
+spread scales with 1/n + 1/m; the classifier's AUC above 0.5 with the
+square root of that); an image-statistic threshold is never below
 ``min_effect`` reference SDs; the p-value threshold is never looser than
 ``false_alarm_rate`` itself.
 
@@ -40,8 +47,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy.stats import chisquare, wasserstein_distance
+from sklearn.linear_model import SGDClassifier
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
 
-EMBEDDING, PREDICTION, STAT = "embedding", "prediction", "stat:"
+EMBEDDING, CLASSIFIER, PREDICTION, STAT = "embedding", "classifier", "prediction", "stat:"
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,7 @@ class Sample:
     stats: np.ndarray  # (n, len(stat_names))
     predictions: np.ndarray  # predicted class names
     bn: np.ndarray | None = None  # (n, stages) or None when not logged
+    features: np.ndarray | None = None  # (n, dims): the raw embeddings, for the classifier
 
     def __len__(self) -> int:
         return len(self.predictions)
@@ -62,6 +73,7 @@ class Sample:
             self.stats[rows],
             self.predictions[rows],
             None if self.bn is None else self.bn[rows],
+            None if self.features is None else self.features[rows],
         )
 
 
@@ -90,18 +102,37 @@ class Calibration:
         1/reference): compared with the held-in part of a calibration draw
         (``reference - window`` rows), it is the draws' own cut-off, unscaled.
         """
-        scale = (1 / self.window + 1 / rows) / (1 / self.window + 1 / self.reference)
-        return {t: v * scale if t == EMBEDDING else v for t, v in self.thresholds.items()}
+        ratio = (1 / self.window + 1 / rows) / (1 / self.window + 1 / self.reference)
+        return {t: rescaled(t, v, ratio) for t, v in self.thresholds.items()}
 
 
-def test_names(stat_names: list[str]) -> list[str]:
-    return [EMBEDDING, *[STAT + name for name in stat_names], PREDICTION]
+def rescaled(test: str, threshold: float, ratio: float) -> float:
+    """A threshold moved to other sample sizes; ``ratio``: the new 1/n + 1/m over the old.
+
+    The MMD's null spread is proportional to 1/n + 1/m, the classifier's AUC
+    above chance to its square root; the other tests' thresholds do not move.
+    """
+    if test == EMBEDDING:
+        return max(threshold, 0.0) * ratio
+    if test == CLASSIFIER:
+        return 0.5 + max(threshold - 0.5, 0.0) * float(np.sqrt(ratio))
+    return threshold
+
+
+def test_names(stat_names: list[str], classifier: bool = False) -> list[str]:
+    """The family's tests, in the report's order (``classifier``: raw embeddings kept)."""
+    return [
+        EMBEDDING,
+        *([CLASSIFIER] if classifier else []),
+        *[STAT + name for name in stat_names],
+        PREDICTION,
+    ]
 
 
 def relation(test: str) -> str:
-    """How a test fires, as Evidently decides: MMD above, a distance at or above, a p-value
-    below its threshold."""
-    return {EMBEDDING: ">", PREDICTION: "<"}.get(test, ">=")
+    """How a test fires, as Evidently decides: MMD and AUC above, a distance at or above, a
+    p-value below its threshold."""
+    return {EMBEDDING: ">", CLASSIFIER: ">", PREDICTION: "<"}.get(test, ">=")
 
 
 def fires(test: str, value: float, threshold: float) -> bool:
@@ -140,6 +171,21 @@ def mmd2u(current: np.ndarray, reference: np.ndarray) -> float:
     return max(_mmd2u_from_kernel(kernel, len(reference)), 0.0)
 
 
+def classifier_auc(current: np.ndarray, reference: np.ndarray) -> float:
+    """Evidently's ``ModelDriftMethod`` statistic: ROC AUC of a logistic-loss SGD classifier
+    told reference (1) from window (0), fitted on a seeded half of both, scored on the other.
+
+    0.5: the two look alike to a linear classifier; 1: told apart every time.
+    """
+    rows = np.vstack([reference, current]).astype(np.float64)
+    target = np.r_[np.ones(len(reference), int), np.zeros(len(current), int)]
+    fit_rows, held_rows, fit_target, held_target = train_test_split(
+        rows, target, test_size=0.5, random_state=42, shuffle=True
+    )
+    model = SGDClassifier(loss="log_loss", random_state=42).fit(fit_rows, fit_target)
+    return float(roc_auc_score(held_target, model.predict_proba(held_rows)[:, 1]))
+
+
 def wasserstein_norm(current: np.ndarray, reference: np.ndarray) -> float:
     """Evidently's normed Wasserstein distance: W1 over the reference's standard deviation."""
     return float(wasserstein_distance(reference, current) / max(float(np.std(reference)), 0.001))
@@ -161,8 +207,16 @@ def chisquare_p(current: np.ndarray, reference: np.ndarray) -> float:
 def scores(
     current: Sample, reference: Sample, stat_names: list[str], tested: list[str]
 ) -> dict[str, float]:
-    """Every test's value for one window (``tested``: the image statistics that are)."""
+    """Every test's value for one window (``tested``: the image statistics that are).
+
+    The classifier runs when the reference kept raw embeddings (its calibration
+    then has a threshold for it), and then the window must have them too.
+    """
     values = {EMBEDDING: mmd2u(current.embeddings, reference.embeddings)}
+    if reference.features is not None:
+        if current.features is None:
+            raise ValueError("the reference has raw embeddings for the classifier; the window not")
+        values[CLASSIFIER] = classifier_auc(current.features, reference.features)
     for name in tested:
         i = stat_names.index(name)
         values[STAT + name] = wasserstein_norm(current.stats[:, i], reference.stats[:, i])
@@ -192,7 +246,8 @@ def calibrate(
     total = len(reference)
     held_out = min(window, total // 2)
     tested = tested_stats(reference.stats, stat_names)
-    tests = test_names(tested)
+    classifier = reference.features is not None
+    tests = test_names(tested, classifier)
     columns = [stat_names.index(name) for name in tested]
     sq = _sq_dists(reference.embeddings, reference.embeddings)
     values = np.empty((draws, len(tests)))
@@ -204,6 +259,8 @@ def calibrate(
         kernel = np.exp(-sq[np.ix_(arranged, arranged)] / sigma2)
         row = [_mmd2u_from_kernel(kernel, len(held_in))]
         ref_part, cur_part = reference.take(held_in), reference.take(out)
+        if classifier:
+            row.append(classifier_auc(cur_part.features, ref_part.features))
         row += [wasserstein_norm(cur_part.stats[:, i], ref_part.stats[:, i]) for i in columns]
         row.append(chisquare_p(cur_part.predictions, ref_part.predictions))
         values[d] = [_extremeness(t, v) for t, v in zip(tests, row, strict=True)]
@@ -212,11 +269,11 @@ def calibrate(
     tau = np.quantile(ranks.min(1), false_alarm_rate, method="lower")
     k = int(np.floor(tau * draws))
     thresholds = {}
+    ratio = (1 / window + 1 / total) / (1 / held_out + 1 / (total - held_out))
     for j, test in enumerate(tests):
         cut = np.sort(values[:, j])[::-1][min(k, draws - 1)]
-        if test == EMBEDDING:
-            scale = (1 / window + 1 / total) / (1 / held_out + 1 / (total - held_out))
-            thresholds[test] = float(max(cut, 0.0) * scale)
+        if test in (EMBEDDING, CLASSIFIER):
+            thresholds[test] = float(rescaled(test, cut, ratio))
         elif test.startswith(STAT):
             thresholds[test] = float(max(cut, min_effect))
         else:

@@ -12,10 +12,22 @@ from pathlib import Path
 import numpy as np
 
 from monitoring.pages import render
-from monitoring.shift import EMBEDDING, PREDICTION, STAT, fires, input_level, relation
+from monitoring.shift import (
+    CLASSIFIER,
+    EMBEDDING,
+    PREDICTION,
+    STAT,
+    fires,
+    input_level,
+    relation,
+)
 from transferops.figures import plt, save_figure
 
-TEST_TITLES = {EMBEDDING: "embeddings (MMD²)", PREDICTION: "predicted classes (chi-square p)"}
+TEST_TITLES = {
+    EMBEDDING: "embeddings (MMD²)",
+    CLASSIFIER: "embeddings told apart (classifier ROC AUC)",
+    PREDICTION: "predicted classes (chi-square p)",
+}
 COLOURS = {"drift": "#b00020", "no_drift": "#1b7f3b", "insufficient_data": "#666666"}
 
 
@@ -29,6 +41,8 @@ def margin(test: str, value: float, threshold: float) -> float:
     """How far a test is towards its threshold: 1 at the threshold, above 1 fires."""
     if test == PREDICTION:
         return np.log10(max(value, 1e-300)) / np.log10(threshold)
+    if test == CLASSIFIER:  # chance is 0.5, not 0
+        return (value - 0.5) / (threshold - 0.5) if threshold > 0.5 else float(value > 0.5)
     return value / threshold if threshold > 0 else float("inf") if value > 0 else 0.0
 
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -45,7 +46,14 @@ def synthetic(
             rng.lognormal(6, 0.5, n),
         ]
     )
-    return shift.Sample(rng.normal(offset, 1, (n, dims)), stats, rng.choice(CLASSES, n))
+    embeddings = rng.normal(offset, 1, (n, dims))
+    return shift.Sample(embeddings, stats, rng.choice(CLASSES, n), features=embeddings)
+
+
+def frame(sample: shift.Sample) -> pd.DataFrame:
+    return evidently_report.frame(
+        sample.embeddings, sample.predictions, sample.stats, STATS, sample.features
+    )
 
 
 def test_statistics_are_evidently_s_own() -> None:
@@ -54,15 +62,10 @@ def test_statistics_are_evidently_s_own() -> None:
     reference, current = synthetic(rng, 300), synthetic(rng, 120, offset=0.2)
     tested = shift.tested_stats(reference.stats, STATS)
     assert tested == ["brightness", "contrast", "sharpness"], "constant sizes are not tested"
-    thresholds = {t: 0.01 for t in shift.test_names(tested)}
-    _, reported = evidently_report.run_report(
-        evidently_report.frame(current.embeddings, current.predictions, current.stats, STATS),
-        evidently_report.frame(reference.embeddings, reference.predictions, reference.stats, STATS),
-        STATS,
-        thresholds,
-    )
+    thresholds = {t: 0.01 for t in shift.test_names(tested, classifier=True)}
+    _, reported = evidently_report.run_report(frame(current), frame(reference), STATS, thresholds)
     ours = shift.scores(current, reference, STATS, tested)
-    assert reported.keys() == ours.keys()
+    assert reported.keys() == ours.keys() and shift.CLASSIFIER in ours
     for test, value in ours.items():
         assert reported[test] == pytest.approx(value, rel=1e-9, abs=1e-12), test
 
@@ -118,7 +121,7 @@ def test_a_small_reference_does_not_make_new_images_look_shifted() -> None:
     alarms = 0
     for _ in range(40):
         window = sample(60)
-        embedded = shift.Sample(pca.transform(window.embeddings), window.stats, window.predictions)
+        embedded = window_sample(pca, window.embeddings, window.stats, window.predictions)
         value = shift.scores(embedded, projected, STATS, calibration.tested_stats)[shift.EMBEDDING]
         alarms += shift.fires(shift.EMBEDDING, value, threshold)
     assert alarms <= 6, f"{alarms} of 40 unshifted windows alarmed on embeddings"
@@ -133,6 +136,48 @@ def test_a_darker_window_moves_brightness_only() -> None:
     values = shift.scores(window, reference, STATS, calibration.tested_stats)
     fired = {t for t, v in values.items() if shift.fires(t, v, calibration.thresholds[t])}
     assert fired == {"stat:brightness"}
+
+
+def test_a_shift_outside_the_top_components_is_caught_by_the_classifier(tmp_path: Path) -> None:
+    """JPEG's case in miniature: a small move along a direction of little variance.
+
+    Network embeddings hold most of their variance in a few directions, which the
+    MMD's principal components keep; a subtle corruption moves others. The
+    classifier on the raw embeddings sees it; the MMD alone does not.
+    """
+    rng = np.random.default_rng(8)
+    params = load_params(
+        ROOT / "params.yaml",
+        [f"paths.reports={tmp_path}", "monitor.calibration_draws=200", "monitor.embedding_components=8"],
+    )  # fmt: skip
+    dims = 96
+    spread = 1 / np.arange(1, dims + 1) ** 0.75
+
+    def sample(rows: int, moved: float = 0.0) -> shift.Sample:
+        base = synthetic(rng, rows)
+        embeddings = rng.normal(0, 1, (rows, dims)) * spread
+        embeddings[:, -12:] += moved * spread[-12:]  # twelve weak directions, all the same way
+        return shift.Sample(embeddings, base.stats, base.predictions)
+
+    ref = sample(800)
+    reference = Reference(
+        ref.embeddings, ref.predictions, ref.predictions, ref.predictions, ref.stats, STATS,
+        None, [], np.full(800, "base"),
+    )  # fmt: skip
+    pca, projected = reference_sample(reference, params)
+    calibration = shift.calibrate(projected, 200, STATS, 0.01, draws=200, seed=0)
+    assert shift.CLASSIFIER in calibration.thresholds
+
+    def fired(window: shift.Sample) -> set[str]:
+        current = window_sample(pca, window.embeddings, window.stats, window.predictions)
+        values = shift.scores(current, projected, STATS, calibration.tested_stats)
+        return {t for t, v in values.items() if shift.fires(t, v, calibration.thresholds[t])}
+
+    moved = [fired(sample(200, moved=1.0)) for _ in range(10)]
+    assert sum(shift.CLASSIFIER in f for f in moved) >= 9, moved
+    assert sum(shift.EMBEDDING in f for f in moved) <= 2, "the top components hardly moved"
+    quiet = [fired(sample(200)) for _ in range(30)]
+    assert sum(bool(f) for f in quiet) <= 3, quiet
 
 
 BIAS = BiasParams(
