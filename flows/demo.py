@@ -42,7 +42,7 @@ from flows.serving import free_port, running_service
 from flows.training import training_flow
 from flows.workspace import create_workspace
 from monitoring.index import build_index
-from services.client import send
+from services.client import send as send_images
 from transferops.config import Params, load_params, write_overrides
 from transferops.data.shifts import HeldOutPool, write_labelled_drop
 from transferops.logs.runs import read_records
@@ -60,6 +60,10 @@ class DemoSettings:
     labelled_drop: int = 600  # shifted images that "annotators" label for retraining
     workspace: Path = Path("demo-workspace")
     retrain_timeout_s: float = 900  # the triggered training run must finish within this
+    # Traffic comes from three stores (the request's group): the reports' bias section
+    # judges each; every 2nd image's true label comes back later, as feedback.
+    groups: tuple[str, ...] = ("store north", "store south", "store east")
+    feedback_every: int = 2
 
 
 def run_demo(
@@ -150,6 +154,12 @@ def _loop(
         runs / f"labelled-{settings.shift}",
     )
     console.rule(f"2. serve {first['model_tag']} (bentoml serve on localhost)")
+
+    def send(url: str, items: list) -> float:
+        return send_images(
+            url, items, groups=settings.groups, feedback_every=settings.feedback_every
+        )
+
     with running_service(port=service_port, log_file=runs / "serve.log") as url:
         console.rule("3. in-distribution traffic")
         summary["normal_accuracy"] = send(url, pool.take(settings.window))

@@ -7,6 +7,14 @@ Guards, in order (``monitor.retrain`` in params.yaml):
 2. persistence: at least ``alarms`` (K) of the last ``checks`` (N) checks of
    the same model with a verdict found drift, so one unlucky window (the
    calibrated false-alarm rate is not zero) does not start a retrain;
+   **unless** the accuracy estimated without labels (``monitoring/accuracy.py``)
+   fell at least ``urgent_drop`` below the reference's on the drifted window:
+   a shift that costs that much accuracy is not left for K of N checks. The
+   estimate counts only when it was fitted on at least ``MIN_FITTED_ROWS``
+   reference images (a tiny reference's estimate is noise), and only beside a
+   drift verdict: it never starts a retrain on its own, and known traffic
+   (a regime the model was trained on, ``drift.known_regime``) is no drift,
+   so a model retrained on a shift is not retrained again for it;
 3. cooldown: no retrain started in the last ``cooldown_hours``.
 
 A retrain gets a strategy: when the domain shift is input-level (located in
@@ -32,6 +40,16 @@ from transferops.config import RetrainParams
 from transferops.logs.jsonl import append_jsonl, locked, read_jsonl
 
 DECISIONS, RETRAINS, LOCK = "decisions.jsonl", "retrains.jsonl", ".decision.lock"
+MIN_FITTED_ROWS = 100  # reference rows behind the accuracy estimate before it may count
+
+
+def estimated_drop(check: dict) -> float | None:
+    """How far a check's estimated accuracy fell below the reference's (None: no usable
+    estimate: none recorded, or fitted on too few reference images)."""
+    accuracy = check.get("accuracy") or {}
+    if accuracy.get("estimated") is None or accuracy.get("fitted_rows", 0) < MIN_FITTED_ROWS:
+        return None
+    return float(accuracy["reference"] - accuracy["estimated"])
 
 
 @dataclass
@@ -41,6 +59,7 @@ class RetrainDecision:
     strategy: str | None = None  # "surgical" | "default" when retraining
     overrides: list[str] = field(default_factory=list)
     alarms: int = 0  # drift verdicts among the checks considered
+    estimated_drop: float | None = None  # reference minus estimated accuracy, latest check
     considered: int = 0  # checks with a verdict considered (at most N)
     model_tag: str | None = None
     check: str | None = None  # the report folder of the deciding check
@@ -71,10 +90,12 @@ def decide(
     ]
     recent = judged[-cfg.checks :]
     alarms = sum(h["status"] == "drift" for h in recent)
-    counts = {"alarms": alarms, "considered": len(recent)}
+    drop = estimated_drop(latest)
+    counts = {"alarms": alarms, "considered": len(recent), "estimated_drop": drop}
     if latest["status"] != "drift":
         return RetrainDecision(False, "the latest check found no drift", **base, **counts)
-    if alarms < cfg.alarms:
+    urgent = drop is not None and drop >= cfg.urgent_drop
+    if alarms < cfg.alarms and not urgent:
         return RetrainDecision(
             False,
             f"drift in {alarms} of the last {len(recent)} checks; retraining needs "
@@ -95,6 +116,12 @@ def decide(
                 **counts,
             )
     why = f"drift in {alarms} of the last {len(recent)} checks: " + "; ".join(latest["reasons"])
+    if urgent and alarms < cfg.alarms:
+        why = (
+            f"drift, and the accuracy estimated without labels fell {100 * drop:.1f} points "
+            f"below the reference's (>= monitor.retrain.urgent_drop = {cfg.urgent_drop:g}): "
+            "not waiting for more checks; " + "; ".join(latest["reasons"])
+        )
     fired = [test for test, result in latest.get("tests", {}).items() if result["fired"]]
     early = input_level(latest.get("shift_location"), fired)
     if cfg.surgical and early and surgical_overrides:

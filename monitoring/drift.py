@@ -14,7 +14,10 @@ One check:
    (cached per model and window size), run as one Evidently report;
 2. where it sits: per-stage BatchNorm distances, early or late;
 3. bias: per-group gaps against the reference (``monitoring/bias.py``);
-4. a report folder ``reports/drift/<time>/`` (Evidently HTML with the
+4. the gallery: the window's least familiar images beside typical reference
+   images of the same predicted class, per alarmed group too
+   (``monitoring/gallery.py``);
+5. a report folder ``reports/drift/<time>/`` (Evidently HTML with the
    summary on top, Evidently JSON, ``summary.json``, pictures), the run
    added to the Evidently workspace, the verdict appended to
    ``history.jsonl``.
@@ -39,14 +42,20 @@ import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
 
-from monitoring import bias, evidently_report, shift, summary
+from monitoring import bias, evidently_report, gallery, shift, summary
 from monitoring.accuracy import AccuracyEstimator, fit_estimator
 from transferops.commands import run_stage
 from transferops.config import Params
+from transferops.data.pictures import from_png
 from transferops.data.preparation import BASE_REGIME
 from transferops.files import write_atomic
 from transferops.logs.jsonl import append_jsonl, read_jsonl
-from transferops.logs.predictions import latest_model, read_feedback, read_predictions
+from transferops.logs.predictions import (
+    latest_model,
+    read_feedback,
+    read_predictions,
+    read_thumbnails,
+)
 from transferops.models.evaluation import REFERENCE
 from transferops.models.profiling import shift_location
 
@@ -75,6 +84,7 @@ class DriftVerdict:
     regime: str | None = None
     regime_tests: dict[str, dict] = field(default_factory=dict)  # regime -> rows, fired
     untested: list[str] = field(default_factory=list)  # image statistics with no test, and why
+    gallery: list[dict] = field(default_factory=list)  # per gallery: title, images shown
     bias: dict = field(default_factory=dict)
     false_alarm_rate: float | None = None
     window_start: str | None = None
@@ -108,6 +118,18 @@ class Reference:
     probabilities: np.ndarray | None = None  # (rows, columns): the model's, per row
     columns: list[str] = field(default_factory=list)  # the classes of those columns
     splits: np.ndarray | None = None  # per row: test or val (older references: None)
+    # Typical images per class for the gallery (evaluation.typical_rows), and their thumbnails.
+    typical_rows: np.ndarray | None = None
+    typical_thumbnails: np.ndarray | None = None
+
+    def typical(self) -> dict[str, list[np.ndarray]]:
+        """Predicted class -> its typical reference thumbnails (empty for older references)."""
+        if self.typical_rows is None or self.typical_thumbnails is None:
+            return {}
+        out: dict[str, list[np.ndarray]] = {}
+        for row, picture in zip(self.typical_rows, self.typical_thumbnails, strict=True):
+            out.setdefault(str(self.predictions[row]), []).append(picture)
+        return out
 
 
 def load_reference(model_tag: str) -> Reference:
@@ -133,6 +155,10 @@ def load_reference(model_tag: str) -> Reference:
             probabilities=data["probabilities"],
             columns=data["columns"].astype(str).tolist() if "columns" in data.files else [],
             splits=data["splits"].astype(str) if "splits" in data.files else None,
+            typical_rows=data["typical_rows"] if "typical_rows" in data.files else None,
+            typical_thumbnails=(
+                data["typical_thumbnails"] if "typical_thumbnails" in data.files else None
+            ),
         )
 
 
@@ -290,7 +316,52 @@ def check_drift(params: Params) -> DriftVerdict:
     _judge_bias(verdict, window, reference, params)
     _estimate_accuracy(verdict, window, reference, params)
     verdict.status = "drift" if verdict.shift or verdict.bias_alarm else "no_drift"
-    return _record(params, verdict, snapshot)
+    galleries = _galleries(verdict, tested, current, ref_sample, reference, params)
+    return _record(params, verdict, snapshot, galleries)
+
+
+def _galleries(
+    verdict: DriftVerdict,
+    tested: pd.DataFrame,
+    current: shift.Sample,
+    reference: shift.Sample,
+    full: Reference,
+    params: Params,
+) -> list[gallery.Gallery]:
+    """The window's gallery, and one per group the bias check alarmed on."""
+    count = params.monitor.gallery
+    if count == 0 or current.features is None or reference.features is None:
+        return []
+    scores = gallery.unfamiliarity(current.features, reference.features)
+    ids = tested["request_id"].to_numpy(dtype=str)
+    groups = tested["group"].fillna("").astype(str).to_numpy()
+    typical = full.typical()
+
+    def thumbnails(request_ids: list[str]) -> dict[str, np.ndarray]:
+        found = read_thumbnails(params.paths.prediction_log, request_ids)
+        return {key: from_png(data) for key, data in found.items()}
+
+    wanted = [
+        (f"the {count} images of this window least like the reference", np.ones(len(ids), bool))
+    ]
+    alarmed = list(dict.fromkeys(g["group"] for g in verdict.bias.get("gaps", []) if g["alarm"]))
+    wanted += [(f"group '{name}': its least familiar images", groups == name) for name in alarmed]
+    built = []
+    for title, rows in wanted:
+        made = gallery.build(
+            title,
+            np.where(rows, scores, -np.inf),
+            ids,
+            current.predictions,
+            groups,
+            thumbnails,
+            typical,
+            min(count, int(rows.sum())),
+        )
+        if made is not None:
+            built.append(made)
+    verdict.gallery = [g.to_dict() for g in built]
+    return built
 
 
 REGIME_SPLITS = 5  # splits of a regime a window is compared with (known_regime)
@@ -427,6 +498,7 @@ def _estimate_accuracy(
         ),
         "feedback_labels": int(labelled.sum()),
         "temperature": estimator.temperature,
+        "fitted_rows": estimator.fitted_rows,
     }
 
 
@@ -451,7 +523,12 @@ def _judge_bias(
     verdict.reasons += [f"bias: {gap.sentence()}" for gap in result.alarms]
 
 
-def _record(params: Params, verdict: DriftVerdict, snapshot=None) -> DriftVerdict:
+def _record(
+    params: Params,
+    verdict: DriftVerdict,
+    snapshot=None,
+    galleries: list[gallery.Gallery] | None = None,
+) -> DriftVerdict:
     """Write the report folder (complete, or not at all) and append the verdict to the history."""
     drift_dir = Path(params.paths.reports) / "drift"
     drift_dir.mkdir(parents=True, exist_ok=True)
@@ -470,8 +547,13 @@ def _record(params: Params, verdict: DriftVerdict, snapshot=None) -> DriftVerdic
             if verdict.stage_shift:
                 pictures.append(staging / "stage_shift.png")
                 summary.plot_stages(verdict.stage_shift, verdict.shift_location, pictures[-1])
+            shown = [
+                gallery.plot(g, staging / f"gallery_{i}.png") for i, g in enumerate(galleries or [])
+            ]
             verdict.report_dir = str(final)
-            evidently_report.prepend_to_body(html, summary.html_block(verdict.to_dict(), pictures))
+            evidently_report.prepend_to_body(
+                html, summary.html_block(verdict.to_dict(), pictures, shown)
+            )
             (staging / "summary.json").write_text(json.dumps(verdict.to_dict(), indent=2))
             os.replace(staging, final)
         except BaseException:

@@ -177,8 +177,9 @@ def shift_kind(location: str | None, fired: list[str]) -> str:
     return "a semantic shift, or one the early stages absorb (noise and JPEG land here too)"
 
 
-def html_block(verdict: dict, pictures: list[Path]) -> str:
-    """The summary that opens the report: verdict, what moved, by how much, sample sizes."""
+def html_block(verdict: dict, pictures: list[Path], galleries: list[Path] = ()) -> str:
+    """The summary that opens the report: verdict, what moved, by how much, sample sizes,
+    the pictures, then the galleries (``monitoring/gallery.py``)."""
     status, bias = verdict["status"], verdict.get("bias", {})
     location = verdict.get("shift_location")
     fired = [t for t, v in verdict.get("tests", {}).items() if v["fired"]]
@@ -219,7 +220,13 @@ def html_block(verdict: dict, pictures: list[Path]) -> str:
         else "no request in this window carried a group",
         skipped=bias.get("skipped", []),
         untested=verdict.get("untested", []),
-        pictures=[
-            base64.b64encode(p.read_bytes()).decode("ascii") for p in pictures if p.is_file()
+        pictures=[_inline(p) for p in pictures if p.is_file()],
+        galleries=[
+            {"title": g["title"], "picture": _inline(path)}
+            for g, path in zip(verdict.get("gallery", []), galleries, strict=True)
         ],
     )
+
+
+def _inline(path: Path) -> str:
+    return base64.b64encode(Path(path).read_bytes()).decode("ascii")

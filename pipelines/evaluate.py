@@ -39,6 +39,8 @@ from transferops.models.evaluation import (
     plot_reliability,
     save_reference,
     score_split,
+    thumbnails_of,
+    typical_rows,
 )
 from transferops.runtime import select_device, set_threads
 
@@ -75,12 +77,14 @@ def evaluate(params: Params) -> dict:
     )
     rows = pd.concat([test, val])
     regimes = [regime_of(source, paths.incoming) for source in rows["source"]]
+    typical = typical_rows(reference)
     save_reference(
         reference,
         out_dir / REFERENCE,
         rows["split"].to_numpy(),
         np.asarray(regimes),
         config.classes,
+        (typical, thumbnails_of(rows, paths.prepared, typical, config.picture_settings())),
     )
     (out_dir / METRICS).write_text(json.dumps(metrics, indent=2))
     low, high = metrics["ci"]["accuracy"]

@@ -12,13 +12,16 @@ from transferops.logs.predictions import PredictionRecord
 
 def answers_and_records(
     uploads: list[tuple[str, bytes, str | None]],
-    stats: list[dict],
+    prepared: list,
     answers: list[dict],
     now: datetime,
 ) -> tuple[list[dict], list[PredictionRecord]]:
-    """One response item and one log record per image, joined by a new request id."""
+    """One response item and one log record per image, joined by a new request id.
+
+    ``prepared``: each image's ``uploads.Prepared`` (its statistics and thumbnail).
+    """
     results, records = [], []
-    for (_, _, group), image_stats, answer in zip(uploads, stats, answers, strict=True):
+    for (_, _, group), image, answer in zip(uploads, prepared, answers, strict=True):
         request_id = uuid.uuid4().hex
         top = answer["top_k"]
         results.append(
@@ -39,9 +42,10 @@ def answers_and_records(
                 confidence=top[0]["probability"],
                 probabilities=np.asarray(answer["probabilities"]).tolist(),
                 embedding=np.asarray(answer["embedding"]),
-                stats=image_stats,
+                stats=image.stats,
                 group=group,
                 bn=np.asarray(answer["bn"]).tolist(),
+                thumbnail=image.thumbnail,
             )
         )
     return results, records

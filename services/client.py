@@ -22,20 +22,37 @@ def batches(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
-def send(url: str, items: list[tuple[Image.Image, str]], batch_size: int = 16) -> float:
-    """POST the images to ``/v1/classify``; return the accuracy of the answers."""
+def send(
+    url: str,
+    items: list[tuple[Image.Image, str]],
+    batch_size: int = 16,
+    groups: tuple[str, ...] = (),
+    feedback_every: int = 0,
+) -> float:
+    """POST the images to ``/v1/classify``; return the accuracy of the answers.
+
+    ``groups``: given, image i is sent as ``groups[i % len(groups)]`` (a store, a
+    camera). ``feedback_every``: every such image's true label is sent back to
+    ``/v1/feedback`` afterwards, as a labelling team would (0: none).
+    """
     import httpx
 
-    correct = 0
+    correct, sent = 0, 0
     with httpx.Client(base_url=url, timeout=60) as client:
         for chunk in batches(items, batch_size):
             files = [
                 ("images", (f"{i}.png", png_bytes(image), "image/png"))
                 for i, (image, _) in enumerate(chunk)
             ]
-            response = client.post("/v1/classify", files=files)
+            names = [groups[(sent + i) % len(groups)] for i in range(len(chunk))] if groups else []
+            form = {"group": names} if names else {}
+            response = client.post("/v1/classify", files=files, data=form)
             response.raise_for_status()
-            correct += sum(
-                r["label"] == label for r, (_, label) in zip(response.json(), chunk, strict=True)
-            )
+            answers = response.json()
+            for i, (answer, (_, label)) in enumerate(zip(answers, chunk, strict=True)):
+                correct += answer["label"] == label
+                if feedback_every and (sent + i) % feedback_every == 0:
+                    back = {"request_id": answer["request_id"], "label": label}
+                    client.post("/v1/feedback", json=back).raise_for_status()
+            sent += len(chunk)
     return correct / max(len(items), 1)

@@ -154,7 +154,7 @@ async def classify(request: Request) -> Answer:
         answers = await service.batcher.submit(prepared)
     except Busy as error:
         raise busy(error) from error
-    results, records = answers_and_records(uploads, [p.stats for p in prepared], answers, utc_now())
+    results, records = answers_and_records(uploads, prepared, answers, utc_now())
     # Committed before the answer: an acknowledged prediction survives a killed server.
     # On the event loop: a WAL commit is one write(2) of a few pages, cheaper than a
     # hop to a thread and back (docs/serving.md: where the time goes).

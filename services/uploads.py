@@ -29,7 +29,7 @@ from services.limits import Budget, checked_text
 from transferops.config import ServeParams
 from transferops.data.imagecheck import BadImage, decode_upload, read_header
 from transferops.data.imagestats import STAT_NAMES, image_statistics
-from transferops.data.pictures import PictureSettings, shrink, to_rgb
+from transferops.data.pictures import PictureSettings, shrink, thumbnail_png, to_rgb
 from transferops.models.classifier import InputSplit
 
 RAW_TYPES = ("image/", "application/octet-stream")  # one image as the whole body
@@ -46,6 +46,7 @@ class Prepared:
     key: str  # the InputSplit that made ``pixels`` (a new champion may need others)
     small: Image.Image  # the image shrunk to the working size, to cut again if so
     stats: dict[str, float]
+    thumbnail: bytes | None = None  # PNG for the drift report's gallery (serve.log_thumbnails)
 
 
 async def read_body(request: Request, limit: int, held: Budget | None = None) -> bytes:
@@ -208,4 +209,5 @@ def _prepare(
         del image
     scale = max(size) / max(small.size)  # statistics report the size that arrived
     stats = dict(zip(STAT_NAMES, image_statistics(small, scale).tolist(), strict=True))
-    return Prepared(split.pixels(small), split.key, small, stats)
+    kept = thumbnail_png(small) if serve.log_thumbnails else None
+    return Prepared(split.pixels(small), split.key, small, stats, kept)

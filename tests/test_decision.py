@@ -4,6 +4,8 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from monitoring.decision import RETRAINS, decide, decide_and_record, read_decisions
 from transferops.config import RetrainParams
 
@@ -59,6 +61,29 @@ def test_input_level_shift_retrains_surgically_from_the_champion() -> None:
     assert decide(history, [], off, NOW, SURGICAL).strategy == "default"
     semantic = [*history[:-1], check("drift", "early") | {"tests": {"prediction": {"fired": True}}}]
     assert decide(semantic, [], CFG, NOW, SURGICAL).strategy == "default", "no pixel evidence"
+
+
+def estimated(status: str, estimate: float, reference: float = 0.86, rows: int = 500) -> dict:
+    accuracy = {"estimated": estimate, "reference": reference, "fitted_rows": rows}
+    return check(status) | {"accuracy": accuracy}
+
+
+def test_a_large_estimated_accuracy_drop_retrains_on_the_first_alarm() -> None:
+    urgent = decide([check("no_drift"), estimated("drift", 0.70)], [], CFG, NOW)
+    assert urgent.retrain and urgent.alarms == 1
+    assert urgent.estimated_drop == pytest.approx(0.16)
+    assert "16.0 points below the reference" in urgent.reason and "urgent_drop" in urgent.reason
+    small = decide([check("no_drift"), estimated("drift", 0.80)], [], CFG, NOW)
+    assert not small.retrain and "1 of 3" not in small.reason and "2 of 3" in small.reason
+
+
+def test_the_estimate_alone_never_retrains_and_a_tiny_reference_s_does_not_count() -> None:
+    quiet = decide([estimated("no_drift", 0.30)], [], CFG, NOW)
+    assert not quiet.retrain, "no drift verdict (e.g. known traffic): the estimate waits"
+    tiny = decide([estimated("drift", 0.30, rows=40)], [], CFG, NOW)
+    assert not tiny.retrain and tiny.estimated_drop is None
+    cooling = decide([estimated("drift", 0.30)], [{"decided_at": NOW.isoformat()}], CFG, NOW)
+    assert not cooling.retrain and "cooldown" in cooling.reason, "the cooldown still holds"
 
 
 def test_a_second_alarm_inside_the_cooldown_does_not_retrain(tmp_path: Path) -> None:

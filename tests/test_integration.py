@@ -33,6 +33,7 @@ from flows.prefect_server import (
 from flows.serving import free_port, running_service
 from flows.workspace import create_workspace
 from services.client import send
+from tests.browser import chromium, loaded_width
 from tests.conftest import ROOT, TINY, write_params
 from transferops.config import RUN_PARAMS
 from transferops.data.datasets import read_manifest
@@ -333,11 +334,9 @@ def test_train_on_a_recorded_data_version_with_a_forced_strategy(
     assert outcome["gate"]["reasons"], "the experiment's model faced the gate too"
 
 
-def test_report_index_renders_in_chromium(
+def test_report_index_and_a_drift_report_render_in_chromium(
     repo: Path, drift_scenario: dict, tmp_path: Path, monkeypatch
 ) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     monkeypatch.chdir(repo)
@@ -351,14 +350,7 @@ def test_report_index_renders_in_chromium(
     index = repo / result.stdout.strip().splitlines()[-1]
     assert index.is_file()
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium'}")
-    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
-    try:
-        driver.set_window_size(1300, 1000)
+    with chromium(tmp_path / "chromium") as driver:
         driver.get(index.resolve().as_uri())
         assert driver.title == "transferops: review"
         for key in ("drift", "bias", "decisions", "models", "validation", "runs"):
@@ -378,8 +370,7 @@ def test_report_index_renders_in_chromium(
         images = driver.find_elements(By.TAG_NAME, "img")
         assert len(images) >= 3
         for image in images:  # every picture loaded and has pixels
-            width = driver.execute_script("return arguments[0].naturalWidth", image)
-            assert width > 0, image.get_attribute("src")
+            assert loaded_width(driver, image) > 0, image.get_attribute("src")
         hrefs = [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, "a[href]")]
         files = [h for h in hrefs if h.startswith("file://")]
         assert files, "the page links its reports"
@@ -387,18 +378,15 @@ def test_report_index_renders_in_chromium(
             target = Path(href.removeprefix("file://").split("#")[0])
             assert target.exists(), f"broken link {href}"
         driver.save_screenshot(str(tmp_path / "index.png"))
-    finally:
-        driver.quit()
 
-
-# Debian's chromium offline, as root: no sandbox, no background network.
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
+        # The report of the check that saw blurred traffic: summary, pictures, gallery.
+        verdict = drift_scenario["once"]["verdict"]
+        driver.get((Path(verdict["report_dir"]) / "report.html").resolve().as_uri())
+        summary = driver.find_element(By.ID, "transferops-summary")
+        assert "DRIFT" in summary.text and "Gallery" in summary.text
+        gallery = driver.find_elements(By.CSS_SELECTOR, "img.transferops-gallery")
+        assert len(gallery) == len(verdict["gallery"]) >= 1
+        assert len(verdict["gallery"][0]["images"]) == 8, "monitor.gallery images"
+        for image in summary.find_elements(By.TAG_NAME, "img"):
+            assert loaded_width(driver, image) > 0, image.get_attribute("alt")
+            assert image.size["width"] > 100, "drawn on the page, not only decoded"

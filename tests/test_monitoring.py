@@ -27,6 +27,7 @@ from services.client import png_bytes
 from tests.conftest import ROOT
 from transferops.config import BiasParams, load_params
 from transferops.data.shifts import CORRUPTIONS, HeldOutPool, corrupt
+from transferops.logs.predictions import read_predictions
 from transferops.models.profiling import shift_location
 
 STATS = ["width", "height", "brightness", "contrast", "sharpness"]
@@ -148,8 +149,12 @@ def test_a_shift_outside_the_top_components_is_caught_by_the_classifier(tmp_path
     rng = np.random.default_rng(8)
     params = load_params(
         ROOT / "params.yaml",
-        [f"paths.reports={tmp_path}", "monitor.calibration_draws=200", "monitor.embedding_components=8"],
-    )  # fmt: skip
+        [
+            f"paths.reports={tmp_path}",
+            "monitor.calibration_draws=200",
+            "monitor.embedding_components=8",
+        ],
+    )
     dims = 96
     spread = 1 / np.arange(1, dims + 1) ** 0.75
 
@@ -309,6 +314,16 @@ def test_drift_verdicts_reports_and_workspace_on_served_traffic(serve_traffic) -
     assert "DRIFT" in body[:3000] and "evidently" in body[3000:].lower(), "then Evidently's"
     for picture in ("drift_history.png", "group_gaps.png", "stage_shift.png", "accuracy.png"):
         assert (report / picture).stat().st_size > 5_000, picture
+    # The gallery: the window's least familiar images (with their logged thumbnails),
+    # each beside typical reference images of its predicted class.
+    (shown,) = shifted.gallery
+    blurred = set(read_predictions(params.paths.prediction_log, last=60)["request_id"])
+    assert len(shown["images"]) == params.monitor.gallery
+    assert {i["request_id"] for i in shown["images"]} <= blurred, "from this window"
+    scores = [i["unfamiliarity"] for i in shown["images"]]
+    assert scores == sorted(scores, reverse=True) and scores[0] > 1
+    assert (report / "gallery_0.png").stat().st_size > 5_000
+    assert 'class="transferops-gallery"' in body
     # Accuracy without labels, on every check: fitted on the reference's val and test rows.
     for check in (normal, shifted):
         assert check.accuracy["feedback"] is None and check.accuracy["feedback_labels"] == 0
@@ -396,6 +411,12 @@ def test_bias_scenario_names_the_degraded_group(serve_traffic) -> None:
     assert measured["feedback_labels"] == 240 and 0 <= measured["feedback"] <= 1
     assert 0 <= measured["estimated"] <= 1 and measured["temperature"] > 0
     assert (Path(degraded.report_dir) / "accuracy.png").stat().st_size > 5_000
+    # A gallery of the alarmed group's own least familiar images, beside the window's.
+    assert len(degraded.gallery) == 2 and "this window" in degraded.gallery[0]["title"]
+    group_gallery = degraded.gallery[1]
+    assert south in group_gallery["title"]
+    assert {i["group"] for i in group_gallery["images"]} == {south}
+    assert (Path(degraded.report_dir) / "gallery_1.png").stat().st_size > 5_000
 
 
 def regimes_reference(rng: np.random.Generator) -> tuple[Reference, np.ndarray]:

@@ -18,6 +18,7 @@ from transferops.logs.predictions import (
     latest_model,
     read_feedback,
     read_predictions,
+    read_thumbnails,
     utc_now,
 )
 
@@ -136,3 +137,37 @@ def test_a_relative_store_folder_reads(tmp_path: Path, monkeypatch) -> None:
     log.close()
     assert read_predictions(Path("logs"))["request_id"].tolist() == ["r1"]
     assert has_request(Path("logs"), "r1") and latest_model(Path("logs")) == "m:1"
+
+
+def test_thumbnails_are_kept_and_fetched_by_request_id(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from transferops.data.pictures import THUMBNAIL_SIDE, from_png, thumbnail_png
+
+    wide = Image.new("RGB", (300, 100), (10, 200, 30))
+    log = PredictionLog(tmp_path)
+    log.append([replace(record(1), thumbnail=thumbnail_png(wide)), record(2)])
+    log.close()
+    found = read_thumbnails(tmp_path, ["r1", "r2", "unknown"])
+    assert set(found) == {"r1"}, "only requests that kept one"
+    picture = from_png(found["r1"])
+    assert picture.shape == (THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3)
+    assert tuple(picture[THUMBNAIL_SIDE // 2, 5]) == (10, 200, 30), "the image, shrunk to fit"
+    assert tuple(picture[2, 5]) == (255, 255, 255), "centred on white"
+    assert "thumbnail" not in read_predictions(tmp_path).columns, "not read with the window"
+
+
+def test_a_store_written_before_thumbnails_gains_the_column(tmp_path: Path) -> None:
+    """A store from an older release: readable as it is, and writable after an upgrade."""
+    log = PredictionLog(tmp_path)
+    log.append([record(1)])
+    log.close()
+    (store,) = tmp_path.glob("predictions-*.sqlite")
+    with closing(sqlite3.connect(store)) as db, db:
+        db.execute("ALTER TABLE predictions DROP COLUMN thumbnail")
+    assert read_thumbnails(tmp_path, ["r1"]) == {}
+    log = PredictionLog(tmp_path)
+    log.append([replace(record(2), thumbnail=b"png")])
+    log.close()
+    assert read_predictions(tmp_path)["request_id"].tolist() == ["r1", "r2"]
+    assert read_thumbnails(tmp_path, ["r1", "r2"]) == {"r2": b"png"}

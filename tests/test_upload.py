@@ -87,12 +87,10 @@ def test_shrink_keeps_the_working_side_and_statistics_report_the_size_that_arriv
     assert shrink(tiny, 73) == (tiny, 1.0), "small images pass untouched"
 
 
-def test_input_split_matches_the_eval_transform() -> None:
-    import torch
+def small_config():
+    from transferops.models.classifier import ClassifierConfig
 
-    from transferops.models.classifier import ClassifierConfig, InputSplit, eval_transform
-
-    config = ClassifierConfig(
+    return ClassifierConfig(
         backbone="tf_efficientnet_lite0",
         classes=["a", "b"],
         data_config={
@@ -105,6 +103,14 @@ def test_input_split_matches_the_eval_transform() -> None:
         },
         strategy="full",
     )
+
+
+def test_input_split_matches_the_eval_transform() -> None:
+    import torch
+
+    from transferops.models.classifier import InputSplit, eval_transform
+
+    config = small_config()
     rng = np.random.default_rng(2)
     images = [
         Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8))
@@ -114,3 +120,25 @@ def test_input_split_matches_the_eval_transform() -> None:
     whole = torch.stack([eval_transform(config)(image) for image in images])
     cut = split.batch([split.pixels(image) for image in images])
     assert split.side == 73 and torch.allclose(whole, cut, atol=1e-5)
+
+
+def test_a_thumbnail_is_kept_only_when_the_params_say_so() -> None:
+    from services.uploads import header_sizes, prepare_all
+    from transferops.config import ServeParams
+    from transferops.data.pictures import DEFAULT_PICTURE, THUMBNAIL_SIDE, from_png
+    from transferops.models.classifier import InputSplit
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (300, 120), (200, 10, 10)).save(buffer, format="PNG")
+    uploads = [("x.png", buffer.getvalue(), None)]
+    split = InputSplit(small_config())
+
+    def prepared(keep: bool):
+        serve = ServeParams(top_k=1, max_batch_size=1, log_thumbnails=keep)
+        sizes = header_sizes(uploads, serve)
+        return prepare_all(uploads, sizes, serve, DEFAULT_PICTURE, split, None)[0]
+
+    picture = from_png(prepared(True).thumbnail)
+    assert picture.shape == (THUMBNAIL_SIDE, THUMBNAIL_SIDE, 3)
+    assert tuple(picture[THUMBNAIL_SIDE // 2, THUMBNAIL_SIDE // 2]) == (200, 10, 10)
+    assert prepared(False).thumbnail is None, "serve.log_thumbnails: false keeps no picture"

@@ -244,6 +244,7 @@ class ServeParams(Section):
     allow_unauthenticated: bool = False
     switch_poll_s: Annotated[float, Field(gt=0)] = 2.0
     log_fsync_s: Annotated[float, Field(gt=0)] = 1.0
+    log_thumbnails: bool = True
 
     @model_validator(mode="after")
     def _budgets_fit(self) -> ServeParams:
@@ -275,6 +276,7 @@ class RetrainParams(Section):
     checks: PositiveInt
     cooldown_hours: Annotated[float, Field(ge=0)]
     surgical: bool
+    urgent_drop: Annotated[float, Field(gt=0, le=1)] = 0.1
 
     @model_validator(mode="after")
     def _k_of_n(self) -> RetrainParams:
@@ -295,6 +297,7 @@ class MonitorParams(Section):
     min_effect: Annotated[float, Field(ge=0, le=10)]
     calibration_draws: Annotated[int, Field(ge=100, le=100_000)]
     min_regime_rows: Annotated[int, Field(ge=20)]
+    gallery: Annotated[int, Field(ge=0, le=32)] = 8
     bias: BiasParams
     retrain: RetrainParams
 

@@ -150,3 +150,28 @@ def open_rgb(
         shrink_while_decoding(image, side)
         image.load()
         return to_rgb(image, settings)
+
+
+THUMBNAIL_SIDE = 64  # px: the drift report's gallery (docs/monitoring.md)
+
+
+def thumbnail(image: Image.Image, side: int = THUMBNAIL_SIDE) -> np.ndarray:
+    """A square ``(side, side, 3)`` uint8 picture: ``image`` shrunk to fit, centred on white."""
+    small = image.convert("RGB")
+    small.thumbnail((side, side), Image.Resampling.BILINEAR)
+    square = Image.new("RGB", (side, side), (255, 255, 255))
+    square.paste(small, ((side - small.width) // 2, (side - small.height) // 2))
+    return np.asarray(square)
+
+
+def thumbnail_png(image: Image.Image, side: int = THUMBNAIL_SIDE) -> bytes:
+    """:func:`thumbnail` as PNG bytes (a few KB): what the prediction log keeps per image."""
+    out = io.BytesIO()
+    Image.fromarray(thumbnail(image, side)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def from_png(data: bytes) -> np.ndarray:
+    """A thumbnail back from :func:`thumbnail_png`."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))

@@ -10,7 +10,9 @@ in WAL mode:
   model tag, label, confidence, class probabilities and the penultimate
   embedding (little-endian float32 blobs, no JSON floats), image statistics
   (``transferops/data/imagestats.py``), per-stage BatchNorm distances
-  (``transferops/models/bnshift.py``) and the optional group. Indexed by time
+  (``transferops/models/bnshift.py``), the optional group and a 64-px PNG
+  thumbnail for the drift report's gallery (``serve.log_thumbnails``; not read
+  with the rest: :func:`read_thumbnails` fetches the few a report shows). Indexed by time
   and by (model, time): time windows and per-model windows read only their rows.
 - ``feedback``: a true label for an earlier request id (labels arrive late).
 
@@ -64,7 +66,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     embedding BLOB NOT NULL,
     "group" TEXT,
     bn BLOB,
-    {", ".join(f"{name} REAL" for name in STAT_NAMES)}
+    {", ".join(f"{name} REAL" for name in STAT_NAMES)},
+    thumbnail BLOB
 );
 CREATE INDEX IF NOT EXISTS predictions_time ON predictions (time);
 CREATE INDEX IF NOT EXISTS predictions_model_time ON predictions (model_tag, time);
@@ -76,7 +79,9 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 CREATE INDEX IF NOT EXISTS feedback_request ON feedback (request_id);
 """
-INSERT = f"INSERT INTO predictions VALUES ({', '.join('?' * (len(COLUMNS)))})"
+STORED = [*COLUMNS, "thumbnail"]  # "group" is a keyword: every name quoted
+_NAMES = ", ".join(f'"{c}"' for c in STORED)
+INSERT = f"INSERT INTO predictions ({_NAMES}) VALUES ({', '.join('?' * len(STORED))})"
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,7 @@ class PredictionRecord:
     stats: dict[str, float] | None = None  # STAT_NAMES of the image as received
     group: str | None = None
     bn: list[float] | np.ndarray | None = None  # per-stage BatchNorm distances
+    thumbnail: bytes | None = None  # PNG (pictures.thumbnail_png), for the report's gallery
 
     def row(self) -> tuple:
         stats = self.stats or {}
@@ -105,6 +111,7 @@ class PredictionRecord:
             self.group,
             None if self.bn is None else _blob(self.bn),
             *(None if stats.get(n) is None else float(stats[n]) for n in STAT_NAMES),
+            self.thumbnail,
         )
 
 
@@ -135,6 +142,9 @@ class PredictionLog:
         self._db = _connect(self.path)
         with self._lock, self._db:
             self._db.executescript(SCHEMA)
+            known = {row[1] for row in self._db.execute("PRAGMA table_info(predictions)")}
+            if "thumbnail" not in known:  # a store written before thumbnails were kept
+                self._db.execute("ALTER TABLE predictions ADD COLUMN thumbnail BLOB")
         # Commits never checkpoint (that fsyncs, on the caller's time: the service's event
         # loop); the syncer thread does, on a connection of its own, without this lock.
         self._db.execute("PRAGMA wal_autocheckpoint=0")
@@ -241,6 +251,25 @@ def read_predictions(
     frame[list(STAT_NAMES)] = frame[list(STAT_NAMES)].astype(float)
     frame = frame.sort_values("time", kind="stable").reset_index(drop=True)
     return frame if last is None else frame.tail(last).reset_index(drop=True)
+
+
+def read_thumbnails(directory: Path, request_ids: list[str]) -> dict[str, bytes]:
+    """The logged PNG thumbnails of these requests (those that have one), by request id."""
+    found: dict[str, bytes] = {}
+    for path in _stores(directory):
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        with closing(sqlite3.connect(uri, uri=True, timeout=30)) as db:
+            if "thumbnail" not in {row[1] for row in db.execute("PRAGMA table_info(predictions)")}:
+                continue  # written before thumbnails were kept
+            for start in range(0, len(request_ids), 500):  # SQLite's bound-variable limit
+                chunk = list(request_ids[start : start + 500])
+                marks = ", ".join("?" * len(chunk))
+                sql = (
+                    "SELECT request_id, thumbnail FROM predictions "
+                    f"WHERE thumbnail IS NOT NULL AND request_id IN ({marks})"
+                )
+                found |= dict(db.execute(sql, chunk).fetchall())
+    return found
 
 
 def latest_model(directory: Path) -> str | None:

@@ -22,9 +22,9 @@ import pandas as pd
 import torch
 
 from transferops.config import EvaluateParams
-from transferops.data.datasets import ManifestImages
+from transferops.data.datasets import ManifestImages, load_rgb
 from transferops.data.imagestats import STAT_NAMES, image_statistics
-from transferops.data.pictures import shrink
+from transferops.data.pictures import PictureSettings, shrink, thumbnail
 from transferops.models.bnshift import StageProbe
 from transferops.models.classifier import (
     ClassifierConfig,
@@ -280,19 +280,50 @@ def join_scored(parts: list[Scored]) -> Scored:
     return Scored(**joined, bn_stages=parts[0].bn_stages)
 
 
+TYPICAL_PER_CLASS = 4  # reference thumbnails per class for the drift report's gallery
+
+
+def typical_rows(scored: Scored, per_class: int = TYPICAL_PER_CLASS) -> np.ndarray:
+    """Per predicted class, the correctly predicted rows nearest the class's mean embedding.
+
+    What a reviewer compares an odd production image with: images the model
+    knows well, of the class it gave the odd one. Sorted by class, then nearness.
+    """
+    chosen = []
+    for name in sorted(set(scored.predictions)):
+        rows = np.flatnonzero((scored.predictions == name) & scored.correct)
+        if not len(rows):
+            continue
+        centre = scored.embeddings[rows].mean(0)
+        distance = np.linalg.norm(scored.embeddings[rows] - centre, axis=1)
+        chosen.extend(rows[np.argsort(distance, kind="stable")[:per_class]].tolist())
+    return np.asarray(chosen, dtype=int)
+
+
+def thumbnails_of(
+    frame: pd.DataFrame, root: Path, rows: np.ndarray, picture: PictureSettings
+) -> np.ndarray:
+    """``pictures.thumbnail`` of ``frame``'s images at ``rows`` (manifest paths under ``root``)."""
+    paths = frame["path"].to_numpy()
+    return np.stack([thumbnail(load_rgb(Path(root) / paths[i], picture)) for i in rows])
+
+
 def save_reference(
     scored: Scored,
     path: Path,
     splits: np.ndarray,
     regimes: np.ndarray,
     columns: list[str],
+    typical: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """The monitoring reference; only plain arrays, so it loads without pickle.
 
     ``splits`` and ``regimes`` say, row for row, which split and which part of
     the data (``base`` or a drop: ``preparation.regime_of``) each image is;
-    ``columns`` names the classes of the probabilities' columns (the model's).
+    ``columns`` names the classes of the probabilities' columns (the model's);
+    ``typical``: :func:`typical_rows` and their thumbnails, for the gallery.
     """
+    rows, pictures = typical if typical is not None else (np.zeros(0, int), np.zeros((0, 0, 0, 3)))
     classes = sorted(set(scored.labels) | set(scored.predictions))
     np.savez(
         path,
@@ -309,4 +340,6 @@ def save_reference(
         bn=scored.bn,
         bn_stages=np.asarray(scored.bn_stages),
         classes=np.asarray(classes),
+        typical_rows=rows,
+        typical_thumbnails=pictures.astype(np.uint8),
     )
