@@ -42,6 +42,7 @@ from monitoring.accuracy import fit_estimator
 from monitoring.bias import Side, group_gaps
 from transferops.config import Params, load_params
 from transferops.data.imagestats import STAT_NAMES, image_statistics
+from transferops.data.pictures import thumbnail_png
 from transferops.data.shifts import CORRUPTIONS, HeldOutPool, corrupt
 from transferops.logs.predictions import PredictionLog, PredictionRecord, utc_now
 from transferops.models.bnshift import StageProbe
@@ -302,6 +303,101 @@ def evidently_defaults(args, params: Params, ref: drift.Reference, base: Embedde
     return {"sizes": list(args.peer_sizes), "cells": rows}
 
 
+LOCATION_SEVERITIES = (1, 3, 5)
+
+
+def stage_embed(model, config, items, batch: int = 128) -> tuple[np.ndarray, dict]:
+    """Per image: its BatchNorm distances per stage, and per-stage projected channel means."""
+    transform, probe = eval_transform(config), StageProbe(model)
+    distances, features = [], []
+    for start in range(0, len(items), batch):
+        tensor = torch.stack(
+            [transform(image.convert("RGB")) for image, _ in items[start : start + batch]]
+        )
+        distances.append(probe.run(tensor)[2])
+        features.append(probe.stage_features(tensor)[1])
+    joined = {stage: np.concatenate([f[stage] for f in features]) for stage in probe.stages}
+    return np.concatenate(distances), joined
+
+
+def locations(args, model, config, pool: HeldOutPool, ref: drift.Reference) -> dict:
+    """Where each shift sits, by the logged rule and by a per-stage MMD (``--only location``).
+
+    Logged rule: the window's mean per-stage BatchNorm distance against the
+    reference's, in reference SDs (``shift.stage_shift``). Tried here: per stage,
+    the MMD² (median-distance RBF kernel, so on one [0, 2] scale at every stage)
+    between the window's and clean images' projected channel means and log
+    variances (``StageProbe.stage_features``). Both then go through the
+    profile's rule (``shift_location``: early when the first half of the stages
+    moved more). Every corruption is input-level (right answer: early); a
+    class-prior shift is semantic (late). The MMD as such, not as a z-score
+    against clean windows, was chosen after seeing both on this model: z-scores
+    divide by a null spread that shrinks in the late stages (in sample).
+    """
+    rng = np.random.default_rng(args.seed + 7)
+    size, windows = 200, args.location_windows
+    clean = pool.take(args.location_reference + 4 * size)
+    clean_bn, clean_features = stage_embed(model, config, clean)
+    reference = np.arange(args.location_reference)
+    others = np.arange(args.location_reference, len(clean))
+    stages = list(clean_features)
+
+    def mmd_by_stage(rows_of: dict[str, np.ndarray]) -> dict[str, float]:
+        return {
+            stage: shift.mmd2u(rows_of[stage], clean_features[stage][reference]) for stage in stages
+        }
+
+    def judged(bn: np.ndarray, features: dict) -> tuple[str, str]:
+        effects = shift.stage_shift(bn, ref.bn, ref.bn_stages)
+        by_bn = shift_location({s: abs(v) for s, v in effects.items()})
+        return by_bn, shift_location(mmd_by_stage(features))
+
+    results = {}
+    labels = np.array([label for _, label in clean])
+    for name in track(list(CORRUPTIONS), description="corruptions"):
+        sources = pool.take(size + 100)
+        for severity in LOCATION_SEVERITIES:
+            shifted = [(corrupt(image, name, severity, rng), label) for image, label in sources]
+            bn, features = stage_embed(model, config, shifted)
+            votes = []
+            for _ in range(windows):
+                rows = rng.choice(len(shifted), size, replace=False)
+                votes.append(judged(bn[rows], {st: f[rows] for st, f in features.items()}))
+            results[f"{name}:{severity}"] = _location_rates(votes, "early")
+    of_class = np.flatnonzero(labels[others] == PRIOR_CLASS)
+    for severity in LOCATION_SEVERITIES:
+        share, votes = PRIOR_SHARE[severity - 1], []
+        for _ in range(windows):
+            k = round(size * share)
+            rows = np.concatenate(
+                [
+                    others[rng.choice(of_class, k, replace=k > len(of_class))],
+                    rng.choice(others, size - k, replace=False),
+                ]
+            )
+            votes.append(judged(clean_bn[rows], {st: f[rows] for st, f in clean_features.items()}))
+        results[f"{PRIOR}:{severity}"] = _location_rates(votes, "late")
+    return {"size": size, "windows": windows, "stages": stages, "cells": results}
+
+
+def _location_rates(votes: list[tuple[str, str]], right: str) -> dict:
+    return {
+        "right": right,
+        "bn_right": float(np.mean([bn == right for bn, _ in votes])),
+        "mmd_right": float(np.mean([mmd == right for _, mmd in votes])),
+    }
+
+
+def print_locations(results: dict, console: Console) -> None:
+    print_cells(
+        f"where the shift sits: share of windows of {results['size']} located right",
+        ["right answer", "BatchNorm distance (logged)", "per-stage MMD (tried)"],
+        results["cells"],
+        lambda cell: [cell["right"], f"{cell['bn_right']:.0%}", f"{cell['mmd_right']:.0%}"],
+        console,
+    )
+
+
 def print_cells(title: str, columns: list[str], cells: dict, row_of, console: Console) -> None:
     """One row per shift and severity (``"name:severity"`` keys); ``row_of`` gives the rest."""
     table = Table(title=title)
@@ -430,6 +526,8 @@ def check_timing(params: Params, tag: str, base: Embedded, rows: int) -> dict:
         log = PredictionLog(log_dir)
         order = np.arange(rows) % len(base.labels)
         groups = np.array(["north", "south", "east"])
+        # One thumbnail for every row: the gallery's lookups and drawing are timed.
+        picture = thumbnail_png(Image.new("L", (28, 28), 128))
         log.append(
             [
                 PredictionRecord(
@@ -437,12 +535,13 @@ def check_timing(params: Params, tag: str, base: Embedded, rows: int) -> dict:
                     time=utc_now(),
                     model_tag=tag,
                     label=str(base.predictions[j]),
-                    confidence=0.9,
-                    probabilities=[0.9],
+                    confidence=float(base.probabilities[j].max()),
+                    probabilities=base.probabilities[j],
                     embedding=base.embeddings[j],
                     stats=dict(zip(STAT_NAMES, base.stats[j], strict=True)),
                     group=str(groups[i % 3]),
                     bn=base.bn[j].tolist(),
+                    thumbnail=picture,
                 )
                 for i, j in enumerate(order)
             ]
@@ -528,10 +627,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--only",
-        choices=["accuracy", "peer", "power"],
-        help="only the accuracy-estimate table, only the Evidently-defaults peer, or only "
-        "the detection tables (power, other references, bias; no timing)",
+        choices=["accuracy", "peer", "power", "location", "timing"],
+        help="only the accuracy-estimate table, only the Evidently-defaults peer, only "
+        "the detection tables (power, other references, bias; no timing), or only the "
+        "shift-location comparison, or only the timing of one check (run it alone)",
     )
+    parser.add_argument("--location-windows", type=int, default=40)
+    parser.add_argument("--location-reference", type=int, default=1000)
     parser.add_argument(
         "--peer-sizes", type=int, nargs="+", default=list(SIZES), help="peer: window sizes"
     )
@@ -551,6 +653,12 @@ def main() -> None:
     model, config = load_stored(tag)
     ref = drift.load_reference(tag)
     pool = HeldOutPool(params.data.source, params.paths.prepared, seed=args.seed)
+    if args.only == "location":
+        results = {"location": locations(args, model, config, pool, ref), "tag": tag}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_name("location.json").write_text(json.dumps(results, indent=2))
+        print_locations(results["location"], console)
+        return
     started = time.perf_counter()
     cache = args.out.with_name(  # v2: with probabilities
         f"cells-v2-{tag.replace(':', '-')}-{args.per_cell}-{args.unshifted}.npz"
@@ -569,6 +677,12 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_name("peer.json").write_text(json.dumps(results, indent=2))
         print_peer(results["peer"], console)
+        return
+    if args.only == "timing":
+        timing = check_timing(params, tag, base, args.timing_rows)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_name("timing.json").write_text(json.dumps(timing, indent=2))
+        console.print(timing)
         return
     if args.only == "accuracy":
         results = {"accuracy": accuracy_errors(args, config, base, cells), "tag": tag}

@@ -107,3 +107,32 @@ class StageProbe:
             embeddings, probabilities = embed_and_classify(self.model, batch)
         distances = self._distances(moments)
         return embeddings, probabilities, distances.cpu().numpy().astype(np.float32)
+
+    def stage_features(
+        self, batch: torch.Tensor, dims: int = 32, seed: int = 0
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(embeddings, per stage ``(n, dims)``): each image's BatchNorm-input channel means
+        (standardised by the layer's running statistics) and log variances (over the
+        running variance), projected at random (seeded). Means alone miss zero-mean
+        changes such as noise, which move the variances.
+
+        A richer per-stage reading than :meth:`run`'s one scalar: the drift benchmark
+        tries it for locating shifts (a per-stage MMD); the service does not log it.
+        """
+        with self._recording() as moments:
+            embeddings, _ = embed_and_classify(self.model, batch)
+        generator = torch.Generator().manual_seed(seed)
+        features = {}
+        for stage in self.stages:
+            parts = []
+            for i, (layer, name) in enumerate(self.layers):
+                if name == stage:
+                    mean, square = (m.float().cpu() for m in moments[i])
+                    running = layer.running_var.float().cpu().clamp_min(1e-8)
+                    parts.append((mean - layer.running_mean.float().cpu()) / running.sqrt())
+                    variance = (square - mean * mean).clamp_min(1e-8)
+                    parts.append(torch.log(variance / running))
+            joined = torch.cat(parts, dim=1)
+            projection = torch.randn(joined.shape[1], dims, generator=generator)
+            features[stage] = (joined @ projection / joined.shape[1] ** 0.5).numpy()
+        return embeddings, features
