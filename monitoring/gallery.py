@@ -67,8 +67,11 @@ def build(
 
     ``thumbnails_of(request_ids) -> {request_id: png array}`` looks the
     thumbnails up; only the ``CANDIDATES * count`` least familiar are asked for.
+    A row scored ``-inf`` is not a candidate (a group's gallery leaves the rest out).
     """
-    order = np.argsort(-np.asarray(scores), kind="stable")[: CANDIDATES * count]
+    scores = np.asarray(scores, dtype=float)
+    order = np.argsort(-scores, kind="stable")
+    order = order[np.isfinite(scores[order])][: CANDIDATES * count]
     found = thumbnails_of([str(request_ids[i]) for i in order])
     shown = [i for i in order if str(request_ids[i]) in found][:count]
     if not shown:

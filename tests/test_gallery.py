@@ -33,6 +33,9 @@ def test_the_least_familiar_images_with_a_thumbnail_are_shown_in_order() -> None
     assert asked == [["b", "d", "c", "e", "a"]], "the least familiar first, CANDIDATES x 2"
     assert len(made.typical["bag"]) == gallery.SHOWN_TYPICAL
     assert gallery.build("t", scores, ids, ids, ids, lambda _: {}, typical, 2) is None
+    outside = np.array([-np.inf, 5.0, -np.inf, -np.inf, 1.0])  # a group's gallery: b and e
+    only = gallery.build("g", outside, ids, ids, ids, thumbnails, typical, 2)
+    assert [e["request_id"] for e in only.entries] == ["e"], "b has no thumbnail; a, c, d left out"
 
 
 def test_a_gallery_is_drawn_with_and_without_typical_images(tmp_path) -> None:
