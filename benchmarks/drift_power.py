@@ -609,6 +609,11 @@ def print_tables(results: dict, console: Console) -> None:
         )
 
 
+def write_part(args, name: str, results: dict) -> None:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_name(f"{name}.json").write_text(json.dumps(results, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tag", help="BentoML model tag (default: the champion)")
@@ -654,10 +659,9 @@ def main() -> None:
     ref = drift.load_reference(tag)
     pool = HeldOutPool(params.data.source, params.paths.prepared, seed=args.seed)
     if args.only == "location":
-        results = {"location": locations(args, model, config, pool, ref), "tag": tag}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_name("location.json").write_text(json.dumps(results, indent=2))
-        print_locations(results["location"], console)
+        part = locations(args, model, config, pool, ref)
+        write_part(args, "location", {"location": part, "tag": tag})
+        print_locations(part, console)
         return
     started = time.perf_counter()
     cache = args.out.with_name(  # v2: with probabilities
@@ -672,23 +676,19 @@ def main() -> None:
         f"embedded {len(base.labels) + len(cells) * args.per_cell} images in "
         f"{time.perf_counter() - started:.0f} s"
     )
-    if args.only == "peer":
-        results = {"peer": evidently_defaults(args, params, ref, base, cells), "tag": tag}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_name("peer.json").write_text(json.dumps(results, indent=2))
-        print_peer(results["peer"], console)
-        return
-    if args.only == "timing":
-        timing = check_timing(params, tag, base, args.timing_rows)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_name("timing.json").write_text(json.dumps(timing, indent=2))
-        console.print(timing)
-        return
-    if args.only == "accuracy":
-        results = {"accuracy": accuracy_errors(args, config, base, cells), "tag": tag}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_name("accuracy.json").write_text(json.dumps(results, indent=2))
-        print_accuracy(results["accuracy"], console)
+    single = {  # one part alone: its JSON beside --out, its table
+        "peer": (lambda: evidently_defaults(args, params, ref, base, cells), print_peer),
+        "accuracy": (lambda: accuracy_errors(args, config, base, cells), print_accuracy),
+        "timing": (
+            lambda: check_timing(params, tag, base, args.timing_rows),
+            lambda part, console: console.print(part),
+        ),
+    }
+    if args.only in single:
+        make, show = single[args.only]
+        part = make()
+        write_part(args, args.only, {args.only: part, "tag": tag})
+        show(part, console)
         return
     results = power(args, params, ref, base, cells)
     results["other_references"] = other_references(args, params, ref, base)
