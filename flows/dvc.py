@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from transferops.logs.jsonl import locked
+from transferops.files import locked
 
 LOCK_FILE = Path(".dvc") / "tmp" / "transferops-dvc.lock"
 

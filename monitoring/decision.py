@@ -37,7 +37,8 @@ from pathlib import Path
 
 from monitoring.shift import input_level
 from transferops.config import RetrainParams
-from transferops.logs.jsonl import append_jsonl, locked, read_jsonl
+from transferops.files import locked
+from transferops.logs.jsonl import append_jsonl, read_jsonl
 
 DECISIONS, RETRAINS, LOCK = "decisions.jsonl", "retrains.jsonl", ".decision.lock"
 # Reference test rows behind the accuracy estimate before it may count: at 200 the ATC

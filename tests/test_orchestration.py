@@ -72,7 +72,7 @@ def test_dvc_calls_wait_for_each_other_across_processes(dvc_repo: Path, tmp_path
             sys.executable,
             "-c",
             "import sys, time, pathlib\n"
-            "from transferops.logs.jsonl import locked\n"
+            "from transferops.files import locked\n"
             f"with locked(pathlib.Path({str(dvc_repo / LOCK_FILE)!r})):\n"
             "    print('held', flush=True)\n"
             "    time.sleep(2)\n"

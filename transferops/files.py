@@ -5,6 +5,11 @@ run's params all go through :func:`write_atomic`: the bytes go to a temporary
 file in the same folder, are flushed to disk, renamed over the target (the
 commit point), and the folder itself is flushed so the rename survives a
 power cut. Appends to JSON Lines logs go through ``transferops.logs.jsonl``.
+
+The two file locks live here too, both ``flock`` (the kernel lets go when a
+holder dies): :func:`locked` waits its turn (the champion, the retrain
+decision, DVC in one repo), :func:`exclusive` refuses at once and names the
+holder (one training run per project).
 """
 
 from __future__ import annotations
@@ -43,6 +48,19 @@ def fsync_folder(folder: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+@contextlib.contextmanager
+def locked(lock_file: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``lock_file`` (created with its folder) for the block."""
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class Held(RuntimeError):

@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -57,16 +56,3 @@ def append_line(path: Path, line: str) -> None:
 
 def append_jsonl(path: Path, row: dict) -> None:
     append_line(path, json.dumps(row))
-
-
-@contextlib.contextmanager
-def locked(lock_file: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``lock_file`` (created with its folder) for the block."""
-    lock_file = Path(lock_file)
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

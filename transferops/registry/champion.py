@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from transferops.files import write_atomic
-from transferops.logs.jsonl import append_line, locked, read_lines
+from transferops.files import locked, write_atomic
+from transferops.logs.jsonl import append_line, read_lines
 
 CHAMPION, HISTORY, LOCK = "champion.json", "history.jsonl", ".lock"
 
