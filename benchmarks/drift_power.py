@@ -204,6 +204,8 @@ def power(args, params: Params, ref: drift.Reference, base: Embedded, cells: dic
         ]
         results["false_alarms"][size] = float(np.mean(quiet))
         for (name, severity), cell in track(list(cells.items()), description=f"window {size}"):
+            if size > len(cell.labels):  # --per-cell too small for this window: not measured
+                continue
             rate, early, surgical = alarms(
                 lambda cell=cell, size=size: cell.take(rng.choice(len(cell.labels), size, False))
             )
@@ -275,6 +277,8 @@ def evidently_defaults(args, params: Params, ref: drift.Reference, base: Embedde
         for key, cell in track(
             [(("none", 0), clean), *cells.items()], description=f"peer windows of {size}"
         ):
+            if size > len(cell.labels):  # --per-cell too small for this window
+                continue
             ours, theirs, our_parts, parts = 0, 0, {}, {}
             count = args.peer_windows * (4 if key[0] == "none" else 1)
             for _ in range(count):
@@ -418,6 +422,8 @@ def print_peer(results: dict, console: Console) -> None:
     for key in keys:
         row = [
             f"{cells[f'{key}:{s}']['ours']:.0%} / {cells[f'{key}:{s}']['evidently_default']:.0%}"
+            if f"{key}:{s}" in cells
+            else "-"
             for s in sizes
         ]
         at_200 = cells.get(f"{key}:200", {}).get("our_parts", {})
@@ -577,13 +583,13 @@ def print_tables(results: dict, console: Console) -> None:
     table.add_row("none", "-", *[f"{results['false_alarms'][s]:.1%}" for s in sizes], "-", "-")
     for name in [*CORRUPTIONS, PRIOR]:
         for severity in range(1, 6):
-            cells = [results["detection"][f"{name}:{severity}:{s}"] for s in sizes]
+            cells = [results["detection"].get(f"{name}:{severity}:{s}") for s in sizes]
             early = results["early"].get(f"{name}:{severity}:200")
             surgical = results["input_level"].get(f"{name}:{severity}:200")
             table.add_row(
                 name,
                 str(severity),
-                *[f"{c:.0%}" for c in cells],
+                *["-" if c is None else f"{c:.0%}" for c in cells],
                 "-" if early is None else f"{early:.0%}",
                 "-" if surgical is None else f"{surgical:.0%}",
             )
