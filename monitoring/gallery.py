@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from monitoring.shift import sq_dists
 from transferops.figures import plt, save_figure
 
 NEIGHBOURS = 5  # reference images an image's familiarity is measured against
@@ -26,9 +27,7 @@ CANDIDATES = 4  # times the gallery size: the odd images whose thumbnails are lo
 
 
 def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    squared = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
-    return np.sqrt(np.maximum(squared, 0))
+    return np.sqrt(sq_dists(np.asarray(a, np.float64), np.asarray(b, np.float64)))
 
 
 def unfamiliarity(window: np.ndarray, reference: np.ndarray) -> np.ndarray:

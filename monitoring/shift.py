@@ -147,7 +147,7 @@ def tested_stats(stats: np.ndarray, stat_names: list[str]) -> list[str]:
 # --- the statistics ---------------------------------------------------------
 
 
-def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
     return np.maximum(d, 0)
 
@@ -165,9 +165,9 @@ def _mmd2u_from_kernel(k: np.ndarray, m: int) -> float:
 
 def mmd2u(current: np.ndarray, reference: np.ndarray) -> float:
     """Evidently's MMD statistic (clipped at 0), for up to 1,000 rows a side."""
-    sigma2 = np.median(np.sqrt(_sq_dists(reference, current))) ** 2
+    sigma2 = np.median(np.sqrt(sq_dists(reference, current))) ** 2
     both = np.vstack([reference, current])
-    kernel = np.exp(-_sq_dists(both, both) / sigma2)
+    kernel = np.exp(-sq_dists(both, both) / sigma2)
     return max(_mmd2u_from_kernel(kernel, len(reference)), 0.0)
 
 
@@ -249,7 +249,7 @@ def calibrate(
     classifier = reference.features is not None
     tests = test_names(tested, classifier)
     columns = [stat_names.index(name) for name in tested]
-    sq = _sq_dists(reference.embeddings, reference.embeddings)
+    sq = sq_dists(reference.embeddings, reference.embeddings)
     values = np.empty((draws, len(tests)))
     for d in range(draws):
         order = rng.permutation(total)
