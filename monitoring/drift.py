@@ -198,10 +198,16 @@ def calibrate(
 def calibration_for(
     reference: shift.Sample, rows: int, stat_names: list[str], params: Params, tag: str
 ) -> shift.Calibration:
-    """Thresholds for windows of ``rows``; computed once per model, size and settings."""
+    """Thresholds for windows of ``rows``.
+
+    The draws hold out ``min(rows, reference / 2)`` rows, so every window of at least half
+    the reference shares one set of draws: it is computed once per model and settings,
+    cached, and rescaled to each window's size (exactly what calibrating for that size gives).
+    """
     cfg = params.monitor
+    held_out = shift.held_out_rows(rows, len(reference))
     key = json.dumps(
-        [TESTS_VERSION, rows, len(reference), cfg.false_alarm_rate, cfg.calibration_draws,
+        [TESTS_VERSION, held_out, len(reference), cfg.false_alarm_rate, cfg.calibration_draws,
          cfg.embedding_components, cfg.max_rows, cfg.min_effect, params.seed],
     )  # fmt: skip
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -212,10 +218,11 @@ def calibration_for(
         / f"{tag.replace(':', '-')}-{digest}.json"
     )
     if path.is_file():
-        return shift.Calibration(**json.loads(path.read_text()))
-    calibration = calibrate(reference, rows, stat_names, params)
-    write_atomic(path, json.dumps(calibration.to_dict()))
-    return calibration
+        calibration = shift.Calibration(**json.loads(path.read_text()))
+    else:
+        calibration = calibrate(reference, held_out, stat_names, params)
+        write_atomic(path, json.dumps(calibration.to_dict()))
+    return calibration.for_window(rows)
 
 
 def sample_rows(n: int, limit: int, seed: int) -> np.ndarray:

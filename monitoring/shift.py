@@ -95,6 +95,15 @@ class Calibration:
     def tested_stats(self) -> list[str]:
         return [t[len(STAT) :] for t in self.thresholds if t.startswith(STAT)]
 
+    def for_window(self, rows: int) -> Calibration:
+        """The same draws' thresholds for windows of ``rows`` against the whole reference
+        (the MMD's and the classifier's move with the sizes; see ``rescaled``)."""
+        if rows == self.window:
+            return self
+        ratio = (1 / rows + 1 / self.reference) / (1 / self.window + 1 / self.reference)
+        thresholds = {t: rescaled(t, v, ratio) for t, v in self.thresholds.items()}
+        return Calibration(rows, self.reference, self.draws, self.false_alarm_rate, thresholds)
+
     def against(self, rows: int) -> dict[str, float]:
         """The thresholds for comparing a window with ``rows`` of the reference, not all.
 
@@ -117,6 +126,11 @@ def rescaled(test: str, threshold: float, ratio: float) -> float:
     if test == CLASSIFIER:
         return 0.5 + max(threshold - 0.5, 0.0) * float(np.sqrt(ratio))
     return threshold
+
+
+def held_out_rows(window: int, reference: int) -> int:
+    """The size of a calibration draw's pseudo-window: the window's, at most half the reference."""
+    return min(window, reference // 2)
 
 
 def test_names(stat_names: list[str], classifier: bool = False) -> list[str]:
@@ -244,7 +258,7 @@ def calibrate(
     """Thresholds under which an unshifted window of ``window`` rows alarms at the set rate."""
     rng = np.random.default_rng(seed)
     total = len(reference)
-    held_out = min(window, total // 2)
+    held_out = held_out_rows(window, total)
     tested = tested_stats(reference.stats, stat_names)
     classifier = reference.features is not None
     tests = test_names(tested, classifier)

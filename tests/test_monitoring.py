@@ -90,6 +90,32 @@ def test_unshifted_windows_stay_quiet_at_the_calibrated_rate_and_shift_fires() -
     assert all(shifted)
 
 
+def test_windows_over_half_the_reference_share_one_cached_calibration(tmp_path: Path) -> None:
+    """One set of draws serves every window of at least half the reference, rescaled to its
+    size exactly as calibrating for that size would give, and is computed once."""
+    from monitoring.drift import calibration_for
+
+    rng = np.random.default_rng(4)
+    reference = synthetic(rng, 200)
+    params = load_params(
+        ROOT / "params.yaml",
+        [f"paths.reports={tmp_path}", "monitor.calibration_draws=100"],
+    )
+    for rows in (100, 130, 400):
+        direct = shift.calibrate(
+            reference, rows, STATS, params.monitor.false_alarm_rate, 100, params.seed,
+            params.monitor.min_effect,
+        )  # fmt: skip
+        shared = calibration_for(reference, rows, STATS, params, "model:tag")
+        assert shared.window == rows
+        assert shared.thresholds.keys() == direct.thresholds.keys()
+        for test, value in direct.thresholds.items():
+            assert shared.thresholds[test] == pytest.approx(value, rel=1e-12), (rows, test)
+    assert len(list((tmp_path / "drift" / "calibration").iterdir())) == 1
+    calibration_for(reference, 40, STATS, params, "model:tag")
+    assert len(list((tmp_path / "drift" / "calibration").iterdir())) == 2, "a smaller window"
+
+
 def test_a_small_reference_does_not_make_new_images_look_shifted() -> None:
     """24 reference images (a team's small test split): PCA keeps few components.
 
