@@ -20,19 +20,49 @@ CHROMIUM := /usr/bin/chromium
 BENCH_PACKAGES := openclipart-png oxygen-icon-theme fonts-noto-core fonts-dejavu-core \
 	fonts-liberation fonts-urw-base35 fonts-freefont-ttf
 CHROMEDRIVER := /usr/bin/chromedriver
-.PHONY: help install data browser bench-data demo test lint format clean
+.PHONY: help install lock check data browser bench-data demo test lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create or refresh .venv (only when pyproject.toml changed)
+install: $(STAMP) ## create or refresh .venv, exactly as requirements.lock says
 
-$(STAMP): pyproject.toml
-	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install -e '.[dev]'
-	$(PY) -m pip check
+# The interpreter: the first of python3.11, python3.12, python3 that is 3.11 or 3.12 (the
+# versions requirements.lock is resolved for). `make PYTHON=/path/to/python3.12` overrides.
+SUPPORTED := import sys; sys.exit(sys.version_info[:2] not in ((3, 11), (3, 12)))
+PYTHON ?= $(shell for p in python3.11 python3.12 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c '$(SUPPORTED)' >/dev/null 2>&1 && { echo $$p; break; }; \
+	done)
+UV := $(VENV)/bin/uv
+UV_VERSION := $(shell sed -n 's/^uv==\([0-9.]*\).*/\1/p' requirements.lock)
+
+# uv installs the lock; pip (in every venv) installs uv itself, at the lock's version.
+$(UV): requirements.lock
+	@if [ -z "$(PYTHON)" ]; then \
+		echo "transferops needs Python 3.11 or 3.12, and none is on PATH"; \
+		echo "(python3 here: $$(python3 --version 2>&1 || echo none))."; \
+		echo "Install one (Debian/Ubuntu: apt install python3.11-venv; pyenv: pyenv install 3.11)"; \
+		echo "or name it: make PYTHON=/path/to/python3.11 $(MAKECMDGOALS)"; \
+		exit 1; \
+	fi
+	@if ! [ -x $(PY) ] || ! $(PY) -c '$(SUPPORTED)' 2>/dev/null; then \
+		rm -rf $(VENV); echo "creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"; \
+		$(PYTHON) -m venv $(VENV); \
+	fi
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	touch $(UV)
+
+$(STAMP): pyproject.toml requirements.lock $(UV)
+	$(UV) pip sync --quiet --python $(PY) requirements.lock
+	$(UV) pip install --quiet --python $(PY) --no-deps -e .
+	@$(PY) -m pip check || { echo "pyproject.toml asks for more than requirements.lock pins:"; \
+		echo "run 'make lock', then 'make install'"; exit 1; }
 	touch $(STAMP)
+
+lock: $(UV) ## re-resolve requirements.lock from pyproject.toml (Python 3.11 and 3.12, every platform)
+	$(UV) pip compile --quiet --universal --python-version 3.11 --extra dev \
+		--output-file requirements.lock pyproject.toml
+	@echo "requirements.lock written: review the diff, then 'make install'"
 
 data: ## make sure Debian's Fashion-MNIST is present (installs it with apt when possible)
 	@if [ -f $(FASHION_MNIST) ]; then exit 0; fi; \
