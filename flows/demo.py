@@ -25,10 +25,12 @@ each start, so the checkout stays clean and every demo starts from the default.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +43,12 @@ from flows.deploy import MONITORING_DEPLOYMENT, TRAINING_DEPLOYMENT
 from flows.monitoring import monitoring_flow
 from flows.prefect_server import running_deployments, running_prefect_server, wait_for_run
 from flows.serving import free_port, running_service
+from flows.story import Step, Story
 from flows.training import training_flow
 from flows.workspace import create_workspace
 from monitoring.index import build_index
 from services.client import send as send_images
-from transferops.config import Params, load_params, write_overrides
+from transferops.config import Params, RetrainParams, load_params, write_overrides
 from transferops.data.shifts import HeldOutPool, write_labelled_drop
 from transferops.logs.runs import read_records
 from transferops.models.strategy import DECISION
@@ -74,12 +77,14 @@ def run_demo(
 ) -> dict:
     """Run the whole loop once in a fresh workspace; return what happened.
 
-    The outcome is also printed as a table and saved as JSON.
+    The terminal tells the steps and their outcomes; the libraries' logs go to
+    ``reports/demo/logs/``. The outcome is also printed as a table and saved as JSON.
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     settings, console = settings or DemoSettings(), console or Console()
     started = time.monotonic()
+    store = Path(os.environ.get("BENTOML_HOME", Path(root) / ".bentoml")).resolve()
     workspace = create_workspace(Path(root), Path(settings.workspace).resolve())
     console.print(f"demo workspace: {workspace} (a fresh git + DVC copy of the project)")
     os.chdir(workspace)
@@ -90,18 +95,21 @@ def run_demo(
     # two steps (the cron fires every 30 min) would count in K of N and change the story.
     # It trains twice, so it gives `image_size: auto` a smaller budget than a real run
     # (150 s of fine-tuning instead of 360): the loop stays under 15 minutes on 2 cores.
+    # The models live in the project's store; the workspace's params point there, so
+    # `transferops serve` in the workspace finds them after the demo.
     write_overrides(
         workspace / "params.yaml",
         [
             f"orchestrate.service_url={service_url}",
             "orchestrate.monitor_cron=null",
             "model.auto.budget_s.cpu=150",
+            f"paths.bentoml_home={os.path.relpath(store, workspace)}",
         ],
     )
     _commit(
         workspace,
         "demo: the service's URL; checks at the demo's steps, not on cron; "
-        "a demo-sized budget for image_size: auto",
+        "a demo-sized budget for image_size: auto; the project's model store",
     )
     params = load_params(workspace / "params.yaml")
     if params.data.format != "fashion_mnist":
@@ -112,89 +120,137 @@ def run_demo(
     runs.mkdir(parents=True, exist_ok=True)
     home = workspace / ".prefect"
     port = free_port(PREFECT_UI_PORT)
-
-    console.rule("0. Prefect server + `transferops deploy` (scheduled check, retrain on event)")
-    with (
-        running_prefect_server(home, port=port, log_file=runs / "prefect-server.log") as api,
-        running_deployments(
-            workspace,
-            api,
-            home,
-            [MONITORING_DEPLOYMENT, TRAINING_DEPLOYMENT],
-            log_file=runs / "deploy.log",
-        ) as deployments,
-        temporary_settings(updates={PREFECT_API_URL: api}),
-    ):
-        console.print(
-            f"Prefect API {api}; deployments: {', '.join(d['name'] for d in deployments)}"
+    servers = {
+        "Prefect server": runs / "prefect-server.log",
+        "transferops deploy (the retraining run)": runs / "deploy.log",
+        "bentoml serve": runs / "serve.log",
+    }
+    with Story(console, runs / "logs") as story, contextlib.ExitStack() as servers_up:
+        console.print(f"logs: {runs / 'logs'}/ (libraries), {runs}/ (servers)", highlight=False)
+        with story.step("0. a Prefect server and `transferops deploy`") as step:
+            api = servers_up.enter_context(
+                running_prefect_server(home, port=port, log_file=servers["Prefect server"])
+            )
+            deployments = servers_up.enter_context(
+                running_deployments(
+                    workspace,
+                    api,
+                    home,
+                    [MONITORING_DEPLOYMENT, TRAINING_DEPLOYMENT],
+                    log_file=servers["transferops deploy (the retraining run)"],
+                )
+            )
+            servers_up.enter_context(temporary_settings(updates={PREFECT_API_URL: api}))
+            step.say(
+                f"Prefect API {api}; deployments: {', '.join(d['name'] for d in deployments)} "
+                "(the drift check, and the training run a retrain event starts)"
+            )
+        summary = _loop(
+            params, settings, story, runs, service_port, api, deployments[1]["id"], servers
         )
-        summary = _loop(params, settings, console, runs, service_port, api, deployments[1]["id"])
     summary["prefect"] = {"api": api, "home": str(home), "port": port}
     summary["index"] = str(build_index(params))
     summary["shift"] = settings.shift
+    summary["freeze"] = freeze_line(Path(params.paths.profile))
     summary["minutes"] = (time.monotonic() - started) / 60
+    summary["logs"] = {
+        **{f"{name}.log": str(path) for name, path in story.files.items()},
+        **{name: str(path) for name, path in servers.items()},
+    }
     (runs / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    console.print(summary_table(summary, params, workspace))
-    console.print(how_to_look(summary, params, workspace))
+    console.print(summary_table(summary))
+    console.print(
+        where_to_look(summary, params, workspace, Path(root)), highlight=False, soft_wrap=True
+    )
     return summary
 
 
 def _loop(
     params: Params,
     settings: DemoSettings,
-    console: Console,
+    story: Story,
     runs: Path,
     service_port: int,
     api: str,
     training_deployment: str,
+    servers: dict[str, Path],
 ) -> dict:
-    console.rule("1. train the first model (training flow: DVC stages as Prefect tasks)")
-    first = training_flow(trigger=_step("first model"))
-    pool = HeldOutPool(params.data.source, params.paths.prepared, params.seed)
+    with story.step(
+        "1. train the first model (the training flow: DVC stages as Prefect tasks)"
+    ) as step:
+        first = training_flow(trigger=_step("first model"))
+        step.say(f"{first['model_tag']}: {_accuracy(first, params.evaluate.confidence)}")
+        step.say(
+            f"gate: {'PROMOTED' if first['gate']['promoted'] else 'KEPT THE CHAMPION'}: "
+            + "; ".join(first["gate"]["reasons"])
+        )
+        pool = HeldOutPool(params.data.source, params.paths.prepared, params.seed)
+        drop = write_labelled_drop(
+            pool.take(settings.labelled_drop, settings.shift),
+            runs / f"labelled-{settings.shift}",
+        )
     summary: dict = {"first_model": first}
-    drop = write_labelled_drop(
-        pool.take(settings.labelled_drop, settings.shift),
-        runs / f"labelled-{settings.shift}",
-    )
-    console.rule(f"2. serve {first['model_tag']} (bentoml serve on localhost)")
 
     def send(url: str, items: list) -> float:
         return send_images(
             url, items, groups=settings.groups, feedback_every=settings.feedback_every
         )
 
-    with running_service(port=service_port, log_file=runs / "serve.log") as url:
-        console.rule("3. in-distribution traffic")
-        summary["normal_accuracy"] = send(url, pool.take(settings.window))
-        summary["normal"] = monitoring_flow(
-            retrain=True, new_data=str(drop), trigger=_step("check of normal traffic")
-        )["verdict"]
-        console.rule(f"4. shifted traffic ({settings.shift}): the first check")
-        summary["shifted_accuracy_before"] = send(url, pool.take(settings.window, settings.shift))
-        check = monitoring_flow(
-            retrain=True, new_data=str(drop), trigger=_step("first check of shifted traffic")
-        )
-        summary["first_alarm"] = check["decision"]
-        console.print(f"decision: {check['decision']['reason']}")
-        if not check["requested"]:  # K of N: one alarm is not enough
-            send(url, pool.take(settings.window, settings.shift))
-            console.rule("5. the alarm persists: the monitoring flow requests a retrain (event)")
-            check = monitoring_flow(
-                retrain=True, new_data=str(drop), trigger=_step("second check of shifted traffic")
+    def check(step: Step, name: str) -> dict:
+        result = monitoring_flow(retrain=True, new_data=str(drop), trigger=_step(name))
+        step.say(f"check: {_verdict_line(result['verdict'])}")
+        if result["decision"]:
+            step.say(f"decision: {_decision_line(result['decision'], params.monitor.retrain)}")
+        return result
+
+    traffic = (
+        f"{settings.window} images from {len(settings.groups)} stores, "
+        f"every {_ordinal(settings.feedback_every)} label fed back"
+    )
+    with contextlib.ExitStack() as serving:
+        with story.step(f"2. serve {first['model_tag']} (bentoml serve on localhost)") as step:
+            url = serving.enter_context(
+                running_service(port=service_port, log_file=servers["bentoml serve"])
             )
-        # else: the accuracy estimated without labels fell monitor.retrain.urgent_drop or
-        # more below the reference's, so the first alarm requested the retrain.
-        summary["shifted"], summary["decision"] = check["verdict"], check["decision"]
-        summary["requested"] = check["requested"]
-        if check["requested"]:
-            summary |= _await_retrain(
-                check["requested"], params, settings, console, runs, api, training_deployment
-            )
-            console.rule("6. the service follows the champion; shifted traffic again")
-            summary["serving_after"] = httpx.get(f"{url}/v1/metadata", timeout=10).json()["model"]
-            summary["shifted_accuracy_after"] = send(
+            step.say(f"serving at {url}")
+        with story.step(f"3. in-distribution traffic ({traffic})") as step:
+            summary["normal_accuracy"] = send(url, pool.take(settings.window))
+            step.say(f"served accuracy {summary['normal_accuracy']:.3f}")
+            summary["normal"] = check(step, "check of normal traffic")["verdict"]
+        with story.step(f"4. shifted traffic ({settings.shift}, {traffic})") as step:
+            summary["shifted_accuracy_before"] = send(
                 url, pool.take(settings.window, settings.shift)
             )
+            step.say(f"served accuracy {summary['shifted_accuracy_before']:.3f}")
+            result = check(step, "first check of shifted traffic")
+        summary["first_alarm"] = result["decision"]
+        if not result["requested"]:  # K of N: one alarm is not enough
+            with story.step("5. more shifted traffic: the alarm persists") as step:
+                send(url, pool.take(settings.window, settings.shift))
+                result = check(step, "second check of shifted traffic")
+        # else: the accuracy estimated without labels fell monitor.retrain.urgent_drop or
+        # more below the reference's, so the first alarm requested the retrain.
+        summary["shifted"], summary["decision"] = result["verdict"], result["decision"]
+        summary["requested"] = result["requested"]
+        if result["requested"]:
+            with story.step(
+                "6. the retrain event: Prefect's automation starts the training deployment"
+            ) as step:
+                summary |= _await_retrain(
+                    result["requested"], params, settings, step, api, training_deployment, servers
+                )
+            with story.step("7. the running service follows the new champion") as step:
+                summary["serving_after"] = httpx.get(f"{url}/v1/metadata", timeout=10).json()[
+                    "model"
+                ]
+                summary["shifted_accuracy_after"] = send(
+                    url, pool.take(settings.window, settings.shift)
+                )
+                step.say(
+                    f"serves {summary['serving_after']}; accuracy on shifted traffic "
+                    f"{summary['shifted_accuracy_before']:.3f} -> "
+                    f"{summary['shifted_accuracy_after']:.3f}"
+                )
     return summary
 
 
@@ -202,22 +258,32 @@ def _await_retrain(
     requested: dict,
     params: Params,
     settings: DemoSettings,
-    console: Console,
-    runs: Path,
+    step: Step,
     api: str,
     training_deployment: str,
+    servers: dict[str, Path],
 ) -> dict:
     """Wait for the run the event starts; what it was and what it produced."""
     asked = time.monotonic()
-    console.print(
-        f"event {requested['id']} sent; waiting for the training deployment "
-        f"(its log: {runs / 'deploy.log'})"
+    step.say(
+        f"event {requested['event']} ({requested['id'][:8]}) sent; the run logs to "
+        f"{servers['transferops deploy (the retraining run)']}"
     )
     run = wait_for_run(api, training_deployment, known=set(), timeout=settings.retrain_timeout_s)
     minutes = (time.monotonic() - asked) / 60
     record = next(r for r in read_records(params.paths.reports) if r["run"]["id"] == run["id"])
     if record["status"] != "completed":
         raise RuntimeError(f"the retraining run failed: {record.get('error')}")
+    retrained = record["result"]
+    gate, service = retrained["gate"], retrained.get("service") or {}
+    step.say(f"run {run['name']}: {run['state_type']}, {minutes:.1f} min after the event")
+    step.say(f"{retrained['model_tag']}: {_accuracy(retrained, params.evaluate.confidence)}")
+    step.say(
+        f"gate: {'PROMOTED' if gate['promoted'] else 'KEPT THE CHAMPION'}: "
+        + "; ".join(gate["reasons"])
+    )
+    if service.get("switched"):
+        step.say(f"the service switched {service['after_s']} s after the promotion")
     return {
         "retrain_minutes": minutes,
         "retrain_run": {
@@ -226,7 +292,7 @@ def _await_retrain(
             "trigger": record["trigger"],
             "record": record["record"],
         },
-        "retrained": record["result"],
+        "retrained": retrained,
     }
 
 
@@ -240,130 +306,137 @@ def _commit(workspace: Path, message: str) -> None:
     subprocess.run([*git, "commit", "-qam", message], cwd=workspace, check=True)
 
 
+def _ordinal(n: int) -> str:
+    return {1: "", 2: "2nd", 3: "3rd"}.get(n, f"{n}th")
+
+
 def _accuracy(run: dict, level: float) -> str:
     low, high = run["accuracy_ci"]
     interval = f"{100 * level:.0f}% interval {low:.3f}-{high:.3f}"
     return f"test accuracy {run['accuracy']:.3f} ({interval}), ECE {run['ece']:.3f}"
 
 
-def _retrain_line(decision: dict) -> str:
+def _verdict_line(verdict: dict) -> str:
+    """``DRIFT (early): embedding, classifier, ...; estimated accuracy 0.73 (reference 0.87)``."""
+    fired = [name for name, test in verdict.get("tests", {}).items() if test["fired"]]
+    where = f" ({verdict['shift_location']})" if verdict.get("shift_location") else ""
+    line = verdict["status"].upper() + where + (f": {', '.join(fired)} moved" if fired else "")
+    accuracy = verdict.get("accuracy") or {}
+    if accuracy.get("estimated") is not None:
+        line += (
+            f"; estimated accuracy {accuracy['estimated']:.2f} "
+            f"(reference {accuracy['reference']:.2f})"
+        )
+    return line
+
+
+def _decision_line(decision: dict, cfg: RetrainParams) -> str:
     if not decision["retrain"]:
-        return f"\nno retrain: {decision['reason']}"
+        return f"no retrain: {decision['reason']}"
+    if decision["alarms"] < cfg.alarms:
+        why = (
+            f"the accuracy estimated without labels fell {100 * decision['estimated_drop']:.1f} "
+            f"points (monitor.retrain.urgent_drop: {100 * cfg.urgent_drop:g}): "
+            "no need to wait for a second alarm"
+        )
+    else:
+        why = f"drift in {decision['alarms']} of the last {decision['considered']} checks"
+    return f"RETRAIN ({decision['strategy']} strategy): {why}"
+
+
+def freeze_line(profile_dir: Path) -> str:
+    """The freeze decision the last training applied, in one line."""
+    decision = json.loads((Path(profile_dir) / DECISION).read_text())
+    similar = "similar" if decision["similar"] else "different"
     return (
-        f"\nretrain ({decision['strategy']} strategy): drift in {decision['alarms']} of the "
-        f"last {decision['considered']} checks"
+        f"{decision['strategy']} ({decision['size']} data, {similar} task): "
+        f"trains {', '.join(decision['trainable_stages'])}"
     )
 
 
-def summary_table(summary: dict, params: Params, workspace: Path) -> Table:
-    table = Table(title=f"transferops demo (paths under {workspace})", show_lines=True)
-    for column in ("step", "result", "where"):
-        table.add_column(column, overflow="fold")
+def summary_table(summary: dict) -> Table:
+    """What happened, a row per step, in short lines (the paths follow it, unwrapped)."""
+    table = Table(title="transferops demo", show_lines=True)
+    table.add_column("step", max_width=22)
+    table.add_column("outcome", overflow="fold")
     first, retrained = summary["first_model"], summary.get("retrained")
-    normal, shifted = summary["normal"], summary["shifted"]
     table.add_row(
-        "first model (champion: none before it)",
-        f"{first['model_tag']}\n{_accuracy(first, params.evaluate.confidence)}",
-        f"{first['gate']['report']}",
+        "first model",
+        f"{first['model_tag']}: test accuracy {first['accuracy']:.3f}, "
+        f"gate: {'PROMOTED' if first['gate']['promoted'] else 'KEPT THE CHAMPION'}",
     )
     table.add_row(
         "in-distribution traffic",
-        f"served accuracy {summary['normal_accuracy']:.3f}\nverdict: {normal['status'].upper()}",
-        str(normal.get("report_dir")),
+        f"served accuracy {summary['normal_accuracy']:.3f}; "
+        f"check: {_verdict_line(summary['normal'])}",
     )
-    retrained_at_once = summary["first_alarm"]["retrain"]
-    which = "first check (urgent: estimated accuracy fell)" if retrained_at_once else "second check"
-    if not retrained_at_once:
-        table.add_row(
-            f"shifted traffic ({summary['shift']}), first check",
-            f"served accuracy {summary['shifted_accuracy_before']:.3f}\n"
-            f"decision: {summary['first_alarm']['reason']}",
-            str(summary["first_alarm"].get("check")),
-        )
+    urgent = summary["first_alarm"]["retrain"]
     table.add_row(
-        f"shifted traffic ({summary['shift']}), {which}",
-        f"verdict: {shifted['status'].upper()} (shift located "
-        f"{shifted.get('shift_location') or 'nowhere'})\n"
-        + "\n".join(shifted["reasons"])
-        + _retrain_line(summary["decision"]),
-        f"{shifted.get('report_dir')}/report.html\n"
-        f"evidently ui --workspace {params.paths.reports}/drift/workspace",
+        f"shifted traffic ({summary['shift']})",
+        f"served accuracy {summary['shifted_accuracy_before']:.3f}; "
+        f"{'first' if urgent else 'second'} check: {_verdict_line(summary['shifted'])}",
     )
-    requested, run = summary.get("requested"), summary.get("retrain_run")
-    if requested and run:
+    decision = summary["decision"]
+    if decision["retrain"]:
+        after = "the first check (urgent: estimated accuracy fell)" if urgent else "the second"
+        outcome = f"RETRAIN ({decision['strategy']} strategy) after {after}"
+    else:
+        outcome = f"no retrain: {decision['reason']}"
+    table.add_row("retrain decision", outcome)
+    run = summary.get("retrain_run")
+    if run:
         table.add_row(
-            "retrain request -> Prefect automation -> training deployment",
-            f"event {requested['event']} ({requested['id'][:8]})\n"
-            f"started run {run['name']} of {TRAINING_DEPLOYMENT}: {run['state']}, "
-            f"{summary['retrain_minutes']:.1f} min after the event",
-            f"{run['record']}",
+            "event -> automation -> training run",
+            f"{run['name']}: {run['state']}, {summary['retrain_minutes']:.1f} min after the event",
         )
     if retrained:
         gate, service = retrained["gate"], retrained.get("service") or {}
         table.add_row(
-            "the candidate and the promotion gate",
-            f"{retrained['model_tag']}\n{_accuracy(retrained, params.evaluate.confidence)}\n"
-            f"gate: {'PROMOTED' if gate['promoted'] else 'CHAMPION KEPT'}\n"
-            + "\n".join(gate["reasons"]),
-            f"{gate['report']}\ndata version {retrained['data_version']}",
+            "candidate and gate",
+            f"{retrained['model_tag']}: test accuracy {retrained['accuracy']:.3f}, "
+            f"gate: {'PROMOTED' if gate['promoted'] else 'KEPT THE CHAMPION'}",
         )
-        switched = (
-            f"switched after {service['after_s']} s" if service.get("switched") else "no switch"
-        )
+        switched = f"switched in {service['after_s']} s" if service.get("switched") else "no switch"
         table.add_row(
-            "the service (kept running throughout)",
-            f"serves {summary.get('serving_after')} ({switched})\n"
-            f"shifted traffic accuracy {summary['shifted_accuracy_before']:.3f} -> "
+            "the running service",
+            f"serves {summary.get('serving_after')} ({switched}); shifted traffic accuracy "
+            f"{summary['shifted_accuracy_before']:.3f} -> "
             f"{summary.get('shifted_accuracy_after', float('nan')):.3f}",
-            f"{service.get('url')}/v1/metadata",
         )
-    for row in _pointer_rows(summary, params):
-        table.add_row(*row)
+    table.add_row("freeze decision (last training)", summary["freeze"])
+    table.add_row("total", f"{summary['minutes']:.1f} min")
     return table
 
 
-def _pointer_rows(summary: dict, params: Params) -> list[tuple[str, str, str]]:
-    """Where to look next: the decision, validation, curves, models, the index, the time."""
-    decision = json.loads((Path(params.paths.profile) / DECISION).read_text())
-    return [
-        (
-            "freeze decision (what the last training applied)",
-            f"{decision['strategy']} ({decision['size']} data, "
-            f"{'similar' if decision['similar'] else 'different'} task): "
-            f"trains {', '.join(decision['trainable_stages'])}",
-            f"{params.paths.profile}/decision.txt, strategy.png",
-        ),
-        (
-            "validation",
-            "Great Expectations Data Docs",
-            f"{params.paths.validation}/docs/index.html",
-        ),
-        ("training curves", "dvc plots show", f"{params.paths.train_log}/plots"),
-        (
-            "models and champion history",
-            "transferops models [--history]",
-            f"{params.paths.models}/history.jsonl",
-        ),
-        (
-            "reviewers' index (drift, bias, models, validation, runs)",
-            "transferops report",
-            summary["index"],
-        ),
-        ("total time", f"{summary['minutes']:.1f} min", f"{params.paths.reports}/demo"),
-    ]
-
-
-def how_to_look(summary: dict, params: Params, workspace: Path) -> str:
-    """Commands that open the UIs on what the demo left behind."""
+def where_to_look(summary: dict, params: Params, workspace: Path, root: Path) -> str:
+    """The files worth opening and the commands that open the rest, runnable as printed."""
+    venv = os.path.relpath(Path(sys.executable).parent, workspace)
+    shifted = summary["shifted"].get("report_dir")
+    retrained = summary.get("retrained") or summary["first_model"]
+    logs = summary["logs"]
     prefect = summary["prefect"]
-    return f"""
-[bold]Look at the results[/bold] (in {workspace}):
-  Prefect UI (flow runs, task logs, the automation, each run's record):
-    PREFECT_HOME={prefect["home"]} prefect server start --port {prefect["port"]}
-    then open http://127.0.0.1:{prefect["port"]}
-  Evidently UI (every drift check):
-    evidently ui --workspace {params.paths.reports}/drift/workspace   then open http://127.0.0.1:8000
-  Reviewers' index: open {workspace / summary["index"]}
-  The loop for real: `prefect server start`, then `transferops deploy`: the check then runs
-  on orchestrate.monitor_cron (every 30 min; the demo ran its checks itself). docs/orchestration.md
-"""
+    here = os.path.relpath(workspace, root)
+    lines = [
+        "",
+        f"[bold]Where to look[/bold] (paths under {here}/):",
+        f"  reviewers' index      {summary['index']}",
+        f"  the drift report      {shifted}/report.html",
+        f"  the promotion gate    {retrained['gate']['report']}",
+        f"  validation            {params.paths.validation}/docs/index.html",
+        f"  freeze decision       {params.paths.profile}/decision.txt, strategy.png",
+        f"  training curves       {params.paths.train_log}/plots (dvc plots show)",
+        "  logs                  " + ", ".join(logs.values()),
+        "",
+        f"[bold]Commands[/bold], from the project folder: cd {here} && source {venv}/activate",
+        "  transferops serve                   the champion on http://127.0.0.1:3000",
+        "  transferops monitor --no-retrain    a drift check of the logged traffic",
+        "  transferops report                  rebuild the reviewers' index",
+        "  transferops models --history        the models and every champion change",
+        f"  PREFECT_HOME=.prefect prefect server start --port {prefect['port']}",
+        "                                      the Prefect UI: runs, task logs, the automation",
+        f"  evidently ui --workspace {params.paths.reports}/drift/workspace",
+        "                                      the Evidently UI (http://127.0.0.1:8000)",
+        "The loop for real: `prefect server start`, then `transferops deploy` (the check runs on",
+        "orchestrate.monitor_cron; the demo ran its checks itself). docs/orchestration.md",
+    ]
+    return "\n".join(lines)
