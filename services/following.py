@@ -23,6 +23,7 @@ from PIL import Image
 
 from transferops.registry.champion import CHAMPION, current
 from transferops.registry.store import stored_model
+from transferops.runtime import autocast, to_device
 
 log = logging.getLogger(__name__)
 PIN = "TRANSFEROPS_MODEL_TAG"
@@ -47,21 +48,36 @@ def served_tag(models_dir: Path) -> str:
 
 
 class Loaded:
-    """One packaged model, ready to predict; replaced whole when the champion changes."""
+    """One packaged model, ready to predict; replaced whole when the champion changes.
 
-    def __init__(self, tag: str, top_k: int) -> None:
+    On ``device`` "cuda" it runs channels-last under bf16 autocast, batches pinned and
+    copied asynchronously; the BatchNorm probe reads the same activations in float32.
+    """
+
+    def __init__(self, tag: str, top_k: int, device: str = "cpu") -> None:
+        stored = stored_model(tag)
+        self._load(str(stored.tag), Path(stored.path), top_k, device)
+        self.info = stored.info
+
+    @classmethod
+    def from_folder(cls, folder: Path, top_k: int, device: str = "cpu") -> Loaded:
+        """A saved classifier outside the model store (the GPU check, which has no BentoML)."""
+        loaded = cls.__new__(cls)
+        loaded._load(Path(folder).name, Path(folder), top_k, device)
+        loaded.info = None
+        return loaded
+
+    def _load(self, tag: str, folder: Path, top_k: int, device: str) -> None:
         from transferops.models.bnshift import StageProbe
         from transferops.models.classifier import InputSplit, load_classifier
 
-        stored = stored_model(tag)
-        self.tag = str(stored.tag)
-        self.model, self.config = load_classifier(Path(stored.path))
+        self.tag, self.device = tag, device
+        self.model, self.config = load_classifier(folder)
         # channels-last: about a third faster per batch on CPU here, BatchNorm probe included
-        self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = self.model.to(device, memory_format=torch.channels_last)
         self.split = InputSplit(self.config)
         self.picture = self.config.picture_settings()
         self.probe = StageProbe(self.model)
-        self.info = stored.info
         self.top_k = min(top_k, len(self.config.classes))
 
     def predict(self, images: list) -> list[dict]:
@@ -72,8 +88,11 @@ class Loaded:
         (H, W, 3) uint8 arrays.
         """
         batch = self.split.batch([self._pixels(image) for image in images])
-        batch = batch.contiguous(memory_format=torch.channels_last)
-        embeddings, probabilities, distances = self.probe.run(batch)
+        if self.device == "cuda":
+            batch = batch.pin_memory()
+        batch = to_device(batch, self.device).contiguous(memory_format=torch.channels_last)
+        with autocast(self.device):
+            embeddings, probabilities, distances = self.probe.run(batch)
         return [
             {
                 "tag": self.tag,
@@ -109,9 +128,17 @@ class Loaded:
 class ChampionFollower:
     """Keeps ``loaded`` on the champion: a background poll of ``champion.json``."""
 
-    def __init__(self, models_dir: Path, top_k: int, poll_s: float, tag: str | None = None):
+    def __init__(
+        self,
+        models_dir: Path,
+        top_k: int,
+        poll_s: float,
+        tag: str | None = None,
+        device: str = "cpu",
+    ):
         self.models_dir, self.top_k, self.poll_s = Path(models_dir), top_k, poll_s
-        self.loaded = Loaded(tag or served_tag(self.models_dir), top_k)
+        self.device = device
+        self.loaded = Loaded(tag or served_tag(self.models_dir), top_k, device)
         self._stop = threading.Event()
         self._seen: int | None = None  # the first poll checks the tag: no promotion missed
 
@@ -139,7 +166,9 @@ class ChampionFollower:
             tag = served_tag(self.models_dir)
             if tag == self.loaded.tag:
                 return False
-            self.loaded = Loaded(tag, self.top_k)  # one assignment: atomic for the batches
+            self.loaded = Loaded(
+                tag, self.top_k, self.device
+            )  # one assignment: atomic for the batches
             log.info("now serving the new champion %s", tag)
             return True
         except Exception:

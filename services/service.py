@@ -42,7 +42,11 @@ from starlette.exceptions import HTTPException
 from services.batching import Batcher, Busy
 from services.limits import Budget
 from transferops.config import load_params
-from transferops.runtime import configure_runtime, return_decoded_images_to_the_os
+from transferops.runtime import (
+    configure_runtime,
+    return_decoded_images_to_the_os,
+    select_device,
+)
 
 with bentoml.importing():
     import orjson
@@ -209,7 +213,10 @@ class Classifier:
         check_exposure()
         torch.set_num_threads(SERVE.threads)
         self.follower = ChampionFollower(
-            PARAMS.paths.models, SERVE.top_k, SERVE.switch_poll_s
+            PARAMS.paths.models,
+            SERVE.top_k,
+            SERVE.switch_poll_s,
+            device=select_device(SERVE.device),
         ).start()
         self.batcher = Batcher(
             lambda items: self.follower.loaded.predict(items),

@@ -51,6 +51,18 @@ TINY = {
 }
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu`` tests need CUDA: skipped, and saying why, where there is none."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA: benchmarks/gpu_check.sh runs it on a GPU machine")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
+
+
 def write_params(path: Path, changes: dict[str, object], base: Path = ROOT / "params.yaml") -> Path:
     """Copy the real params.yaml to ``path`` with dotted-key ``changes`` applied."""
     raw = yaml.safe_load(base.read_text())

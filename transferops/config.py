@@ -227,6 +227,7 @@ class ServeParams(Section):
     batching: bool = True
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     threads: Annotated[int, Field(ge=1, le=256)] = 1
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     max_queue: PositiveInt = 512
     batch_wait_ms: Annotated[float, Field(ge=0)] = 10.0
     max_images: PositiveInt = 32
