@@ -83,11 +83,10 @@ def test_the_serving_path_on_cuda_agrees_with_cpu_bn_probe_included(saved_model)
     images = list(two_kinds(24, 300, seed=1)[0])  # bigger than the input: resized as served
     on_cpu = Loaded.from_folder(saved_model, 3, "cpu").predict(images)
     on_gpu = Loaded.from_folder(saved_model, 3, "cuda").predict(images)
-    agree = sum(
-        a["top_k"][0]["label"] == b["top_k"][0]["label"] for a, b in zip(on_cpu, on_gpu, strict=True)
-    )
+    pairs = list(zip(on_cpu, on_gpu, strict=True))
+    agree = sum(a["top_k"][0]["label"] == b["top_k"][0]["label"] for a, b in pairs)
     assert agree >= 22, f"top-1 agrees on {agree} of 24"
-    for a, b in zip(on_cpu, on_gpu, strict=True):
+    for a, b in pairs:
         assert np.abs(a["probabilities"] - b["probabilities"]).max() < 0.05
         # The BatchNorm probe reads bf16 activations in float32: distances within 10%.
         np.testing.assert_allclose(b["bn"], a["bn"], rtol=0.1, atol=0.02)
