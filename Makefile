@@ -102,8 +102,11 @@ bench-data: data ## the Debian packages behind the benchmark task suite (benchma
 demo: install data ## install, then run the whole loop on the bundled Fashion-MNIST
 	$(VENV)/bin/transferops demo
 
-test: install data browser lint ## install, lint, then run the whole test suite
-	$(PY) -m pytest
+test: install data browser lint ## install, lint, then run the whole test suite (a worker per core)
+	$(PY) -m pytest -n auto --dist loadgroup --durations=15
+
+check: install lint ## the edit-test loop: lint, then the tests that start no server and train nothing big
+	$(PY) -m pytest -n auto --dist loadgroup -q -m "not slow and not integration"
 
 lint: install ## ruff lint and format check
 	$(VENV)/bin/ruff check .

@@ -49,18 +49,38 @@ TINY = {
     "monitor.false_alarm_rate": 0.01,
     "monitor.bias.bootstrap": 200,
 }
+# Under pytest-xdist each worker has a core of its own: one torch thread per process,
+# in the stages the tests run and in the tests themselves (two on a core thrash).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    TINY["threads"] = 1
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``gpu`` tests need CUDA: skipped, and saying why, where there is none."""
+    """``gpu`` tests need CUDA: skipped, and saying why, where there is none.
+
+    Under pytest-xdist (``make test``: ``-n auto --dist loadgroup``) the tests of a module
+    with module-scoped fixtures (a Prefect server, a served model, packaged models) stay
+    on one worker, so each such fixture is built once; every other test goes wherever a
+    worker is free. Each worker builds the session fixtures (the trained tiny project, in
+    its own BentoML store) once for itself.
+    """
     import torch
 
-    if torch.cuda.is_available():
-        return
     skip = pytest.mark.skip(reason="needs CUDA: benchmarks/gpu_check.sh runs it on a GPU machine")
     for item in items:
-        if item.get_closest_marker("gpu"):
+        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
             item.add_marker(skip)
+        definitions = getattr(item, "_fixtureinfo", None)
+        scopes = {
+            d.scope
+            for defs in (definitions.name2fixturedefs.values() if definitions else [])
+            for d in defs
+        }
+        if "module" in scopes or "class" in scopes:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 def write_params(path: Path, changes: dict[str, object], base: Path = ROOT / "params.yaml") -> Path:

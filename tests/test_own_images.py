@@ -101,7 +101,9 @@ def test_two_classes_of_5000_and_100_classes_of_20_train(
     tmp_path: Path, classes: int, per_class: int
 ) -> None:
     folder = synthetic_folder(tmp_path / "images", classes, per_class)
-    params, paths = project(tmp_path, folder, **{"train.epochs": 1, "model.image_size": 32})
+    # One epoch, one learning rate (no race): enough to show that the stages carry the data.
+    changes = {"train.epochs": 1, "train.lr_race": [1], "model.image_size": 32}
+    params, paths = project(tmp_path, folder, **changes)
     run_stages(params)
     accepted = pd.read_csv(Path(paths["validation"]) / "accepted.csv")
     assert len(accepted) == classes * per_class
