@@ -325,7 +325,10 @@ def test_bento_builds_offline_and_serves_the_champion(models: Models, tmp_path: 
     )
     for absent in ("sklearn", "matplotlib", "prefect", "dvc", "evidently", "transferops"):
         probe = subprocess.run(
-            [python, "-c", f"import {absent}"], capture_output=True, cwd=tmp_path
+            [python, "-c", f"import {absent}"],
+            capture_output=True,
+            cwd=tmp_path,
+            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
         )
         assert probe.returncode != 0, f"{absent} is not in the Bento's environment"
     with running_service(

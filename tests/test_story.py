@@ -40,7 +40,9 @@ def test_logs_leave_the_terminal_for_files_and_come_back(tmp_path: Path, capsys)
             logging.getLogger("monitoring.drift").info("drift check: no_drift")
             logging.getLogger("bentoml.serve").warning("a library speaks")
             own.warning("from a logger that does not propagate")
-            warnings.warn("a deprecation somewhere", UserWarning, stacklevel=1)
+            with warnings.catch_warnings():  # shown, whatever filters pytest set
+                warnings.simplefilter("always")
+                warnings.warn("a deprecation somewhere", UserWarning, stacklevel=1)
         assert capsys.readouterr().err == "", "nothing reached the terminal"
         assert "To track the changes" in files["runs"].read_text()
         assert "drift check" in files["transferops"].read_text()
