@@ -20,7 +20,12 @@ each start, so the checkout stays clean and every demo starts from the default.
    the candidate through the promotion gate.
 6. The running service switches to the new champion by itself; the shifted
    traffic is scored again.
-7. The reviewers' index page; a summary table with links to every report.
+7. The reviewers' index page; a summary table, where to look, and the commands
+   that open the rest, runnable from the workspace as printed.
+
+The terminal shows each step, a live line of what it is doing and its outcome
+(``flows/story.py``); the libraries' logs go to ``reports/demo/logs/`` and the
+servers' to ``reports/demo/``.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,11 +75,13 @@ def logs_to_files(folder: Path) -> Iterator[dict[str, Path]]:
     for host in hosts:
         for handler in handlers:
             host.addHandler(handler)
-    logging.captureWarnings(True)
+    # Python warnings too (logging.captureWarnings is process-wide state that others
+    # switch on and off: this sets and restores the hook itself).
+    shown, warnings.showwarning = warnings.showwarning, _log_warning
     try:
         yield files
     finally:
-        logging.captureWarnings(False)
+        warnings.showwarning = shown
         for host in hosts:
             for handler in handlers:
                 host.removeHandler(handler)
@@ -86,6 +89,11 @@ def logs_to_files(folder: Path) -> Iterator[dict[str, Path]]:
             handler.close()
         for host, handler in moved:
             host.addHandler(handler)
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    text = warnings.formatwarning(message, category, filename, lineno, line).rstrip()
+    logging.getLogger("py.warnings").warning("%s", text)
 
 
 class _Latest(logging.Handler):

@@ -58,30 +58,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``gpu`` tests need CUDA: skipped, and saying why, where there is none.
-
-    Under pytest-xdist (``make test``: ``-n auto --dist loadgroup``) the tests of a module
-    with module-scoped fixtures (a Prefect server, a served model, packaged models) stay
-    on one worker, so each such fixture is built once; every other test goes wherever a
-    worker is free. Each worker builds the session fixtures (the trained tiny project, in
-    its own BentoML store) once for itself.
-    """
+    """``gpu`` tests need CUDA: skipped, and saying why, where there is none."""
     import torch
 
+    if torch.cuda.is_available():
+        return
     skip = pytest.mark.skip(reason="needs CUDA: benchmarks/gpu_check.sh runs it on a GPU machine")
     for item in items:
-        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
+        if item.get_closest_marker("gpu"):
             item.add_marker(skip)
-        definitions = getattr(item, "_fixtureinfo", None)
-        scopes = {
-            d.scope
-            for defs in (definitions.name2fixturedefs.values() if definitions else [])
-            for d in defs
-        }
-        if "module" in scopes or "class" in scopes:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 def write_params(path: Path, changes: dict[str, object], base: Path = ROOT / "params.yaml") -> Path:

@@ -15,6 +15,8 @@ from transferops.models.backbones import (
     load_backbone,
 )
 
+# Its module-scoped fixtures are built once: under xdist every test here runs on one worker.
+pytestmark = pytest.mark.xdist_group("test_backbones")
 CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967
 

@@ -34,9 +34,11 @@ from transferops.models.freezing import split_model, unfrozen_at
 from transferops.models.strategy import learning_rates, trainable_stages
 
 STAGES = ["stem", *[f"block{i}" for i in range(7)], "head"]
-pytestmark = pytest.mark.skipif(
-    not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist"
-)
+# Its module-scoped fixtures are built once: under xdist every test here runs on one worker.
+pytestmark = [
+    pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist"),
+    pytest.mark.xdist_group("test_finetune"),
+]
 
 
 def small_task(n_train: int = 64, n_val: int = 32, side: int = 32):

@@ -33,6 +33,9 @@ from transferops.registry.gate import run_gate
 from transferops.registry.packaging import candidate_tag
 from transferops.registry.store import load_stored
 
+# Its module-scoped fixtures are built once: under xdist every test here runs on one worker.
+pytestmark = pytest.mark.xdist_group("test_gate")
+
 
 @dataclass(frozen=True)
 class Models:

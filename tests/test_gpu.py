@@ -25,7 +25,8 @@ from transferops.models.finetune import FineTuneConfig, fine_tune
 from transferops.models.strategy import learning_rates, trainable_stages
 from transferops.runtime import autocast, loader_for, select_device, to_device
 
-pytestmark = pytest.mark.gpu
+# Its module-scoped fixtures are built once: under xdist every test here runs on one worker.
+pytestmark = [pytest.mark.gpu, pytest.mark.xdist_group("test_gpu")]
 STAGES = ["stem", *[f"block{i}" for i in range(7)], "head"]
 CLASSES = [f"class {i}" for i in range(10)]
 

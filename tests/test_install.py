@@ -72,3 +72,24 @@ def test_the_lock_pins_every_requirement_of_pyproject() -> None:
 
 def canonical(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
+
+
+def test_xdist_keeps_a_group_on_one_worker(tmp_path) -> None:
+    """`make test` relies on --dist loadgroup keeping a module's tests (and so its
+    module-scoped fixtures) on one worker; pytest 9.2 silently broke that
+    (pytest-xdist#1386), hence the pin in pyproject.toml."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # not the project's settings
+    (tmp_path / "test_grouped.py").write_text(
+        "import pytest\n"
+        "pytestmark = pytest.mark.xdist_group('together')\n"
+        + "".join(f"def test_{i}():\n    pass\n" for i in range(6))
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-v", "-p",
+         "no:cacheprovider", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:]
+    workers = {line.split("]")[0] for line in result.stdout.splitlines() if "PASSED" in line}
+    assert len(workers) == 1, result.stdout[-2000:]
+    assert sum("@together" in line for line in result.stdout.splitlines() if "PASSED" in line) == 6

@@ -40,7 +40,12 @@ from transferops.data.datasets import read_manifest
 from transferops.data.shifts import HeldOutPool, write_labelled_drop
 from transferops.logs.runs import read_records
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# Its module-scoped fixtures are built once: under xdist every test here runs on one worker.
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("test_integration"),
+]
 
 SERVICE_PORT = free_port()
 STAGES = ["prepare", "validate", "features", "profile", "strategy", "train", "evaluate", "package"]

@@ -27,7 +27,12 @@ from transferops.config import load_params
 from transferops.logs.predictions import read_predictions
 from transferops.registry import champion
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# Its module-scoped fixtures are built once: under xdist every test here runs on one worker.
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("test_serving"),
+]
 GOOD = png_bytes(Image.new("L", (28, 28), 128))
 NOISE = png_bytes(Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28), np.uint8)))
 # A large canvas: 120 KB on the wire, 36 million pixels (under serve.max_pixels) decoded.
