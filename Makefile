@@ -49,7 +49,7 @@ $(UV): requirements.lock
 		rm -rf $(VENV); echo "creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"; \
 		$(PYTHON) -m venv $(VENV); \
 	fi
-	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(PY) -m pip install -qq --disable-pip-version-check uv==$(UV_VERSION)
 	touch $(UV)
 
 $(STAMP): pyproject.toml requirements.lock $(UV)

@@ -132,7 +132,7 @@ def run_demo(
     }
     with Story(console, runs / "logs") as story, contextlib.ExitStack() as servers_up:
         console.print(f"logs: {runs / 'logs'}/ (libraries), {runs}/ (servers)", highlight=False)
-        with story.step("0. a Prefect server and `transferops deploy`") as step:
+        with story.step("a Prefect server and `transferops deploy`") as step:
             api = servers_up.enter_context(
                 running_prefect_server(home, port=port, log_file=servers["Prefect server"])
             )
@@ -181,7 +181,7 @@ def _loop(
     servers: dict[str, Path],
 ) -> dict:
     with story.step(
-        "1. train the first model (the training flow: DVC stages as Prefect tasks)"
+        "train the first model (the training flow: DVC stages as Prefect tasks)"
     ) as step:
         first = training_flow(trigger=_step("first model"))
         step.say(f"{first['model_tag']}: {_accuracy(first, params.evaluate.confidence)}")
@@ -210,19 +210,19 @@ def _loop(
 
     traffic = (
         f"{settings.window} images from {len(settings.groups)} stores, "
-        f"every {_ordinal(settings.feedback_every)} label fed back"
+        f"every {_ordinal(settings.feedback_every)} labelled"
     )
     with contextlib.ExitStack() as serving:
-        with story.step(f"2. serve {first['model_tag']} (bentoml serve on localhost)") as step:
+        with story.step(f"serve {first['model_tag']} (bentoml serve on localhost)") as step:
             url = serving.enter_context(
                 running_service(port=service_port, log_file=servers["bentoml serve"])
             )
             step.say(f"serving at {url}")
-        with story.step(f"3. in-distribution traffic ({traffic})") as step:
+        with story.step(f"in-distribution traffic ({traffic})") as step:
             summary["normal_accuracy"] = send(url, pool.take(settings.window))
             step.say(f"served accuracy {summary['normal_accuracy']:.3f}")
             summary["normal"] = check(step, "check of normal traffic")["verdict"]
-        with story.step(f"4. shifted traffic ({settings.shift}, {traffic})") as step:
+        with story.step(f"shifted traffic ({settings.shift}, {traffic})") as step:
             summary["shifted_accuracy_before"] = send(
                 url, pool.take(settings.window, settings.shift)
             )
@@ -230,7 +230,7 @@ def _loop(
             result = check(step, "first check of shifted traffic")
         summary["first_alarm"] = result["decision"]
         if not result["requested"]:  # K of N: one alarm is not enough
-            with story.step("5. more shifted traffic: the alarm persists") as step:
+            with story.step("more shifted traffic: the alarm persists") as step:
                 send(url, pool.take(settings.window, settings.shift))
                 result = check(step, "second check of shifted traffic")
         # else: the accuracy estimated without labels fell monitor.retrain.urgent_drop or
@@ -239,12 +239,12 @@ def _loop(
         summary["requested"] = result["requested"]
         if result["requested"]:
             with story.step(
-                "6. the retrain event: Prefect's automation starts the training deployment"
+                "the retrain event: Prefect's automation starts the training deployment"
             ) as step:
                 summary |= _await_retrain(
                     result["requested"], params, settings, step, api, training_deployment, servers
                 )
-            with story.step("7. the running service follows the new champion") as step:
+            with story.step("the running service follows the new champion") as step:
                 summary["serving_after"] = httpx.get(f"{url}/v1/metadata", timeout=10).json()[
                     "model"
                 ]
@@ -324,7 +324,8 @@ def _accuracy(run: dict, level: float) -> str:
 def _verdict_line(verdict: dict) -> str:
     """``DRIFT (early): embedding, classifier, ...; estimated accuracy 0.73 (reference 0.87)``."""
     fired = [name for name, test in verdict.get("tests", {}).items() if test["fired"]]
-    where = f" ({verdict['shift_location']})" if verdict.get("shift_location") else ""
+    drift = verdict["status"] == "drift"
+    where = f" ({verdict['shift_location']})" if drift and verdict.get("shift_location") else ""
     line = verdict["status"].upper() + where + (f": {', '.join(fired)} moved" if fired else "")
     accuracy = verdict.get("accuracy") or {}
     if accuracy.get("estimated") is not None:
@@ -430,18 +431,20 @@ def where_to_look(summary: dict, params: Params, workspace: Path, root: Path) ->
         f"  validation            {params.paths.validation}/docs/index.html",
         f"  freeze decision       {params.paths.profile}/decision.txt, strategy.png",
         f"  training curves       {params.paths.train_log}/plots (dvc plots show)",
-        "  logs                  " + ", ".join(logs.values()),
+        "  logs",
+        *[f"    {path}" for path in logs.values()],
         "",
-        f"[bold]Commands[/bold], from the project folder: cd {here} && source {venv}/activate",
+        "[bold]Commands[/bold], from the project folder, after",
+        f"  cd {here} && source {venv}/activate",
         "  transferops serve                   the champion on http://127.0.0.1:3000",
         "  transferops monitor --no-retrain    a drift check of the logged traffic",
         "  transferops report                  rebuild the reviewers' index",
         "  transferops models --history        the models and every champion change",
         f"  PREFECT_HOME=.prefect prefect server start --port {prefect['port']}",
-        "                                      the Prefect UI: runs, task logs, the automation",
+        "                                      the Prefect UI: runs, logs, automation",
         f"  evidently ui --workspace {params.paths.reports}/drift/workspace",
         "                                      the Evidently UI (http://127.0.0.1:8000)",
-        "The loop for real: `prefect server start`, then `transferops deploy` (the check runs on",
-        "orchestrate.monitor_cron; the demo ran its checks itself). docs/orchestration.md",
+        "The loop for real: `prefect server start`, then `transferops deploy`; the",
+        "check then runs on orchestrate.monitor_cron (docs/orchestration.md).",
     ]
     return "\n".join(lines)

@@ -128,6 +128,7 @@ class Story:
     def __init__(self, console: Console, log_dir: Path) -> None:
         self.console, self.log_dir = console, log_dir
         self.files: dict[str, Path] = {}
+        self.steps = 0  # steps are numbered as they come (a story may skip one)
         self._logs: contextlib.ExitStack | None = None
 
     def __enter__(self) -> Story:
@@ -141,8 +142,10 @@ class Story:
 
     @contextlib.contextmanager
     def step(self, title: str) -> Iterator[Step]:
-        """One step: a rule with its title, a live line while it runs, then its outcome."""
-        self.console.rule(f"[bold]{title}", align="left")
+        """One step: a numbered rule with its title, a live line while it runs, then its
+        outcome."""
+        self.console.rule(f"[bold]{self.steps}. {title}", align="left")
+        self.steps += 1
         started = time.monotonic()
         columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
         with Progress(*columns, console=self.console, transient=True) as progress:

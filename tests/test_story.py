@@ -64,13 +64,13 @@ def test_a_failing_step_names_the_logs_and_the_error_passes(tmp_path: Path) -> N
     raised = False
     with Story(console, tmp_path) as story:
         try:
-            with story.step("1. a step that fails"):
+            with story.step("a step that fails"):
                 raise RuntimeError("boom")
         except RuntimeError:
             raised = True
     assert raised
     text = console.export_text()
-    assert "1. a step that fails" in text and "failed" in text and "runs.log" in text
+    assert "0. a step that fails" in text and "failed" in text and "runs.log" in text
 
 
 SUMMARY = {
@@ -140,4 +140,8 @@ def test_the_commands_it_suggests_parse_and_the_paths_are_the_workspace_s() -> N
     for command in commands:
         parser.parse_args(command)  # exits (fails the test) on an unknown option
     assert "reports/drift/20261129T161304055324Z/report.html" in text
+    assert (
+        max(len(line) for line in text.replace("[bold]", "").replace("[/bold]", "").splitlines())
+        <= 80
+    )
     assert "reports/demo/serve.log" in text
