@@ -58,16 +58,20 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+SLOW_FIXTURES = {"trained_project", "service_client"}  # the tiny project trains for a minute
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``gpu`` tests need CUDA: skipped, and saying why, where there is none."""
+    """``gpu`` tests need CUDA: skipped, and saying why, where there is none. A test that
+    needs the trained tiny project is ``slow`` (``make check`` leaves it to ``make test``)."""
     import torch
 
-    if torch.cuda.is_available():
-        return
     skip = pytest.mark.skip(reason="needs CUDA: benchmarks/gpu_check.sh runs it on a GPU machine")
     for item in items:
-        if item.get_closest_marker("gpu"):
+        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
             item.add_marker(skip)
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def write_params(path: Path, changes: dict[str, object], base: Path = ROOT / "params.yaml") -> Path:
