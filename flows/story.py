@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 import warnings
 from collections.abc import Iterator
@@ -96,6 +97,16 @@ def _log_warning(message, category, filename, lineno, file=None, line=None) -> N
     logging.getLogger("py.warnings").warning("%s", text)
 
 
+# A stage's own log line, relayed whole by the task's logger: its time, level and logger.
+_RELAYED = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ [\w.]+: ")
+
+
+def headline(message: str) -> str:
+    """The last line of a log message, without a relayed record's own prefix."""
+    lines = message.strip().splitlines()
+    return _RELAYED.sub("", lines[-1]).strip() if lines else ""
+
+
 class _Latest(logging.Handler):
     """Shows each INFO record's first line as the live line of the running step."""
 
@@ -105,11 +116,11 @@ class _Latest(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = record.getMessage().strip().splitlines()
+            line = headline(record.getMessage())
         except Exception:  # a record that cannot be formatted is not worth a crash
             return
         if line:
-            self.progress.update(self.task, description=f"{self.title} [dim]{line[-1][:120]}")
+            self.progress.update(self.task, description=f"{self.title} [dim]{line[:120]}")
 
 
 class Step:

@@ -9,9 +9,18 @@ from rich.console import Console
 
 from flows.cli import build_parser
 from flows.demo import summary_table, where_to_look
-from flows.story import Story, log_family, logs_to_files
+from flows.story import Story, headline, log_family, logs_to_files
 from tests.conftest import ROOT
 from transferops.config import load_params
+
+
+def test_the_live_line_shows_what_a_stage_said_without_its_prefix() -> None:
+    relayed = "2026-11-29 19:06:26,995 INFO transferops.models.candidates: lr x3 epoch 5/6"
+    assert headline(relayed) == "lr x3 epoch 5/6"
+    assert headline("Running stage 'train':\n> python -m pipelines.train") == (
+        "> python -m pipelines.train"
+    )
+    assert headline("") == ""
 
 
 def test_each_logger_has_one_file() -> None:
