@@ -8,6 +8,8 @@ files under one folder instead of the terminal:
 - ``transferops.log``: the project's own modules;
 - ``libraries.log``: everything else, Python warnings included.
 
+- ``stderr.log``: what writes to stderr itself (tqdm's progress bars).
+
 The terminal keeps one rule per step, a transient line with the step's elapsed
 time and its latest log message (only on a terminal), and the step's outcome.
 """
@@ -79,8 +81,11 @@ def logs_to_files(folder: Path) -> Iterator[dict[str, Path]]:
     # Python warnings too (logging.captureWarnings is process-wide state that others
     # switch on and off: this sets and restores the hook itself).
     shown, warnings.showwarning = warnings.showwarning, _log_warning
+    # What writes to stderr itself (tqdm's bars: the gate scores in process) goes to a file.
+    files["stderr"] = folder / "stderr.log"
     try:
-        yield files
+        with open(files["stderr"], "a", buffering=1) as stream, contextlib.redirect_stderr(stream):
+            yield files
     finally:
         warnings.showwarning = shown
         for host in hosts:

@@ -52,12 +52,17 @@ def test_logs_leave_the_terminal_for_files_and_come_back(tmp_path: Path, capsys)
             with warnings.catch_warnings():  # shown, whatever filters pytest set
                 warnings.simplefilter("always")
                 warnings.warn("a deprecation somewhere", UserWarning, stacklevel=1)
+            from tqdm import tqdm
+
+            for _ in tqdm(range(3), desc="a bar", disable=False):
+                pass
         assert capsys.readouterr().err == "", "nothing reached the terminal"
         assert "To track the changes" in files["runs"].read_text()
         assert "drift check" in files["transferops"].read_text()
         libraries = files["libraries"].read_text()
         assert "a library speaks" in libraries and "does not propagate" in libraries
         assert "a deprecation somewhere" in libraries
+        assert "a bar" in files["stderr"].read_text(), "tqdm's bar went to stderr.log"
         assert "drift check" not in files["runs"].read_text() + libraries
         assert terminal in root.handlers and own_terminal in own.handlers, "restored"
         logging.getLogger("monitoring.drift").warning("after the story")
