@@ -6,8 +6,7 @@ files under one folder instead of the terminal:
 
 - ``runs.log``: Prefect's flow and task runs (each DVC stage's output among them);
 - ``transferops.log``: the project's own modules;
-- ``libraries.log``: everything else, Python warnings included.
-
+- ``libraries.log``: everything else, Python warnings included;
 - ``stderr.log``: what writes to stderr itself (tqdm's progress bars).
 
 The terminal keeps one rule per step, a transient line with the step's elapsed
@@ -113,7 +112,7 @@ def headline(message: str) -> str:
 
 
 class _Latest(logging.Handler):
-    """Shows each INFO record's first line as the live line of the running step."""
+    """Shows each INFO record's headline after the step's title, as its live line."""
 
     def __init__(self, progress: Progress, task, title: str) -> None:
         super().__init__(logging.INFO)
@@ -166,7 +165,7 @@ class Story:
         columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
         with Progress(*columns, console=self.console, transient=True) as progress:
             task = progress.add_task(title, total=None)
-            latest = _Latest(progress, task, "")
+            latest = _Latest(progress, task, title)
             logging.getLogger().addHandler(latest)
             try:
                 yield Step(progress.console)
