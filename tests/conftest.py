@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -99,16 +100,15 @@ def tiny_params_file(tmp_path: Path) -> Path:
     return write_params(tmp_path / "params.yaml", TINY | absolute_paths(tmp_path))
 
 
-@pytest.fixture(scope="session")
-def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The stages run once, for real, on the tiny dataset; returns the params file.
+def train_tiny_project(root: Path) -> Path:
+    """The stages, for real, on the tiny dataset under ``root``; returns the params file.
 
-    Used by the evaluation, packaging, service and monitoring tests, which
-    need a real trained and packaged model.
+    The packaged model is also exported to ``root/model.bentomodel``.
     """
+    from transferops.registry.store import export_model
+
     if not FASHION_MNIST.is_dir():
         pytest.fail(f"{FASHION_MNIST} missing: run `make data` (Debian dataset-fashion-mnist)")
-    root = tmp_path_factory.mktemp("project")
     params = write_params(root / "params.yaml", TINY | absolute_paths(root))
     for stage in STAGES:
         # Each stage also records the params it reads (tests/test_layout.py checks dvc.yaml).
@@ -120,6 +120,43 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
             capture_output=True,
             env={**os.environ, **trace},
         )
+    export_model(packaged_tag(params), root / "model.bentomodel")
+    return params
+
+
+def packaged_tag(params: Path) -> str:
+    package = Path(yaml.safe_load(params.read_text())["paths"]["package"])
+    return json.loads((package / "bento_model.json").read_text())["tag"]
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stages run once, for real, on the tiny dataset; returns the params file.
+
+    Used by the evaluation, packaging, service and monitoring tests, which
+    need a real trained and packaged model. Under pytest-xdist the first worker
+    that needs it trains it; every worker gets a copy of its own (the tests write
+    prediction logs and champions into it) and the model in its own BentoML store.
+    """
+    from transferops.files import locked
+    from transferops.registry.store import import_model, stored_model
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return train_tiny_project(tmp_path_factory.mktemp("project"))
+    built = tmp_path_factory.getbasetemp().parent / "trained-project"  # shared by the workers
+    with locked(built.with_suffix(".lock")):
+        if not (built / "built").is_file():  # none yet, or a worker failed half-way
+            shutil.rmtree(built, ignore_errors=True)
+            built.mkdir()
+            train_tiny_project(built)
+            (built / "built").touch()
+    root = tmp_path_factory.mktemp("project")
+    shutil.copytree(built, root, dirs_exist_ok=True)
+    params = write_params(root / "params.yaml", TINY | absolute_paths(root))
+    try:
+        stored_model(packaged_tag(params))  # the worker that trained it has it
+    except FileNotFoundError:
+        import_model(root / "model.bentomodel")
     return params
 
 

@@ -102,7 +102,8 @@ def test_two_classes_of_5000_and_100_classes_of_20_train(
 ) -> None:
     folder = synthetic_folder(tmp_path / "images", classes, per_class)
     # One epoch, one learning rate (no race): enough to show that the stages carry the data.
-    changes = {"train.epochs": 1, "train.lr_race": [1], "model.image_size": 32}
+    # The profile at the training side reuses the cached features instead of a second pass.
+    changes = {"train.epochs": 1, "train.lr_race": [1], "model.image_size": 32, "profile.side": 32}
     params, paths = project(tmp_path, folder, **changes)
     run_stages(params)
     accepted = pd.read_csv(Path(paths["validation"]) / "accepted.csv")

@@ -31,7 +31,7 @@ from transferops.models.classifier import (
     InputSplit,
     eval_transform,
 )
-from transferops.runtime import loader_for
+from transferops.runtime import loader_for, place_model, to_device
 
 log = logging.getLogger(__name__)
 METRICS, REFERENCE = "metrics.json", "reference.npz"
@@ -93,13 +93,13 @@ def score_split(
         frame, root, names, eval_transform(config), config.picture_settings()
     )
     dataset.side = InputSplit(config).side
-    model = model.to(device).eval()
+    model = place_model(model, device).eval()
     probe = StageProbe(model)
     embeddings, probabilities, stats, bn = [], [], [], []
     for images, _, batch_stats in tqdm(
         loader_for(dataset, batch_size, device), desc=desc, unit="batch", disable=None
     ):
-        emb, prob, distances = probe.run(images.to(device))
+        emb, prob, distances = probe.run(to_device(images, device))
         embeddings.append(emb)
         bn.append(distances)
         probabilities.append(prob)

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from transferops.models.backbones import Backbone, pooled_features
-from transferops.runtime import autocast, to_device
+from transferops.runtime import autocast, place_model, to_device
 
 
 @torch.inference_mode()
@@ -22,9 +22,7 @@ def extract_features(
     backbone: Backbone, loader: torch.utils.data.DataLoader, device: str, desc: str = "features"
 ) -> np.ndarray:
     """Pooled pre-logit features for every image the loader yields, in order."""
-    model = backbone.model.to(device)
-    if device == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = place_model(backbone.model, device)
     chunks = []
     for images, _ in tqdm(loader, desc=desc, unit="batch", disable=None):
         with autocast(device):

@@ -45,6 +45,7 @@ from transferops.models.candidates import (
 from transferops.models.checkpoint import CHECKPOINT, _state, load_checkpoint, restore
 from transferops.models.freezing import split_model
 from transferops.models.prefixcache import TrainingInputs, prepare_inputs
+from transferops.runtime import place_model
 
 log = logging.getLogger(__name__)
 # What callers use: the engine, its settings and result, the checkpoint's name and reader.
@@ -146,9 +147,7 @@ def fine_tune(
 
 
 def _place(model: nn.Module, device: str) -> None:
-    model.to(device)
-    if device == "cuda":
-        model.to(memory_format=torch.channels_last)
+    place_model(model, device)
 
 
 def start_race(

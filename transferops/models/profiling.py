@@ -21,11 +21,11 @@ from transferops.config import Params
 from transferops.data.datasets import ManifestImages
 from transferops.models.backbones import Backbone, classifier_of, stage_namer
 from transferops.models.features import extract_features
+from transferops.models.strategy import PROFILE
 from transferops.models.transferability import bn_domain_distance, knn_probe_accuracy, leep, logme
-from transferops.runtime import loader_for
+from transferops.runtime import loader_for, place_model, to_device
 
 log = logging.getLogger(__name__)
-PROFILE = "profile.json"
 
 
 @torch.inference_mode()
@@ -44,10 +44,10 @@ def bn_statistics(model: torch.nn.Module, loader, device: str) -> tuple[dict, di
         return record
 
     handles = [m.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
-    model.to(device).eval()
+    place_model(model, device).eval()
     try:
         for images, _ in loader:
-            model(images.to(device))
+            model(to_device(images, device))
     finally:
         for handle in handles:
             handle.remove()

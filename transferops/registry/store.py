@@ -37,6 +37,20 @@ def copy_model(tag: str, change_files) -> str:
     return str(model.tag)
 
 
+def export_model(tag: str, path: Path) -> Path:
+    """``tag``'s model as one archive file, to carry into another BentoML store."""
+    import bentoml
+
+    return Path(bentoml.models.export_model(tag, str(path)))
+
+
+def import_model(path: Path) -> str:
+    """A model archive from ``export_model`` into this store; its tag."""
+    import bentoml
+
+    return str(bentoml.models.import_model(str(path)).tag)
+
+
 def list_models(name: str) -> list:
     """Every stored version of model ``name``, as BentoML lists them."""
     import bentoml
