@@ -14,7 +14,8 @@ from pathlib import Path
 
 from transferops.commands import run_stage
 from transferops.config import Params
-from transferops.models.strategy import PROFILE, Decision, decide_and_record
+from transferops.models.recipe import PROFILE
+from transferops.models.strategy import Decision, decide_and_record
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.commands import transferops
 from tests.conftest import ROOT, STAGES, absolute_paths, write_params
 
 COMMANDS = [
@@ -66,11 +67,7 @@ def test_help_of_the_installed_commands() -> None:
 
 def test_bad_params_value_is_named(tmp_path: Path) -> None:
     bad = write_params(tmp_path / "params.yaml", {"serve.top_k": 0})
-    result = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "--params", str(bad), "train"],
-        capture_output=True,
-        text=True,
-    )
+    result = transferops("--params", str(bad), "train")
     assert result.returncode == 2
     assert f"{bad}: serve.top_k = 0" in result.stderr
 
@@ -78,19 +75,8 @@ def test_bad_params_value_is_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize("command", [["check"], ["profile"], ["data", "add"]], ids=" ".join)
 def test_unreadable_source_is_named_without_a_traceback(tmp_path: Path, command: list) -> None:
     missing = tmp_path / "no-such-folder"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flows.cli",
-            "--params",
-            str(ROOT / "params.yaml"),
-            *command,
-            str(missing),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
+    result = transferops(
+        "--params", str(ROOT / "params.yaml"), *command, str(missing), cwd=tmp_path
     )
     assert result.returncode == 2, result.stderr
     assert f"error: {missing}: expected an ImageFolder" in result.stderr
@@ -113,12 +99,7 @@ def test_deploy_without_a_server_explains_how_to_start_one(tmp_path: Path) -> No
 
 def test_report_on_a_project_with_no_runs_yet_explains_each_section(tmp_path: Path) -> None:
     params = write_params(tmp_path / "params.yaml", absolute_paths(tmp_path))
-    result = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "--params", str(params), "report"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+    result = transferops("--params", str(params), "report", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     page = (tmp_path / "reports" / "index.html").read_text()
     assert result.stdout.strip() == str(tmp_path / "reports" / "index.html")

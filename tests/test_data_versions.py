@@ -1,8 +1,6 @@
 """Dataset versions with real DVC: add (check first), list, splits from manifests."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +9,7 @@ import pytest
 from flows.data import add_dataset, list_versions
 from flows.workspace import create_workspace
 from pipelines.prepare import prepare
+from tests.commands import transferops
 from tests.conftest import ROOT, TINY, write_params
 from tests.imagefiles import clean_folder, png
 from transferops.config import load_params
@@ -50,12 +49,7 @@ def test_add_snapshots_a_clean_dataset_and_refuses_a_bad_one(
 
     versions = list_versions(params.paths.registry)
     assert [(v.name, v.status) for v in versions] == [("labelled", "passed"), ("messy", "failed")]
-    listed = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "data", "list"],
-        capture_output=True,
-        text=True,
-        cwd=workspace,
-    )
+    listed = transferops("data", "list", cwd=workspace)
     assert "labelled" in listed.stdout and "failed" in listed.stdout
 
 
@@ -114,21 +108,7 @@ def test_hostile_manifest_labels_and_drop_names_are_refused_before_any_write(
 
     with pytest.raises(DataSourceError, match=r"dataset name '\.\./\.\./\.\./x'"):
         add_dataset(clean_folder(tmp_path / "good"), params, name="../../../x")
-    refused = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flows.cli",
-            "data",
-            "add",
-            str(tmp_path / "good"),
-            "--name",
-            "../x",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=workspace,
-    )
+    refused = transferops("data", "add", str(tmp_path / "good"), "--name", "../x", cwd=workspace)
     assert refused.returncode != 0 and "dataset name '../x'" in refused.stderr
     after = sorted(p for p in tmp_path.rglob("*") if ".dvc" not in p.parts)
     written = set(after) - set(before) - set((tmp_path / "good").rglob("*")) - {tmp_path / "good"}

@@ -2,7 +2,6 @@
 
 import io
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 from PIL import Image
 
 import transferops.data.imagecheck as imagecheck
+from tests.commands import transferops
 from tests.conftest import FASHION_MNIST, ROOT
 from tests.imagefiles import RNG, bomb_header, clean_folder, fashion_mnist_folder, png
 from transferops.config import load_params
@@ -181,22 +181,15 @@ def test_unchanged_files_are_not_read_again(tmp_path: Path, monkeypatch) -> None
 
 
 def run_check_cli(path: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flows.cli",
-            "--params",
-            str(ROOT / "params.yaml"),
-            "check",
-            str(path),
-            "--out",
-            str(out),
-            "-S",
-            "validate.min_per_class=2",
-        ],
-        capture_output=True,
-        text=True,
+    return transferops(
+        "--params",
+        str(ROOT / "params.yaml"),
+        "check",
+        str(path),
+        "--out",
+        str(out),
+        "-S",
+        "validate.min_per_class=2",
     )
 
 

@@ -23,6 +23,7 @@ from PIL import Image
 
 from services.client import png_bytes
 from tests.bento_env import venv_from_requirements
+from tests.commands import transferops as run_command
 from tests.conftest import ROOT, write_params
 from tests.models import always_answering
 from transferops.config import load_params
@@ -234,12 +235,7 @@ def test_promotion_refuses_when_the_champion_changed_since_the_comparison(
 
 
 def transferops(params: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", "--params", str(params), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},  # rich tables: one line per model
-    )
+    return run_command("--params", str(params), *args)
 
 
 def test_promote_rollback_and_models_commands(models: Models, tmp_path: Path) -> None:

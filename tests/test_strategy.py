@@ -1,12 +1,11 @@
 """The freeze-strategy selector: regions, forcing, layer-wise rates, and the CLI on real images."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.commands import transferops
 from tests.conftest import FASHION_MNIST, ROOT
 from tests.imagefiles import fashion_mnist_folder
 from transferops.config import CLASSIC_REGIONS, load_params
@@ -113,24 +112,17 @@ def test_forced_strategy_wins_and_is_recorded() -> None:
 def test_profile_command_on_an_unseen_image_folder(tmp_path: Path) -> None:
     unseen = fashion_mnist_folder(tmp_path / "unseen", 200)
     out = tmp_path / "out"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flows.cli",
-            "--params",
-            str(ROOT / "params.yaml"),
-            "profile",
-            str(unseen),
-            "--out",
-            str(out),
-            "-S",
-            "model.image_size=32",
-            "-S",
-            "profile.bn_images=32",
-        ],
-        capture_output=True,
-        text=True,
+    result = transferops(
+        "--params",
+        str(ROOT / "params.yaml"),
+        "profile",
+        str(unseen),
+        "--out",
+        str(out),
+        "-S",
+        "model.image_size=32",
+        "-S",
+        "profile.bn_images=32",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads((out / "decision.json").read_text())

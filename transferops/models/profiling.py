@@ -21,7 +21,7 @@ from transferops.config import Params
 from transferops.data.datasets import ManifestImages
 from transferops.models.backbones import Backbone, classifier_of, stage_namer
 from transferops.models.features import extract_features
-from transferops.models.strategy import PROFILE
+from transferops.models.recipe import PROFILE
 from transferops.models.transferability import bn_domain_distance, knn_probe_accuracy, leep, logme
 from transferops.runtime import loader_for, place_model, to_device
 

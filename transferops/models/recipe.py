@@ -16,6 +16,7 @@ from transferops.config import Params, TrainParams
 from transferops.models.resolution import SideChoice, choose_side
 
 SIDE_RECORD = "side.json"  # in paths.features: the input side every later stage uses
+PROFILE = "profile.json"  # in paths.profile: the profile stage's numbers, which the strategy reads
 
 
 def epochs_for(n_train: int, batch_size: int, epochs: int, min_steps: int) -> int:

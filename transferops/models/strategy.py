@@ -43,7 +43,6 @@ from transferops.models.recipe import epochs_for
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("linear_probe", "top_blocks", "most_blocks", "full")  # what the plane chooses from
-PROFILE = "profile.json"  # the profile stage writes it, decisions read it (no torch needed here)
 DECISION = "decision.json"
 # What each similarity measure is, for the decision's paragraph and the plot.
 MEASURES = {
