@@ -35,3 +35,26 @@ def transferops(*args: str, cwd: Path | None = None, columns: int = 200):
         finally:
             torch.set_num_threads(threads)
     return subprocess.CompletedProcess(["transferops", *args], code, out.getvalue(), err.getvalue())
+
+
+def run_stage(stage: str, params: Path, env: dict[str, str] | None = None) -> None:
+    """``python -m pipelines.STAGE --params PARAMS`` in this process, from the params' folder.
+
+    Fails the test with the stage's error output when it exits non-zero.
+    """
+    import importlib
+
+    import torch
+
+    main = importlib.import_module(f"pipelines.{stage}").main
+    threads = torch.get_num_threads()
+    err = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, redirect_stderr(err):
+        patch.chdir(params.parent)
+        for key, value in (env or {}).items():
+            patch.setenv(key, value)
+        try:
+            code = main(["--params", str(params)])
+        finally:
+            torch.set_num_threads(threads)
+    assert code == 0, f"stage {stage}: {err.getvalue()[-3000:]}"

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -105,6 +103,7 @@ def train_tiny_project(root: Path) -> Path:
 
     The packaged model is also exported to ``root/model.bentomodel``.
     """
+    from tests.commands import run_stage
     from transferops.registry.store import export_model
 
     if not FASHION_MNIST.is_dir():
@@ -113,13 +112,7 @@ def train_tiny_project(root: Path) -> Path:
     for stage in STAGES:
         # Each stage also records the params it reads (tests/test_layout.py checks dvc.yaml).
         trace = {"TRANSFEROPS_PARAMS_TRACE": str(root / f"params-read-{stage}.jsonl")}
-        subprocess.run(
-            [sys.executable, "-m", f"pipelines.{stage}", "--params", str(params)],
-            cwd=root,
-            check=True,
-            capture_output=True,
-            env={**os.environ, **trace},
-        )
+        run_stage(stage, params, env=trace)
     export_model(packaged_tag(params), root / "model.bentomodel")
     return params
 

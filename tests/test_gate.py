@@ -23,6 +23,7 @@ from PIL import Image
 
 from services.client import png_bytes
 from tests.bento_env import venv_from_requirements
+from tests.commands import run_stage
 from tests.commands import transferops as run_command
 from tests.conftest import ROOT, write_params
 from tests.models import always_answering
@@ -60,12 +61,7 @@ def models(trained_project: Path, tmp_path_factory: pytest.TempPathFactory) -> M
     (side / "profile").mkdir()
     shutil.copy2(params.paths.profile / "profile.json", side / "profile")
     for stage in ("strategy", "train", "evaluate", "package"):
-        subprocess.run(
-            [sys.executable, "-m", f"pipelines.{stage}", "--params", str(untrained)],
-            cwd=side,
-            check=True,
-            capture_output=True,
-        )
+        run_stage(stage, untrained)
     return Models(
         trained=candidate_tag(params.paths.package),
         untrained=candidate_tag(side / "package"),

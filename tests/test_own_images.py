@@ -8,14 +8,14 @@
   ImageFolder that is not Fashion-MNIST (photographs from scikit-image):
   ``transferops check``, ``transferops profile``, ``transferops train`` (the
   Prefect flow: DVC, every stage, the gate), ``transferops serve`` and one
-  ``transferops monitor`` check.
+  ``transferops monitor`` check. The commands run in the test's process
+  (tests/commands.py); ``serve`` is a real ``bentoml serve``.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -29,11 +29,11 @@ from flows.serving import free_port, running_service
 from flows.workspace import create_workspace
 from services.client import send
 from tests import imagekinds
+from tests.commands import run_stage, transferops
 from tests.conftest import ROOT, TINY, absolute_paths, write_params
 from tests.imagefiles import photo_crops, photo_folder
 
 STAGES = ("prepare", "validate", "features", "profile", "strategy", "train", "evaluate")
-TRANSFEROPS = str(Path(sys.executable).parent / "transferops")
 # The tiny settings of the other tests, for an ImageFolder at the side auto picks.
 OWN = TINY | {
     "data.format": "imagefolder",
@@ -44,13 +44,7 @@ OWN = TINY | {
 
 def run_stages(params: Path, stages=STAGES) -> None:
     for stage in stages:
-        result = subprocess.run(
-            [sys.executable, "-m", f"pipelines.{stage}", "--params", str(params)],
-            cwd=params.parent,
-            capture_output=True,
-            text=True,
-        )
-        assert result.returncode == 0, f"{stage}: {result.stderr[-3000:]}"
+        run_stage(stage, params)
 
 
 def project(tmp_path: Path, source: Path, **changes) -> tuple[Path, dict]:
@@ -123,7 +117,8 @@ def test_two_classes_of_5000_and_100_classes_of_20_train(
 
 
 def cli(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([TRANSFEROPS, *args], cwd=repo, capture_output=True, text=True)
+    """``transferops ARGS`` in ``repo``: the console script's ``main``, in this process."""
+    return transferops(*args, cwd=repo)
 
 
 def printed_json(stdout: str) -> dict:

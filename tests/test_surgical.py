@@ -1,14 +1,13 @@
 """Surgical fine-tuning for real: from a packaged model's weights, only its first stages move."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 import yaml
 from safetensors.torch import load_file
 
+from tests.commands import run_stage
 from tests.conftest import write_params
 from transferops.models.backbones import stage_namer
 from transferops.models.classifier import WEIGHTS, load_classifier
@@ -28,13 +27,7 @@ def test_surgical_retrain_from_the_champion_weights(trained_project: Path, tmp_p
         base=trained_project,
     )
     for stage in ("features", "profile", "strategy", "train"):
-        done = subprocess.run(
-            [sys.executable, "-m", f"pipelines.{stage}", "--params", str(params)],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
+        run_stage(stage, params)
     decision = json.loads((tmp_path / "profile" / "decision.json").read_text())
     assert decision["strategy"] == "surgical"
     assert decision["trainable_stages"] == ["stem", "block0", "classifier"]
