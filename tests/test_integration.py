@@ -18,9 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from flows.data import checkout_version
 from flows.deploy import MONITORING_DEPLOYMENT, TRAINING_DEPLOYMENT
 from flows.prefect_server import (
     api_get,
@@ -35,8 +33,6 @@ from flows.workspace import create_workspace
 from services.client import send
 from tests.browser import chromium, loaded_width
 from tests.conftest import ROOT, TINY, write_params
-from transferops.config import RUN_PARAMS
-from transferops.data.datasets import read_manifest
 from transferops.data.shifts import HeldOutPool, write_labelled_drop
 from transferops.logs.runs import read_records
 
@@ -302,41 +298,6 @@ def test_drift_event_retrains_once_and_the_service_switches(
     # cooldown guard: tests/test_decision.py; after the retrain the checks found no drift).
     kinds = [(r["flow"], r["status"]) for r in read_records(repo / "reports")]
     assert kinds.count(("monitoring", "completed")) == 5
-
-
-def test_train_on_a_recorded_data_version_with_a_forced_strategy(
-    repo: Path, prefect_api, first_model: dict, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from flows.training import training_flow
-
-    monkeypatch.chdir(repo)
-    first = first_model
-    restored = checkout_version(first["data_version"], Path("restored"))
-    assert len(read_manifest(restored)) == 260, "the first dataset: 100 + 40 + 120 images"
-
-    params_before = (repo / "params.yaml").read_bytes()
-    other = write_params(repo / "other.yaml", {"train.probe_epochs": 7}, base=repo / "params.yaml")
-    outcome = training_flow(
-        data_version=first["data_version"],
-        strategy="linear_probe",
-        overrides=["train.lr=0.004"],
-        params_file=str(other),
-    )
-    prepared = read_manifest(repo / "data" / "prepared")
-    assert len(prepared) == 260, "that version alone, without the blurred drop added since"
-    assert prepared["split"].value_counts().to_dict() == {"test": 120, "train": 100, "val": 40}
-    applied = json.loads((repo / "artifacts/profile/decision.json").read_text())
-    assert applied["strategy"] == "linear_probe" and applied["forced"]
-    assert (repo / "params.yaml").read_bytes() == params_before, "params.yaml never rewritten"
-    ran = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["strategy"]["params"]
-    changes = ran[str(RUN_PARAMS)]  # what ran is in dvc.lock: other.yaml's value, the override
-    assert changes["train.probe_epochs"] == {"value": 7} and changes["train.lr"] == {"value": 0.004}
-    assert changes["strategy"]["force"] == {"value": "linear_probe"}
-    assert ran["params.yaml"]["train.probe_epochs"] != 7
-    emptied = yaml.safe_load((repo / RUN_PARAMS).read_text())
-    assert "value" not in json.dumps(emptied), "the run's changes are gone when it ends"
-    assert outcome["experiment"] in dvc(repo, "exp", "list", "--name-only")
-    assert outcome["gate"]["reasons"], "the experiment's model faced the gate too"
 
 
 def test_report_index_and_a_drift_report_render_in_chromium(
