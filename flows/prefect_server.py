@@ -143,13 +143,22 @@ def wait_for_run(
 
 @contextlib.contextmanager
 def running_deployments(
-    cwd: Path, api: str, home: Path, names: list[str], log_file: Path | None = None
+    cwd: Path,
+    api: str,
+    home: Path,
+    names: list[str],
+    log_file: Path | None = None,
+    poll_s: int = 2,
 ) -> Iterator[list[dict]]:
-    """``transferops deploy`` in ``cwd`` against ``api``; yield the registered deployments."""
+    """``transferops deploy`` in ``cwd`` against ``api``; yield the registered deployments.
+
+    Its runner looks for new runs every ``poll_s`` seconds (Prefect's default is 10): a
+    run the retrain event starts begins within 2 s, not 10.
+    """
     process = spawn(
         [str(Path(sys.executable).parent / "transferops"), "deploy"],
         log_file=log_file,
-        env=server_env(home, api),
+        env=server_env(home, api) | {"PREFECT_RUNNER_POLL_FREQUENCY": str(poll_s)},
         cwd=cwd,
     )
     try:

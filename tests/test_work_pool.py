@@ -39,8 +39,9 @@ def test_process_work_pool_worker_runs_the_training_flow(tmp_path: Path) -> None
     write_params(repo / "params.yaml", TINY | every_minute, base=repo / "params.yaml")
     home = tmp_path / "prefect-home"
     scheduler = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}  # default: 60
+    picks = {"PREFECT_WORKER_QUERY_SECONDS": "2"}  # the worker looks for runs; default: 10
     with running_prefect_server(home, log_file=tmp_path / "server.log", settings=scheduler) as api:
-        env = {**os.environ, **server_env(home, api)}
+        env = {**os.environ, **server_env(home, api), **picks}
 
         def run(*command: str) -> str:
             done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
