@@ -25,20 +25,15 @@ from rich.console import Console
 from rich.table import Table
 
 from services.following import Loaded
-from transferops.models.backbones import data_config_for, load_backbone
-from transferops.models.classifier import ClassifierConfig, build_classifier, save_classifier
+from transferops.models.backbones import load_backbone
+from transferops.models.classifier import save_seeded_classifier
 from transferops.runtime import configure_runtime, select_device
 
 CLASSES = [f"class {i}" for i in range(10)]
 
 
 def saved_model(folder: Path, side: int | None) -> Path:
-    backbone = load_backbone("tf_efficientnet_lite0")
-    weight = torch.randn(10, backbone.num_features, generator=torch.Generator().manual_seed(0))
-    model = build_classifier(backbone.model, backbone.name, 10, weight, torch.zeros(10))
-    config = ClassifierConfig(backbone.name, CLASSES, data_config_for(backbone, side), "full")
-    save_classifier(model, config, folder)
-    return folder
+    return save_seeded_classifier(load_backbone("tf_efficientnet_lite0"), CLASSES, folder, side)
 
 
 def images_per_second(loaded: Loaded, images: list, batch: int, seconds: float) -> float:

@@ -19,7 +19,7 @@ import torch
 from services.following import Loaded
 from transferops.data.datasets import ArrayImages
 from transferops.models.backbones import build_transform, data_config_for, load_backbone
-from transferops.models.classifier import ClassifierConfig, build_classifier, save_classifier
+from transferops.models.classifier import build_classifier, save_seeded_classifier
 from transferops.models.features import extract_features
 from transferops.models.finetune import FineTuneConfig, fine_tune
 from transferops.models.strategy import learning_rates, trainable_stages
@@ -49,12 +49,7 @@ def backbone():
 @pytest.fixture(scope="module")
 def saved_model(backbone, tmp_path_factory) -> Path:
     """The pretrained backbone with a seeded head, saved as the package stage saves it."""
-    weight = torch.randn(10, backbone.num_features, generator=torch.Generator().manual_seed(0))
-    model = build_classifier(backbone.model, backbone.name, 10, weight, torch.zeros(10))
-    config = ClassifierConfig(backbone.name, CLASSES, data_config_for(backbone, None), "full")
-    folder = tmp_path_factory.mktemp("gpu") / "model"
-    save_classifier(model, config, folder)
-    return folder
+    return save_seeded_classifier(backbone, CLASSES, tmp_path_factory.mktemp("gpu") / "model")
 
 
 def test_the_device_helpers_take_the_cuda_path() -> None:

@@ -23,6 +23,7 @@ from transferops.models.backbones import (
     build_transform,
     classifier_of,
     create_model,
+    data_config_for,
     is_head_key,
     pooled_features,
 )
@@ -77,6 +78,22 @@ def save_classifier(model: torch.nn.Module, config: ClassifierConfig, out_dir: P
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out_dir / WEIGHTS))
     (out_dir / CONFIG).write_text(config.to_json())
+
+
+def save_seeded_classifier(
+    backbone, classes: list[str], out_dir: Path, side: int | None = None, seed: int = 0
+) -> Path:
+    """``backbone`` (a loaded ``Backbone``) with a seeded random linear head, saved as the
+    package stage saves a model: for measurements and device checks that need a real
+    packaged model, not a trained one."""
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(len(classes), backbone.num_features, generator=generator)
+    model = build_classifier(
+        backbone.model, backbone.name, len(classes), weight, torch.zeros(len(classes))
+    )
+    config = ClassifierConfig(backbone.name, classes, data_config_for(backbone, side), "full")
+    save_classifier(model, config, out_dir)
+    return Path(out_dir)
 
 
 def load_classifier(model_dir: Path) -> tuple[torch.nn.Module, ClassifierConfig]:
