@@ -4,6 +4,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from contextlib import closing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -109,9 +110,12 @@ def test_feedback_latest_label_wins_and_request_lookup(tmp_path: Path) -> None:
 
 
 WRITER = """
-import sys
+import sys, time
+from pathlib import Path
 import numpy as np
 from transferops.logs.predictions import PredictionLog, PredictionRecord, utc_now
+while not Path(sys.argv[1], "go").exists():  # every writer opens the new store at once
+    time.sleep(0.001)
 log = PredictionLog(sys.argv[1])
 for i in range(200):
     log.append([PredictionRecord(f"{sys.argv[2]}-{i}", utc_now(), "m:1", "cat", 0.9, [0.9, 0.1],
@@ -120,12 +124,15 @@ for i in range(200):
 
 
 def test_several_processes_write_at_once(tmp_path: Path) -> None:
+    """Serving workers start together: each opens (and the first creates) the store."""
     writers = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), f"w{n}"]) for n in range(4)
+        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), f"w{n}"]) for n in range(8)
     ]
+    time.sleep(3)  # every writer imported and waiting
+    (tmp_path / "go").touch()
     assert all(w.wait(timeout=120) == 0 for w in writers)
     frame = read_predictions(tmp_path)
-    assert len(frame) == 800 and frame["request_id"].is_unique
+    assert len(frame) == 1600 and frame["request_id"].is_unique
     assert len(list(tmp_path.glob("predictions-*.sqlite"))) == 1, "one store per host"
 
 

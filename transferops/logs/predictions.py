@@ -31,6 +31,7 @@ from __future__ import annotations
 import socket
 import sqlite3
 import threading
+import time
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -126,7 +127,19 @@ def utc_now() -> str:
 
 def _connect(path: Path, timeout: float = 30.0) -> sqlite3.Connection:
     connection = sqlite3.connect(path, timeout=timeout, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
+    # Switching a new store to WAL takes an exclusive lock, and SQLite answers "database is
+    # locked" at once, without its busy timeout, when another process holds one (serving
+    # workers that start together): retry until the timeout.
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                connection.close()
+                raise
+            time.sleep(0.02)
     connection.execute("PRAGMA synchronous=NORMAL")  # commit = write(2); fsync at checkpoints
     return connection
 
