@@ -12,6 +12,7 @@ from flows.demo import summary_table, where_to_look
 from flows.story import Story, headline, log_family, logs_to_files
 from tests.conftest import ROOT
 from transferops.config import load_params
+from transferops.runtime import configure_runtime
 
 
 def test_the_live_line_shows_what_a_stage_said_without_its_prefix() -> None:
@@ -31,6 +32,23 @@ def test_each_logger_has_one_file() -> None:
     assert log_family("prefect") == "libraries"
     assert log_family("bentoml._internal") == "libraries"
     assert log_family("transferopsx") == "libraries", "a prefix, not a name, is not enough"
+
+
+def test_what_libraries_say_at_info_before_the_story_starts_stays_quiet() -> None:
+    # On a fresh machine matplotlib's first import logged "generated new
+    # fontManager" at INFO, before the story moved the logs to files.
+    # The commands run at INFO; under pytest, whose handlers make basicConfig a
+    # no-op, the root logger is set there by hand.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        configure_runtime()
+        for name in ("matplotlib.font_manager", "great_expectations.core", "dvc.repo", "httpx"):
+            assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
+        assert logging.getLogger("transferops.models").isEnabledFor(logging.INFO)
+    finally:
+        root.setLevel(level)
 
 
 def test_logs_leave_the_terminal_for_files_and_come_back(tmp_path: Path, capsys) -> None:

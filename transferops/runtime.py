@@ -38,8 +38,9 @@ def configure_runtime(bentoml_home: Path | None = None) -> None:
         level=os.environ.get("TRANSFEROPS_LOGLEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # These log their own internals at INFO; keep ours readable.
-    for noisy in ("great_expectations", "evidently", "httpx", "dvc", "filelock"):
+    # These log their own internals at INFO (matplotlib: "generated new
+    # fontManager" on a fresh machine's first plot); keep ours readable.
+    for noisy in ("great_expectations", "evidently", "httpx", "dvc", "filelock", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
