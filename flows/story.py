@@ -25,6 +25,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 OWN = ("flows", "monitoring", "pipelines", "services", "transferops", "__main__")
 RUNS = ("prefect.flow_runs", "prefect.task_runs")
@@ -134,7 +135,10 @@ class Step:
         self.console = console
 
     def say(self, text: str) -> None:
-        self.console.print(f"  {text}", highlight=False)
+        """An outcome line, indented under its step; a long one wraps indented too."""
+        for line in Text.from_markup(text).wrap(self.console, self.console.width - 2):
+            line.rstrip()
+            self.console.print(Text("  ") + line)
 
 
 class Story:

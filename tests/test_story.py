@@ -1,5 +1,6 @@
 """The demo's terminal: library logs go to files, the story and its closing table stay short."""
 
+import io
 import logging
 import sys
 import warnings
@@ -9,7 +10,7 @@ from rich.console import Console
 
 from flows.cli import build_parser
 from flows.demo import summary_table, where_to_look
-from flows.story import Story, headline, log_family, logs_to_files
+from flows.story import Step, Story, headline, log_family, logs_to_files
 from tests.conftest import ROOT
 from transferops.config import load_params
 from transferops.runtime import configure_runtime
@@ -22,6 +23,15 @@ def test_the_live_line_shows_what_a_stage_said_without_its_prefix() -> None:
         "> python -m pipelines.train"
     )
     assert headline("") == ""
+
+
+def test_a_long_outcome_wraps_under_its_step() -> None:
+    console = Console(record=True, width=40, file=io.StringIO())
+    Step(console).say("gate: [bold]PROMOTED[/]: accuracy 0.8579 vs champion 0.8393: +0.0186")
+    lines = console.export_text().splitlines()
+    assert len(lines) == 2, lines
+    assert all(line.startswith("  ") and not line.endswith(" ") for line in lines), lines
+    assert "gate: PROMOTED: accuracy" in lines[0], "markup is applied, not printed"
 
 
 def test_each_logger_has_one_file() -> None:
