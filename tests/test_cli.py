@@ -83,6 +83,8 @@ def test_unreadable_source_is_named_without_a_traceback(tmp_path: Path, command:
     assert "Traceback" not in result.stderr
 
 
+# A process of its own (the console command's imports): 10 s; not in make check.
+@pytest.mark.slow
 def test_deploy_without_a_server_explains_how_to_start_one(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     result = subprocess.run(

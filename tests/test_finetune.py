@@ -331,6 +331,8 @@ def test_the_train_stage_itself_runs_under_torchrun(trained_project: Path, tmp_p
     assert config.strategy == "top_blocks" and model is not None
 
 
+# torchrun with two processes: 15 s; not in make check.
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu_splits_data_and_agrees_on_weights(tmp_path: Path) -> None:
     worker = Path(__file__).with_name("ddp_worker.py")
     env = {

@@ -42,6 +42,8 @@ def test_a_broken_pipeline_is_not_transient(dvc_repo: Path) -> None:
     assert not caught.value.transient and "exit 3" in str(caught.value)
 
 
+# A flow run: Prefect starts its temporary server (13 s of CPU on 2 cores); not in make check.
+@pytest.mark.integration
 @pytest.mark.parametrize(("transient", "expected_calls"), [(True, 2), (False, 1)])
 def test_only_transient_failures_are_retried(transient: bool, expected_calls: int) -> None:
     calls: list[int] = []
@@ -111,6 +113,8 @@ def test_scheduled_retraining_is_off_by_default_and_on_with_a_cron() -> None:
     assert trigger.parameters["overrides"] == "{{ event.payload.overrides }}"
 
 
+# A flow run on a real DVC repo, with Prefect's temporary server; not in make check.
+@pytest.mark.integration
 def test_a_failed_training_run_leaves_a_record_and_changes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
