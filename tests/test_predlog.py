@@ -114,6 +114,7 @@ import sys, time
 from pathlib import Path
 import numpy as np
 from transferops.logs.predictions import PredictionLog, PredictionRecord, utc_now
+Path(sys.argv[1], f"ready-{sys.argv[2]}").touch()
 while not Path(sys.argv[1], "go").exists():  # every writer opens the new store at once
     time.sleep(0.001)
 log = PredictionLog(sys.argv[1])
@@ -128,7 +129,10 @@ def test_several_processes_write_at_once(tmp_path: Path) -> None:
     writers = [
         subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), f"w{n}"]) for n in range(8)
     ]
-    time.sleep(3)  # every writer imported and waiting
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < len(writers):  # every writer imported, waiting
+        assert time.monotonic() < deadline, "the writers did not start"
+        time.sleep(0.05)
     (tmp_path / "go").touch()
     assert all(w.wait(timeout=120) == 0 for w in writers)
     frame = read_predictions(tmp_path)
