@@ -54,7 +54,7 @@ $(UV): requirements.lock
 
 # --compile-bytecode: uv, unlike pip, writes no .pyc by default. Where PYTHONDONTWRITEBYTECODE
 # is set (this machine, many CI images) Python then compiles torch, timm, Prefect... from
-# source in every process: `import pipelines.train` 10.6 s instead of 4.6 (docs/benchmarks.md).
+# source in every process: `import pipelines.train` 10.6 s instead of 4.5 (docs/benchmarks.md).
 $(STAMP): pyproject.toml requirements.lock $(UV)
 	$(UV) pip sync --quiet --compile-bytecode --python $(PY) requirements.lock
 	$(UV) pip install --quiet --compile-bytecode --python $(PY) --no-deps -e .

@@ -137,7 +137,7 @@ class Step:
     def say(self, text: str) -> None:
         """An outcome line, indented under its step; a long one wraps indented too."""
         for line in Text.from_markup(text).wrap(self.console, self.console.width - 2):
-            line.rstrip()
+            line.rstrip()  # in place: the space a wrap leaves at the end
             self.console.print(Text("  ") + line)
 
 
