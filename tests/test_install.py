@@ -1,5 +1,6 @@
 """The installed environment is coherent (the torch/torchvision trap of ENVIRONMENT.md)."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -84,10 +85,12 @@ def test_xdist_keeps_a_group_on_one_worker(tmp_path) -> None:
         "pytestmark = pytest.mark.xdist_group('together')\n"
         + "".join(f"def test_{i}():\n    pass\n" for i in range(6))
     )
+    # Only xdist: the venv's other plugins (hydra, Faker...) would load in all three processes.
+    quiet = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-v", "-p",
-         "no:cacheprovider", str(tmp_path)],
-        capture_output=True, text=True, cwd=tmp_path,
+        [sys.executable, "-m", "pytest", "-p", "xdist", "-n", "2", "--dist", "loadgroup", "-v",
+         "-p", "no:cacheprovider", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path, env=quiet,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:]
     workers = {line.split("]")[0] for line in result.stdout.splitlines() if "PASSED" in line}
