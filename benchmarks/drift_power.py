@@ -47,7 +47,7 @@ from transferops.data.shifts import CORRUPTIONS, HeldOutPool, corrupt
 from transferops.logs.predictions import PredictionLog, PredictionRecord, utc_now
 from transferops.models.bnshift import StageProbe
 from transferops.models.classifier import eval_transform
-from transferops.models.profiling import shift_location
+from transferops.models.transferability import shift_location
 from transferops.registry import champion
 from transferops.registry.store import load_stored
 from transferops.runtime import configure_runtime, set_threads

@@ -338,9 +338,10 @@ def run_command(args: argparse.Namespace, params) -> int:
         print(build_index(params, args.out))
         return 0
     if args.command == "train":
-        from flows.training import TrainingBusy, training_flow
+        from flows.training import TrainingBusy, refuse_when_busy, training_flow
 
         try:
+            refuse_when_busy()
             result = training_flow(
                 dataset=args.dataset,
                 data_version=args.data_version,

@@ -13,7 +13,7 @@ from flows.records import recorded_run
 from monitoring.decision import decide_and_record
 from monitoring.drift import check_drift, read_history
 from transferops.config import DEFAULT_PARAMS, Params, load_params
-from transferops.models.classifier import WEIGHTS
+from transferops.models.saved import WEIGHTS
 from transferops.registry import champion
 from transferops.registry.store import stored_model, stored_model_dir
 

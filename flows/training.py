@@ -35,9 +35,8 @@ from transferops.config import (
 )
 from transferops.data.preparation import incoming_drops
 from transferops.files import Held, exclusive
-from transferops.models.evaluation import METRICS
+from transferops.models.saved import METRICS
 from transferops.registry import champion
-from transferops.registry.gate import run_gate
 from transferops.registry.packaging import PACKAGE_RECORD
 
 REPO = Path()
@@ -151,6 +150,17 @@ class TrainingBusy(RuntimeError):
     """A training run was asked for while another one runs in the same project."""
 
 
+def refuse_when_busy() -> None:
+    """Raise :class:`TrainingBusy` now when another run holds the lock.
+
+    For callers in a terminal: they hear it before Prefect starts (its
+    temporary server alone takes 20 s on 2 cores). The flow still takes the
+    lock itself, so a run that starts in between is refused there.
+    """
+    with one_training_run(f"a training run starting (pid {os.getpid()})"):
+        pass
+
+
 @task(cache_policy=NO_CACHE)
 def save_experiment() -> str:
     """Keep a run with overrides as a DVC experiment (``dvc exp show`` lists it)."""
@@ -167,6 +177,8 @@ def push_to_remote() -> None:
 @task(cache_policy=NO_CACHE)
 def gate_candidate(params: Params, candidate: str) -> dict:
     """Champion vs. this run's candidate on the same test images; promote if it passes."""
+    from transferops.registry.gate import run_gate  # torch and timm: not in every flow process
+
     who = f"prefect flow run {runtime.flow_run.name} ({runtime.flow_run.id})"
     verdict = run_gate(params, candidate, who=who)
     get_run_logger().info("gate: %s", verdict.summary())

@@ -56,8 +56,8 @@ from transferops.logs.predictions import (
     read_predictions,
     read_thumbnails,
 )
-from transferops.models.evaluation import REFERENCE
-from transferops.models.profiling import shift_location
+from transferops.models.saved import REFERENCE
+from transferops.models.transferability import shift_location
 
 log = logging.getLogger(__name__)
 HISTORY, WORKSPACE, CALIBRATION = "history.jsonl", "workspace", "calibration"

@@ -24,8 +24,7 @@ from pathlib import Path
 
 from transferops.commands import run_stage
 from transferops.config import Params
-from transferops.models.classifier import CONFIG, WEIGHTS
-from transferops.models.evaluation import CONFUSION, METRICS, REFERENCE, RELIABILITY
+from transferops.models.saved import CONFIG, CONFUSION, METRICS, REFERENCE, RELIABILITY, WEIGHTS
 from transferops.models.strategy import DECISION
 from transferops.registry.packaging import PACKAGE_RECORD, lineage
 from transferops.registry.store import save_model

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -30,7 +31,9 @@ from transferops.config import ServeParams
 from transferops.data.imagecheck import BadImage, decode_upload, read_header
 from transferops.data.imagestats import STAT_NAMES, image_statistics
 from transferops.data.pictures import PictureSettings, shrink, thumbnail_png, to_rgb
-from transferops.models.classifier import InputSplit
+
+if TYPE_CHECKING:  # torch: the workers import it with the model, not BentoML's parent process
+    from transferops.models.classifier import InputSplit
 
 RAW_TYPES = ("image/", "application/octet-stream")  # one image as the whole body
 MULTIPART_FRAMING = 64_000  # bytes allowed beyond the images themselves

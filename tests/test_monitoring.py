@@ -28,7 +28,7 @@ from tests.conftest import ROOT
 from transferops.config import BiasParams, load_params
 from transferops.data.shifts import CORRUPTIONS, HeldOutPool, corrupt
 from transferops.logs.predictions import read_predictions
-from transferops.models.profiling import shift_location
+from transferops.models.transferability import shift_location
 
 STATS = ["width", "height", "brightness", "contrast", "sharpness"]
 CLASSES = np.array(list("abcdefghij"))

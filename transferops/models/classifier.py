@@ -9,15 +9,12 @@ and run it through :func:`embed_and_classify`.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from transferops.data.pictures import PictureSettings
 from transferops.models.backbones import (
     HEAD,
     build_transform,
@@ -27,38 +24,7 @@ from transferops.models.backbones import (
     is_head_key,
     pooled_features,
 )
-
-WEIGHTS = "model.safetensors"
-CONFIG = "model.json"
-
-
-@dataclass
-class ClassifierConfig:
-    backbone: str
-    classes: list[str]
-    data_config: dict[str, Any]
-    strategy: str
-    extra: dict[str, Any] = field(default_factory=dict)
-    picture: dict[str, Any] = field(default_factory=dict)  # PictureSettings, as trained
-
-    def picture_settings(self) -> PictureSettings:
-        """How files became pictures in training; serving and evaluation do the same."""
-        return PictureSettings.from_dict(self.picture)
-
-    def to_json(self) -> str:
-        config = asdict(self)
-        config["data_config"] = {
-            k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()
-        }
-        return json.dumps(config, indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> ClassifierConfig:
-        config = json.loads(text)
-        config["data_config"] = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in config["data_config"].items()
-        }
-        return cls(**config)
+from transferops.models.saved import CONFIG, WEIGHTS, ClassifierConfig
 
 
 def build_classifier(

@@ -26,16 +26,18 @@ from transferops.data.datasets import ManifestImages, load_rgb
 from transferops.data.imagestats import STAT_NAMES, image_statistics
 from transferops.data.pictures import PictureSettings, shrink, thumbnail
 from transferops.models.bnshift import StageProbe
-from transferops.models.classifier import (
+from transferops.models.classifier import InputSplit, eval_transform
+from transferops.models.saved import (  # noqa: F401  (the stage's file names, used from here)
+    CONFUSION,
+    GROUPS,
+    METRICS,
+    REFERENCE,
+    RELIABILITY,
     ClassifierConfig,
-    InputSplit,
-    eval_transform,
 )
 from transferops.runtime import loader_for, place_model, to_device
 
 log = logging.getLogger(__name__)
-METRICS, REFERENCE = "metrics.json", "reference.npz"
-CONFUSION, RELIABILITY, GROUPS = "confusion.png", "reliability.png", "groups.png"
 NO_GROUP = ""  # how a missing group is stored (string arrays load without pickle)
 
 

@@ -22,7 +22,13 @@ from transferops.data.datasets import ManifestImages
 from transferops.models.backbones import Backbone, classifier_of, stage_namer
 from transferops.models.features import extract_features
 from transferops.models.recipe import PROFILE
-from transferops.models.transferability import bn_domain_distance, knn_probe_accuracy, leep, logme
+from transferops.models.transferability import (
+    bn_domain_distance,
+    knn_probe_accuracy,
+    leep,
+    logme,
+    shift_location,
+)
 from transferops.runtime import loader_for, place_model, to_device
 
 log = logging.getLogger(__name__)
@@ -62,13 +68,6 @@ def bn_statistics(model: torch.nn.Module, loader, device: str) -> tuple[dict, di
         )
     stage = stage_namer(model)
     return target, source, {name: stage(name) for name in layers}
-
-
-def shift_location(distance: dict[str, float]) -> str:
-    """``early`` when the first half of the stages is further from the source than the rest."""
-    values = list(distance.values())
-    half = len(values) // 2
-    return "early" if np.mean(values[:half]) > np.mean(values[half:]) else "late"
 
 
 def source_probabilities(backbone: Backbone, features: np.ndarray) -> np.ndarray:

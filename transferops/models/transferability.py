@@ -11,7 +11,8 @@ Pure functions on arrays, each pinned to its paper:
 - :func:`knn_probe_accuracy`: a k-nearest-neighbour probe on frozen features.
 - :func:`bn_domain_distance`: per BatchNorm layer, the KL divergence between
   the target's activation statistics and the layer's running (source)
-  statistics, averaged per network stage, which says where a shift sits.
+  statistics, averaged per network stage, which says where a shift sits
+  (:func:`shift_location`; monitoring reads the same from served traffic).
 """
 
 from __future__ import annotations
@@ -139,3 +140,10 @@ def bn_domain_distance(
             float(gaussian_kl(mean_t, var_t, mean_s, var_s).mean())
         )
     return {stage: float(np.mean(values)) for stage, values in per_stage.items()}
+
+
+def shift_location(distance: dict[str, float]) -> str:
+    """``early`` when the first half of the stages is further from the source than the rest."""
+    values = list(distance.values())
+    half = len(values) // 2
+    return "early" if np.mean(values[:half]) > np.mean(values[half:]) else "late"

@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 from transferops.config import Params, to_flat_dict
-from transferops.models.classifier import CONFIG, ClassifierConfig
-from transferops.models.evaluation import METRICS
+from transferops.models.saved import CONFIG, METRICS, ClassifierConfig
 from transferops.models.strategy import DECISION
 from transferops.registry.lineage import data_version, git_revision
 

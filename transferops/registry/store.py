@@ -10,8 +10,6 @@ import os
 import shutil
 from pathlib import Path
 
-from transferops.models.classifier import load_classifier
-
 
 def save_model(name: str, files: list[Path], labels: dict[str, str], metadata: dict) -> str:
     """A new version of model ``name`` holding ``files``, labels and metadata; its tag."""
@@ -87,4 +85,6 @@ def resolve_tag(tag: str) -> str:
 
 def load_stored(tag: str):
     """A packaged model and its config, rebuilt from the store (safetensors, no pickle)."""
+    from transferops.models.classifier import load_classifier  # torch: only where one loads
+
     return load_classifier(stored_model_dir(tag))
