@@ -27,11 +27,6 @@ from transferops.data.datasets import read_accepted
 from transferops.data.preparation import regime_of
 from transferops.models.classifier import load_classifier
 from transferops.models.evaluation import (
-    CONFUSION,
-    GROUPS,
-    METRICS,
-    REFERENCE,
-    RELIABILITY,
     evaluation_metrics,
     join_scored,
     plot_confusion,
@@ -42,6 +37,7 @@ from transferops.models.evaluation import (
     thumbnails_of,
     typical_rows,
 )
+from transferops.models.saved import CONFUSION, GROUPS, METRICS, REFERENCE, RELIABILITY
 from transferops.runtime import select_device, set_threads
 
 log = logging.getLogger(__name__)

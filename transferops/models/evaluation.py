@@ -27,14 +27,7 @@ from transferops.data.imagestats import STAT_NAMES, image_statistics
 from transferops.data.pictures import PictureSettings, shrink, thumbnail
 from transferops.models.bnshift import StageProbe
 from transferops.models.classifier import InputSplit, eval_transform
-from transferops.models.saved import (  # noqa: F401  (the stage's file names, used from here)
-    CONFUSION,
-    GROUPS,
-    METRICS,
-    REFERENCE,
-    RELIABILITY,
-    ClassifierConfig,
-)
+from transferops.models.saved import ClassifierConfig
 from transferops.runtime import loader_for, place_model, to_device
 
 log = logging.getLogger(__name__)
