@@ -166,3 +166,4 @@ def test_a_worker_trains_on_a_recorded_data_version_and_runs_the_cron_check(
     emptied = yaml.safe_load((repo / RUN_PARAMS).read_text())
     assert "value" not in json.dumps(emptied), "the run's changes are gone when it ends"
     assert outcome["experiment"] in dvc(repo, "exp", "list", "--name-only")
+    assert outcome["gate"]["reasons"], "the experiment's model faced the gate too"
