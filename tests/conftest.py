@@ -128,7 +128,7 @@ def tiny_params_file(tmp_path: Path) -> Path:
 def train_tiny_project(root: Path) -> Path:
     """The stages, for real, on the tiny dataset under ``root``; returns the params file.
 
-    The packaged model is also exported to ``root/model.bentomodel``.
+    The packaged model is also exported to ``root/model.tar``.
     """
     from tests.commands import run_stage
     from transferops.registry.store import export_model
@@ -140,7 +140,8 @@ def train_tiny_project(root: Path) -> Path:
         # Each stage also records the params it reads (tests/test_layout.py checks dvc.yaml).
         trace = {"TRANSFEROPS_PARAMS_TRACE": str(root / f"params-read-{stage}.jsonl")}
         run_stage(stage, params, env=trace)
-    export_model(packaged_tag(params), root / "model.bentomodel")
+    # .tar: uncompressed. BentoML's own .bentomodel is xz, 10 s of CPU for this tiny model.
+    export_model(packaged_tag(params), root / "model.tar")
     return params
 
 
@@ -176,7 +177,7 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
         stored_model(packaged_tag(params))  # the worker that trained it has it
     except FileNotFoundError:
-        import_model(root / "model.bentomodel")
+        import_model(root / "model.tar")
     return params
 
 

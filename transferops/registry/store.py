@@ -36,7 +36,11 @@ def copy_model(tag: str, change_files) -> str:
 
 
 def export_model(tag: str, path: Path) -> Path:
-    """``tag``'s model as one archive file, to carry into another BentoML store."""
+    """``tag``'s model as one archive file, to carry into another BentoML store.
+
+    The suffix picks the archive: ``.bentomodel`` (BentoML's, xz-compressed),
+    ``.tar`` (uncompressed, the fastest to write), ``.gz``, ``.zip``.
+    """
     import bentoml
 
     return Path(bentoml.models.export_model(tag, str(path)))
