@@ -105,7 +105,8 @@ def test_frozen_stages_and_their_batchnorm_stay_put_and_rates_follow_the_record(
 def test_frozen_batchnorm_mode_keeps_every_running_statistic() -> None:
     model, train, val = small_task(n_train=32, n_val=16)
     before = snapshot(model)
-    fine_tune(model, train, val, config_for("top_blocks", epochs=1))
+    result = fine_tune(model, train, val, config_for("top_blocks", epochs=1))
+    assert result.cached and result.cache_views == 1, "one epoch of one rate reads one view"
     after = snapshot(model)
     statistics = [k for k in before if "running_" in k]
     assert all(torch.equal(before[k], after[k]) for k in statistics)

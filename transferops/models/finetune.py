@@ -105,7 +105,8 @@ def fine_tune(
         _shard(len(train_data), world, cfg.seed),
         train_data,
         val_data,
-        views=cfg.cache_views,
+        # A view no epoch would read is a prefix pass for nothing (one epoch, one rate: one view).
+        views=min(cfg.cache_views, cfg.epochs * len(cfg.lr_scales)),
         cache_mb=cfg.cache_mb,
         batch_size=cfg.batch_size,
         device=cfg.device,
