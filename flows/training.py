@@ -41,7 +41,9 @@ from transferops.registry.packaging import PACKAGE_RECORD
 
 REPO = Path()
 TRAINING_LOCK = Path(".dvc") / "tmp" / "transferops-training.lock"
-NO_ANSWER_S = 5  # tell_service: a service that has not answered at all by then is not running
+# tell_service: a service that has not answered at all by then is not running. Nothing
+# listening at the address (connection refused) says so at once.
+NO_ANSWER_S = 5
 VERSIONS = Path("data") / "versions"  # data versions restored for a run (data_version=...)
 
 
@@ -215,20 +217,22 @@ def tell_service(params: Params, champion_tag: str | None) -> dict:
     headers = {}
     if params.serve.api_key_env:
         headers["X-API-Key"] = os.environ.get(params.serve.api_key_env, "")
-    started, answered = time.monotonic(), False
+    started, answered, refused = time.monotonic(), False, False
     serving = None
     while time.monotonic() - started < params.orchestrate.switch_timeout_s:
         try:
             response = httpx.get(f"{url}/v1/metadata", headers=headers, timeout=5)
             answered = True
             serving = response.json().get("model") if response.status_code == 200 else None
+        except httpx.ConnectError:  # nothing listens there (a starting service loads the champion)
+            serving, refused = None, True
         except (httpx.HTTPError, ValueError):
             serving = None
         if serving == champion_tag:
             waited = time.monotonic() - started
             logger.info("%s serves %s (after %.1f s)", url, champion_tag, waited)
             return {"url": url, "serving": serving, "switched": True, "after_s": round(waited, 1)}
-        if not answered and time.monotonic() - started > NO_ANSWER_S:
+        if not answered and (refused or time.monotonic() - started > NO_ANSWER_S):
             logger.warning(
                 "no service answers at %s; it will load %s when it starts", url, champion_tag
             )

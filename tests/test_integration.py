@@ -131,6 +131,7 @@ def drift_scenario(repo: Path, prefect_api, deployed, first_model: dict) -> dict
     Then the cycle after the retrain: blurred traffic to the new champion, then normal
     traffic again; both are traffic the new champion was trained for.
     """
+    from flows.events import request_retrain
     from flows.monitoring import monitoring_flow
     from transferops.config import load_params
 
@@ -156,6 +157,15 @@ def drift_scenario(repo: Path, prefect_api, deployed, first_model: dict) -> dict
             found["shifted"] = monitoring_flow(retrain=True, new_data=str(drop))
             found["run"] = wait_for_run(api, training_id, known=set(), timeout=500)
             found["served"] = httpx.get(f"{url}/v1/metadata", timeout=10).json()["model"]
+            # The same request again, inside the cooldown: Prefect's trigger must drop it.
+            # Sent now, so that the checks below give it time to start a run, had it one.
+            found["again"] = request_retrain(
+                model_tag=first_model["model_tag"],
+                overrides=found["shifted"]["decision"]["overrides"],
+                new_data=str(drop),
+                why={"reason": "sent again by the test"},
+            )
+            found["again_sent"] = time.monotonic()
             send(url, pool.take(params.monitor.window, "blur"))
             found["after_shifted"] = monitoring_flow(retrain=True)
             send(url, pool.take(params.monitor.window))
@@ -189,6 +199,7 @@ def test_first_model_is_trained_stage_by_stage_and_promoted(
     first = first_model
     api, _ = prefect_api
     assert first["gate"]["promoted"] and first["champion"] == first["model_tag"], "first model"
+    assert first["service"]["switched"] is None, "no service ran yet: it loads the champion"
     assert list(first["stages"]) == STAGES and set(first["stages"].values()) == {"ran"}
     assert first["data_version"].endswith(".dir") and first["data_version"] in first["lock"], (
         "the model's data version is DVC's hash of the prepared dataset"
@@ -214,7 +225,6 @@ def test_first_model_is_trained_stage_by_stage_and_promoted(
 def test_drift_event_retrains_once_and_the_service_switches(
     repo: Path, prefect_api, first_model: dict, drift_scenario: dict, monkeypatch
 ) -> None:
-    from flows.events import request_retrain
     from monitoring.shift import input_level
     from transferops.config import load_params
 
@@ -222,7 +232,7 @@ def test_drift_event_retrains_once_and_the_service_switches(
     monkeypatch.chdir(repo)
     params = load_params(repo / "params.yaml")
     first, found = first_model, drift_scenario
-    training_id, drop, run = found["training_id"], found["drop"], found["run"]
+    training_id, run = found["training_id"], found["run"]
     normal, once, shifted, served = (
         found["normal"],
         found["once"],
@@ -277,21 +287,19 @@ def test_drift_event_retrains_once_and_the_service_switches(
     assert retrained["service"]["switched"] is True
     assert retrained["service"]["serving"] == expected
 
-    # The same request again, inside the cooldown: Prefect's trigger drops it.
-    again = request_retrain(
-        model_tag=first["model_tag"],
-        overrides=decision["overrides"],
-        new_data=str(drop),
-        why={"reason": "sent again by the test"},
-    )
+    # The same request again, inside the cooldown (sent by the scenario after the retrain):
+    # Prefect's trigger dropped it.
+    again = found["again"]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # the server has it...
-        found = api_post(api, "events/filter", {"filter": {"id": {"id": [again["id"]]}}})
-        if found["events"]:
+        events = api_post(api, "events/filter", {"filter": {"id": {"id": [again["id"]]}}})
+        if events["events"]:
             break
         time.sleep(1)
-    assert found["events"], "the second request reached the server"
-    time.sleep(10)  # ...and had time to start a run, had the trigger let it
+    assert events["events"], "the second request reached the server"
+    # ...and had 10 s to start a run, had the trigger let it (the scenario's last checks
+    # ran meanwhile, usually for longer).
+    time.sleep(max(0.0, 10 - (time.monotonic() - found["again_sent"])))
     assert [r["id"] for r in flow_runs(api, training_id)] == [run["id"]], "exactly one retrain"
 
     # Every monitoring run of the scenario left its record (the decision layer's own
