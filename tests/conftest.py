@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -58,6 +59,66 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 SLOW_FIXTURES = {"trained_project", "service_client"}  # the tiny project trains for a minute
+
+# Where the session's own Prefect server logs (set while one runs: see pytest_configure).
+SESSION_PREFECT_LOG = "TRANSFEROPS_TEST_PREFECT_LOG"
+SESSION_SERVER = pytest.StashKey[subprocess.Popen]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, one real Prefect server for the flow runs of the whole session.
+
+    Without one, every process that runs a flow (each worker, each ``transferops
+    train`` a test starts) starts Prefect's temporary server: about 10 s of CPU
+    each. The workers and their subprocesses inherit ``PREFECT_API_URL``; the
+    tests that need a server of their own (deployments, events, a work pool,
+    auth) start it and point at it. A URL already set is used as it is, and a
+    run without workers keeps the temporary servers (no start-up for one test).
+    """
+    if (
+        os.environ.get("PYTEST_XDIST_WORKER")
+        or os.environ.get("PREFECT_API_URL")
+        or not config.getoption("numprocesses", None)
+    ):
+        return
+    from flows.prefect_server import prefect_command, server_env
+    from flows.serving import free_port, spawn
+
+    home, port = Path(os.environ["PREFECT_HOME"]), free_port()
+    log = home / "session-server.log"
+    command = prefect_command("server", "start", "--host", "127.0.0.1", "--port", str(port))
+    config.stash[SESSION_SERVER] = spawn(command, log_file=log, env=server_env(home))
+    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+    os.environ[SESSION_PREFECT_LOG] = str(log)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    process = config.stash.get(SESSION_SERVER, None)
+    if process is not None:
+        from flows.serving import stop_server
+
+        stop_server(process)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_prefect_server() -> None:
+    """Each worker's first test waits for the session's Prefect server (started above)."""
+    log = os.environ.get(SESSION_PREFECT_LOG)
+    if not log:
+        return
+    import time
+
+    import httpx
+
+    health, deadline = os.environ["PREFECT_API_URL"] + "/health", time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(health, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"the session's Prefect server did not answer in 120 s: {log}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
