@@ -68,15 +68,16 @@ def spawn(
 
 
 def wait_ready(
-    url: str, process: subprocess.Popen, timeout: float = 120, name: str = "bentoml serve"
+    url: str, process: subprocess.Popen | None, timeout: float = 120, name: str = "bentoml serve"
 ) -> None:
     """Poll ``url`` (a readiness or health endpoint) until it answers 200.
 
-    Raises RuntimeError when the process exits first, TimeoutError after ``timeout``.
+    Raises RuntimeError when ``process`` (None: one started elsewhere) exits first,
+    TimeoutError after ``timeout``.
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if process is not None and process.poll() is not None:
             raise RuntimeError(f"{name} exited with code {process.returncode}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
