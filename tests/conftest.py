@@ -115,6 +115,46 @@ def session_prefect_server() -> None:
         pytest.fail(f"{err}: {log}")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu`` tests need CUDA: skipped, and saying why, where there is none. A test that
+    needs the trained tiny project is ``slow`` (``make check`` leaves it to ``make test``)."""
+    import torch
+
+    skip = pytest.mark.skip(reason="needs CUDA: benchmarks/gpu_check.sh runs it on a GPU machine")
+    for item in items:
+        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
+            item.add_marker(skip)
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+    heaviest_first(items)
+
+
+LONGEST_GROUP = "test_integration"  # the loop: two trainings, drift, a retrain (5 min on 2 cores)
+
+
+def heaviest_first(items: list[pytest.Item]) -> None:
+    """Order the session so that the long tests start first.
+
+    pytest-xdist hands work out in collection order, so alphabetical order left
+    a two-minute test for the end, run by one worker while the other idled.
+    Long first, the short ones fill in at the end. A group (``xdist_group``)
+    moves as one block, so its module-scoped fixtures are still built once.
+    """
+
+    def rank(item: pytest.Item) -> int:
+        slow, integration = item.get_closest_marker("slow"), item.get_closest_marker("integration")
+        return 0 if slow and integration else 1 if slow else 2 if integration else 3
+
+    def group(item: pytest.Item) -> str:
+        marker = item.get_closest_marker("xdist_group")
+        return marker.args[0] if marker else item.nodeid
+
+    ranks: dict[str, int] = {LONGEST_GROUP: -1}
+    for item in items:
+        ranks[group(item)] = min(ranks.get(group(item), 3), rank(item))
+    items.sort(key=lambda item: ranks[group(item)])
+
+
 def write_params(path: Path, changes: dict[str, object], base: Path = ROOT / "params.yaml") -> Path:
     """Copy the real params.yaml to ``path`` with dotted-key ``changes`` applied."""
     raw = yaml.safe_load(base.read_text())
