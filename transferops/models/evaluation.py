@@ -5,8 +5,7 @@ image, its embedding, probabilities, BatchNorm distances per stage and image
 statistics; the metrics (accuracy, macro-F1, expected calibration error with
 bootstrap intervals, per class, per group) are plain numpy on class names.
 The evaluate stage, the promotion gate and monitoring's reference all use
-them. Plotting imports matplotlib and scikit-learn lazily, so scoring stays
-light.
+them. Plotting imports matplotlib lazily, so scoring stays light.
 """
 
 from __future__ import annotations
