@@ -39,6 +39,27 @@ def server_env(home: Path, api_url: str | None = None) -> dict[str, str]:
     return env
 
 
+def start_prefect_server(
+    home: Path,
+    port: int | None = None,
+    log_file: Path | None = None,
+    settings: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen, str]:
+    """Start ``prefect server start`` with its database under ``home``, without waiting
+    for it; (the process, its API URL). Stop it with ``flows.serving.stop_server``.
+
+    ``settings``: more ``PREFECT_*`` variables for the server.
+    """
+    port = port or free_port()
+    Path(home).mkdir(parents=True, exist_ok=True)
+    process = spawn(
+        prefect_command("server", "start", "--host", "127.0.0.1", "--port", str(port)),
+        log_file=log_file,
+        env={**server_env(home), **(settings or {})},
+    )
+    return process, f"http://127.0.0.1:{port}/api"
+
+
 @contextlib.contextmanager
 def running_prefect_server(
     home: Path,
@@ -47,19 +68,13 @@ def running_prefect_server(
     timeout: float = 120,
     settings: dict[str, str] | None = None,
 ) -> Iterator[str]:
-    """Start ``prefect server start`` with its database under ``home``; yield the API URL.
+    """Start ``prefect server start`` with its database under ``home``; yield the API URL
+    once it answers.
 
     The first start on a new home creates the database (about 10 s here).
     ``settings``: more ``PREFECT_*`` variables for the server.
     """
-    port = port or free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    Path(home).mkdir(parents=True, exist_ok=True)
-    process = spawn(
-        prefect_command("server", "start", "--host", "127.0.0.1", "--port", str(port)),
-        log_file=log_file,
-        env={**server_env(home), **(settings or {})},
-    )
+    process, api = start_prefect_server(home, port, log_file, settings)
     try:
         wait_ready(f"{api}/health", process, timeout, name="prefect server")
         yield api

@@ -81,14 +81,12 @@ def pytest_configure(config: pytest.Config) -> None:
         or not config.getoption("numprocesses", None)
     ):
         return
-    from flows.prefect_server import prefect_command, server_env
-    from flows.serving import free_port, spawn
+    from flows.prefect_server import start_prefect_server
 
-    home, port = Path(os.environ["PREFECT_HOME"]), free_port()
-    log = home / "session-server.log"
-    command = prefect_command("server", "start", "--host", "127.0.0.1", "--port", str(port))
-    config.stash[SESSION_SERVER] = spawn(command, log_file=log, env=server_env(home))
-    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+    log = Path(os.environ["PREFECT_HOME"]) / "session-server.log"
+    process, api = start_prefect_server(Path(os.environ["PREFECT_HOME"]), log_file=log)
+    config.stash[SESSION_SERVER] = process
+    os.environ["PREFECT_API_URL"] = api
     os.environ[SESSION_PREFECT_LOG] = str(log)
 
 
