@@ -61,7 +61,8 @@ from transferops.models.transferability import shift_location
 
 log = logging.getLogger(__name__)
 HISTORY, WORKSPACE, CALIBRATION = "history.jsonl", "workspace", "calibration"
-TESTS_VERSION = 2  # part of a cached calibration's key: 2 added the classifier test
+TESTS_VERSION = 3  # part of a cached calibration's key: 2 added the classifier test, 3 its
+# relabelled draws (monitor.classifier_fits)
 
 
 @dataclass
@@ -192,6 +193,7 @@ def calibrate(
         cfg.calibration_draws,
         params.seed,
         cfg.min_effect,
+        cfg.classifier_fits,
     )
 
 
@@ -208,7 +210,8 @@ def calibration_for(
     held_out = shift.held_out_rows(rows, len(reference))
     key = json.dumps(
         [TESTS_VERSION, held_out, len(reference), cfg.false_alarm_rate, cfg.calibration_draws,
-         cfg.embedding_components, cfg.max_rows, cfg.min_effect, params.seed],
+         cfg.classifier_fits, cfg.embedding_components, cfg.max_rows, cfg.min_effect,
+         params.seed],
     )  # fmt: skip
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     path = (

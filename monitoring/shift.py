@@ -36,6 +36,14 @@ square root of that); an image-statistic threshold is never below
 ``min_effect`` reference SDs; the p-value threshold is never looser than
 ``false_alarm_rate`` itself.
 
+The classifier is fitted in the first ``classifier_fits`` draws only; the
+other draws shuffle the window/reference sides of those fits' held-out rows
+(``relabelled_aucs``). With no shift the sides are exchangeable, so a shuffle
+is a draw from the AUC's null distribution given that fit: the same
+distribution at a tenth of the fits (the fits were most of a calibration's
+time). The shuffled draws are independent of the other tests' values in the
+same draw, which leaves the family's rate at most the set one.
+
 The per-stage BatchNorm distances (``transferops/models/bnshift.py``) do not vote:
 they say where a shift sits, early (input-level) or late (semantic).
 """
@@ -46,7 +54,7 @@ import operator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy.stats import chisquare, wasserstein_distance
+from scipy.stats import chisquare, rankdata, wasserstein_distance
 from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
@@ -177,6 +185,25 @@ def _mmd2u_from_kernel(k: np.ndarray, m: int) -> float:
     )
 
 
+def _mmd2u_of_split(k: np.ndarray, held_in: np.ndarray) -> float:
+    """``_mmd2u_from_kernel`` for the ``held_in`` rows of ``k`` against the rest, in place:
+    the blocks' sums from one matrix-vector product, not a reordered copy of ``k``."""
+    inside = np.zeros(len(k))
+    inside[held_in] = 1.0
+    m, n = len(held_in), len(k) - len(held_in)
+    k_inside = k @ inside
+    xx = inside @ k_inside
+    xy = k_inside.sum() - xx
+    yy = k.sum() - xx - 2 * xy
+    diagonal = np.diagonal(k)
+    trace_in = diagonal[held_in].sum()
+    return float(
+        (xx - trace_in) / (m * (m - 1))
+        + (yy - (diagonal.sum() - trace_in)) / (n * (n - 1))
+        - 2 * xy / (m * n)
+    )
+
+
 def mmd2u(current: np.ndarray, reference: np.ndarray) -> float:
     """Evidently's MMD statistic (clipped at 0), for up to 1,000 rows a side."""
     sigma2 = np.median(np.sqrt(sq_dists(reference, current))) ** 2
@@ -185,19 +212,42 @@ def mmd2u(current: np.ndarray, reference: np.ndarray) -> float:
     return max(_mmd2u_from_kernel(kernel, len(reference)), 0.0)
 
 
-def classifier_auc(current: np.ndarray, reference: np.ndarray) -> float:
-    """Evidently's ``ModelDriftMethod`` statistic: ROC AUC of a logistic-loss SGD classifier
-    told reference (1) from window (0), fitted on a seeded half of both, scored on the other.
-
-    0.5: the two look alike to a linear classifier; 1: told apart every time.
-    """
+def classifier_scores(current: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Evidently's ``ModelDriftMethod`` classifier: a logistic-loss SGD classifier told
+    reference (1) from window (0), fitted on a seeded half of both; its scores on the
+    other half, and which side each of those rows came from."""
     rows = np.vstack([reference, current]).astype(np.float64)
     target = np.r_[np.ones(len(reference), int), np.zeros(len(current), int)]
     fit_rows, held_rows, fit_target, held_target = train_test_split(
         rows, target, test_size=0.5, random_state=42, shuffle=True
     )
     model = SGDClassifier(loss="log_loss", random_state=42).fit(fit_rows, fit_target)
-    return float(roc_auc_score(held_target, model.predict_proba(held_rows)[:, 1]))
+    return model.predict_proba(held_rows)[:, 1], held_target
+
+
+def classifier_auc(current: np.ndarray, reference: np.ndarray) -> float:
+    """Evidently's ``ModelDriftMethod`` statistic: the ROC AUC of ``classifier_scores``.
+
+    0.5: the two look alike to a linear classifier; 1: told apart every time.
+    """
+    return float(roc_auc_score(*classifier_scores(current, reference)[::-1]))
+
+
+def relabelled_aucs(
+    scores: np.ndarray, sides: np.ndarray, count: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``count`` AUCs of one fitted classifier's held-out ``scores`` with ``sides`` shuffled.
+
+    With no shift, the held-out rows' sides are a random assignment, independent
+    of a classifier fitted on the other half: shuffling them draws from the AUC's
+    exact null distribution given that classifier. Ties count half, as in
+    ``roc_auc_score`` (the SGD classifier saturates: often half its scores are
+    exactly 1, which makes its AUC far less spread than the tie-free formula says).
+    """
+    ranks = rankdata(scores)
+    positives, n = int(sides.sum()), len(sides)
+    chosen = rng.random((count, n)).argsort(1)[:, :positives]
+    return (ranks[chosen].sum(1) - positives * (positives + 1) / 2) / (positives * (n - positives))
 
 
 def wasserstein_norm(current: np.ndarray, reference: np.ndarray) -> float:
@@ -254,8 +304,15 @@ def calibrate(
     draws: int,
     seed: int,
     min_effect: float = 0.1,
+    classifier_fits: int | None = None,
 ) -> Calibration:
-    """Thresholds under which an unshifted window of ``window`` rows alarms at the set rate."""
+    """Thresholds under which an unshifted window of ``window`` rows alarms at the set rate.
+
+    The classifier is fitted in the first ``classifier_fits`` draws only (all by
+    default): its fits are nearly all of the calibration's time. Every later
+    draw takes its classifier value from one of those fits, its held-out sides
+    shuffled (``relabelled_aucs``): a draw from the same null distribution.
+    """
     rng = np.random.default_rng(seed)
     total = len(reference)
     held_out = held_out_rows(window, total)
@@ -265,19 +322,28 @@ def calibrate(
     columns = [stat_names.index(name) for name in tested]
     sq = sq_dists(reference.embeddings, reference.embeddings)
     values = np.empty((draws, len(tests)))
+    fits = min(classifier_fits or draws, draws) if classifier else 0
+    fitted: list[tuple[np.ndarray, np.ndarray]] = []  # per fit: held-out scores, sides
     for d in range(draws):
         order = rng.permutation(total)
         held_in, out = order[held_out:], order[:held_out]
         sigma2 = np.median(np.sqrt(sq[np.ix_(held_in, out)])) ** 2
-        arranged = np.concatenate([held_in, out])
-        kernel = np.exp(-sq[np.ix_(arranged, arranged)] / sigma2)
-        row = [_mmd2u_from_kernel(kernel, len(held_in))]
-        ref_part, cur_part = reference.take(held_in), reference.take(out)
-        if classifier:
-            row.append(classifier_auc(cur_part.features, ref_part.features))
-        row += [wasserstein_norm(cur_part.stats[:, i], ref_part.stats[:, i]) for i in columns]
-        row.append(chisquare_p(cur_part.predictions, ref_part.predictions))
+        row = [_mmd2u_of_split(np.exp(sq * (-1 / sigma2)), held_in)]
+        if d < fits:
+            fitted.append(classifier_scores(reference.features[out], reference.features[held_in]))
+            row.append(roc_auc_score(fitted[-1][1], fitted[-1][0]))
+        elif classifier:
+            row.append(np.nan)  # drawn from the fits below
+        ref_stats, cur_stats = reference.stats[held_in], reference.stats[out]
+        row += [wasserstein_norm(cur_stats[:, i], ref_stats[:, i]) for i in columns]
+        row.append(chisquare_p(reference.predictions[out], reference.predictions[held_in]))
         values[d] = [_extremeness(t, v) for t, v in zip(tests, row, strict=True)]
+    if fits < draws and classifier:
+        shuffles = np.random.default_rng([seed, 1])  # its own stream: the other draws unchanged
+        later, column = np.arange(fits, draws), tests.index(CLASSIFIER)
+        for j, (scores, sides) in enumerate(fitted):
+            rows = later[later % fits == j]
+            values[rows, column] = relabelled_aucs(scores, sides, len(rows), shuffles)
     # Tail rank of each draw within each test; the family fires on the smallest.
     ranks = (values[None, :, :] >= values[:, None, :]).sum(1) / draws  # (draws, tests)
     tau = np.quantile(ranks.min(1), false_alarm_rate, method="lower")

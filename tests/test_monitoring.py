@@ -90,6 +90,30 @@ def test_unshifted_windows_stay_quiet_at_the_calibrated_rate_and_shift_fires() -
     assert all(shifted)
 
 
+def test_relabelled_classifier_draws_are_its_aucs_and_share_its_null() -> None:
+    """A shuffled draw is the AUC roc_auc_score gives those sides (ties count half), and
+    shuffles of a few fits spread like new fits on unshifted data."""
+    from scipy.stats import ks_2samp
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(6)
+    scores = np.r_[np.ones(30), np.zeros(10), rng.random(40)]  # saturated: many ties
+    sides = np.r_[np.ones(50, int), np.zeros(30, int)]
+    drawn = shift.relabelled_aucs(scores, sides, 5, np.random.default_rng(1))
+    chosen = np.random.default_rng(1).random((5, 80)).argsort(1)[:, :50]
+    for value, rows in zip(drawn, chosen, strict=True):
+        shuffled = np.zeros(80, int)
+        shuffled[rows] = 1
+        assert value == pytest.approx(roc_auc_score(shuffled, scores), abs=1e-12)
+
+    features = synthetic(rng, 300).features
+    splits = [rng.permutation(300) for _ in range(150)]
+    fitted = [shift.classifier_auc(features[s[:60]], features[s[60:]]) for s in splits]
+    few = [shift.classifier_scores(features[s[:60]], features[s[60:]]) for s in splits[:10]]
+    relabelled = np.concatenate([shift.relabelled_aucs(*f, 15, rng) for f in few])
+    assert ks_2samp(fitted, relabelled).pvalue > 0.01
+
+
 def test_windows_over_half_the_reference_share_one_cached_calibration(tmp_path: Path) -> None:
     """One set of draws serves every window of at least half the reference, rescaled to its
     size exactly as calibrating for that size would give, and is computed once."""
@@ -104,7 +128,7 @@ def test_windows_over_half_the_reference_share_one_cached_calibration(tmp_path: 
     for rows in (100, 130, 400):
         direct = shift.calibrate(
             reference, rows, STATS, params.monitor.false_alarm_rate, 100, params.seed,
-            params.monitor.min_effect,
+            params.monitor.min_effect, params.monitor.classifier_fits,
         )  # fmt: skip
         shared = calibration_for(reference, rows, STATS, params, "model:tag")
         assert shared.window == rows

@@ -297,6 +297,7 @@ class MonitorParams(Section):
     false_alarm_rate: Probability
     min_effect: Annotated[float, Field(ge=0, le=10)]
     calibration_draws: Annotated[int, Field(ge=100, le=100_000)]
+    classifier_fits: Annotated[int, Field(ge=1, le=100_000)] = 50
     min_regime_rows: Annotated[int, Field(ge=20)]
     gallery: Annotated[int, Field(ge=0, le=32)] = 8
     bias: BiasParams
