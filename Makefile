@@ -52,12 +52,16 @@ $(UV): requirements.lock
 	$(PY) -m pip install -qq --disable-pip-version-check uv==$(UV_VERSION)
 	touch $(UV)
 
-# --compile-bytecode: uv, unlike pip, writes no .pyc by default. Where PYTHONDONTWRITEBYTECODE
-# is set (this machine, many CI images) Python then compiles torch, timm, Prefect... from
-# source in every process: `import pipelines.train` 10.6 s instead of 4.5 (docs/benchmarks.md).
+# Bytecode: uv, unlike pip, writes no .pyc at install. Compiling the whole environment there
+# (--compile-bytecode: 41,000 files) took a minute of a fresh install; transferops imports
+# about 5,000 of them. So Python compiles a module the first time a command make runs
+# imports it, and keeps the .pyc: PYTHONDONTWRITEBYTECODE (set on this machine and many CI
+# images) is not passed on. Had no process written them, every one would compile torch,
+# timm, Prefect... from source: `import pipelines.train` 10.6 s instead of 4.5.
+unexport PYTHONDONTWRITEBYTECODE
 $(STAMP): pyproject.toml requirements.lock $(UV)
-	$(UV) pip sync --quiet --compile-bytecode --python $(PY) requirements.lock
-	$(UV) pip install --quiet --compile-bytecode --python $(PY) --no-deps -e .
+	$(UV) pip sync --quiet --python $(PY) requirements.lock
+	$(UV) pip install --quiet --python $(PY) --no-deps -e .
 	@$(PY) -m pip check || { echo "pyproject.toml asks for more than requirements.lock pins:"; \
 		echo "run 'make lock', then 'make install'"; exit 1; }
 	touch $(STAMP)
