@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from monitoring.shift import sq_dists
 from transferops.figures import plt, save_figure
@@ -92,35 +93,50 @@ def build(
     return gallery
 
 
+FRAME = 3  # px around every image: red around the window's, white around the reference's
+GAP = 8  # px between images; three times that between the window's and the reference's
+
+
+def _framed(picture: np.ndarray, side: int, colour: tuple[int, int, int]) -> np.ndarray:
+    """``picture`` centred on a white ``side`` x ``side`` square, in a ``FRAME`` of ``colour``."""
+    rgb = np.asarray(Image.fromarray(np.asarray(picture, np.uint8)).convert("RGB"))
+    cell = np.full((side + 2 * FRAME, side + 2 * FRAME, 3), 255, np.uint8)
+    cell[:FRAME], cell[-FRAME:], cell[:, :FRAME], cell[:, -FRAME:] = colour, colour, colour, colour
+    h, w = min(rgb.shape[0], side), min(rgb.shape[1], side)
+    top, left = FRAME + (side - h) // 2, FRAME + (side - w) // 2
+    cell[top : top + h, left : left + w] = rgb[:h, :w]
+    return cell
+
+
 def plot(gallery: Gallery, path: Path) -> Path:
-    """One row per odd image: the image, then typical reference images of its predicted class."""
-    rows, columns = len(gallery.entries), 1 + SHOWN_TYPICAL
-    fig, axes = plt.subplots(
-        rows, columns, figsize=(1.9 * columns + 1.6, 1.75 * rows + 0.6), squeeze=False
-    )
-    for r, (entry, picture) in enumerate(zip(gallery.entries, gallery.pictures, strict=True)):
+    """One row per odd image: the image, then typical reference images of its predicted class.
+
+    Drawn as one picture on one axis: an axis per image (32 of them in a full
+    gallery) took about a second to lay out and save.
+    """
+    rows = [[picture, *gallery.typical.get(e["predicted"], [])[:SHOWN_TYPICAL]]
+            for e, picture in zip(gallery.entries, gallery.pictures, strict=True)]  # fmt: skip
+    side = max(np.asarray(p).shape[0] for row in rows for p in row)
+    cell = side + 2 * FRAME
+    lefts = [0] + [cell + 3 * GAP + c * (cell + GAP) for c in range(SHOWN_TYPICAL)]
+    canvas = np.full((len(rows) * (cell + GAP) - GAP, lefts[-1] + cell, 3), 255, np.uint8)
+    for r, row in enumerate(rows):
+        top = r * (cell + GAP)
+        for c, picture in enumerate(row):
+            colour = (176, 0, 32) if c == 0 else (255, 255, 255)
+            canvas[top : top + cell, lefts[c] : lefts[c] + cell] = _framed(picture, side, colour)
+    scale = 1.75 / (cell + GAP)  # inches per pixel: a row as tall as before
+    fig, axis = plt.subplots(figsize=(canvas.shape[1] * scale + 1.6, canvas.shape[0] * scale + 0.9))
+    axis.imshow(canvas, interpolation="nearest")
+    axis.set_axis_off()
+    for r, entry in enumerate(gallery.entries):
         label = f"'{entry['predicted']}'\n{entry['unfamiliarity']:.1f}x"
         if entry["group"]:
             label += f"\n{entry['group']}"
-        cells = [picture, *gallery.typical.get(entry["predicted"], [])]
-        for c in range(columns):
-            axis = axes[r, c]
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if c < len(cells):
-                axis.imshow(cells[c])
-            else:
-                axis.set_axis_off()
-            if c == 0:
-                axis.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-                for spine in axis.spines.values():
-                    spine.set_color("#b00020")
-                    spine.set_linewidth(2)
-        if r == 0:
-            axes[0, 0].set_title("this window", fontsize=9)
-            axes[0, 1].set_title(
-                "reference: typical of the predicted class", fontsize=9, loc="left"
-            )
-    fig.suptitle(gallery.title, fontsize=10)
+        middle = r * (cell + GAP) + cell / 2
+        axis.text(-GAP, middle, label, ha="right", va="center", fontsize=8)
+    axis.text(cell / 2, -GAP, "this window", ha="center", va="bottom", fontsize=9)
+    axis.text(lefts[1], -GAP, "reference: typical of the predicted class", va="bottom", fontsize=9)
+    axis.set_title(gallery.title, fontsize=10, pad=GAP * scale * 72 + 16)  # over the column titles
     save_figure(fig, path)
     return path

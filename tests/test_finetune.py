@@ -8,6 +8,7 @@ two-process DDP on CPU (gloo) must split the data and agree on the weights.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ import pytest
 import torch
 import yaml
 
+from tests.commands import run_stage
 from tests.conftest import FASHION_MNIST, ROOT, TINY, absolute_paths, write_params
 from transferops.data.datasets import ArrayImages, load_fashion_mnist
 from transferops.models.backbones import (
@@ -229,21 +231,15 @@ def finetune_project(trained_project: Path, tmp_path_factory: pytest.TempPathFac
             "train.patience": 0,
         },
     )
-    stage(params, "strategy")
+    run_stage("strategy", params)
     return params
 
 
-def stage(params: Path, name: str, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"pipelines.{name}", "--params", str(params), *extra],
-        cwd=params.parent,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-
-
-def test_killed_training_resumes_where_it_stopped(finetune_project: Path, tmp_path: Path) -> None:
+def test_killed_training_resumes_where_it_stopped(
+    finetune_project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Killed with SIGKILL mid-run (a process of its own); resumed and the uninterrupted
+    run are stages run in this process (tests/commands.py)."""
     paths = yaml.safe_load(finetune_project.read_text())["paths"]
     checkpoint = Path(paths["checkpoints"]) / CHECKPOINT
     shutil.rmtree(paths["checkpoints"], ignore_errors=True)
@@ -262,8 +258,9 @@ def test_killed_training_resumes_where_it_stopped(finetune_project: Path, tmp_pa
     stopped_at = torch.load(checkpoint, weights_only=True)["epoch"]
     assert 1 <= stopped_at < 6, "killed mid-run"
 
-    resumed = stage(finetune_project, "train")
-    assert f"resuming from the checkpoint after epoch {stopped_at}" in resumed.stderr
+    with caplog.at_level(logging.INFO, logger="transferops.models.finetune"):
+        run_stage("train", finetune_project)
+    assert f"resuming from the checkpoint after epoch {stopped_at}" in caplog.text
     metrics = json.loads((Path(paths["train_log"]) / "metrics.json").read_text())
     assert metrics["finetune"]["resumed_from"] == stopped_at
     history = torch.load(checkpoint, weights_only=True)["history"]
@@ -280,7 +277,7 @@ def test_killed_training_resumes_where_it_stopped(finetune_project: Path, tmp_pa
         },
         base=finetune_project,
     )
-    stage(fresh, "train")
+    run_stage("train", fresh)
     fresh_metrics = json.loads((tmp_path / "dvclive" / "metrics.json").read_text())
     assert fresh_metrics["finetune"]["resumed_from"] == 0
     assert metrics["finetune"]["best_val_accuracy"] == pytest.approx(
@@ -310,7 +307,7 @@ def test_the_train_stage_itself_runs_under_torchrun(trained_project: Path, tmp_p
         )
     changes = {"strategy.force": "top_blocks", "train.epochs": 1, "train.batch_size": 16}
     params = write_params(tmp_path / "params.yaml", TINY | absolute_paths(tmp_path) | changes)
-    stage(params, "strategy")
+    run_stage("strategy", params)
     env = {
         **os.environ,
         "GLOO_SOCKET_IFNAME": "lo",
