@@ -42,7 +42,8 @@ other draws shuffle the window/reference sides of those fits' held-out rows
 is a draw from the AUC's null distribution given that fit: the same
 distribution at a tenth of the fits (the fits were most of a calibration's
 time). The shuffled draws are independent of the other tests' values in the
-same draw, which leaves the family's rate at most the set one.
+same draw; where the tests move together on unusual draws, that makes the
+family's thresholds slightly stricter, not looser.
 
 The per-stage BatchNorm distances (``transferops/models/bnshift.py``) do not vote:
 they say where a shift sits, early (input-level) or late (semantic).
