@@ -175,20 +175,9 @@ def sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(d, 0)
 
 
-def _mmd2u_from_kernel(k: np.ndarray, m: int) -> float:
-    """MMD²_u with the first ``m`` rows/columns of ``k`` the reference, the rest the window."""
-    n = len(k) - m
-    kx, ky, kxy = k[:m, :m], k[m:, m:], k[:m, m:]
-    return float(
-        (kx.sum() - np.trace(kx)) / (m * (m - 1))
-        + (ky.sum() - np.trace(ky)) / (n * (n - 1))
-        - 2 * kxy.sum() / (m * n)
-    )
-
-
 def _mmd2u_of_split(k: np.ndarray, held_in: np.ndarray) -> float:
-    """``_mmd2u_from_kernel`` for the ``held_in`` rows of ``k`` against the rest, in place:
-    the blocks' sums from one matrix-vector product, not a reordered copy of ``k``."""
+    """MMD²_u of the ``held_in`` rows of kernel ``k`` (the reference) against the rest (the
+    window): the blocks' sums from one matrix-vector product, not a reordered copy of ``k``."""
     inside = np.zeros(len(k))
     inside[held_in] = 1.0
     m, n = len(held_in), len(k) - len(held_in)
@@ -210,7 +199,7 @@ def mmd2u(current: np.ndarray, reference: np.ndarray) -> float:
     sigma2 = np.median(np.sqrt(sq_dists(reference, current))) ** 2
     both = np.vstack([reference, current])
     kernel = np.exp(-sq_dists(both, both) / sigma2)
-    return max(_mmd2u_from_kernel(kernel, len(reference)), 0.0)
+    return max(_mmd2u_of_split(kernel, np.arange(len(reference))), 0.0)
 
 
 def classifier_scores(current: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -231,7 +220,8 @@ def classifier_auc(current: np.ndarray, reference: np.ndarray) -> float:
 
     0.5: the two look alike to a linear classifier; 1: told apart every time.
     """
-    return float(roc_auc_score(*classifier_scores(current, reference)[::-1]))
+    scores, sides = classifier_scores(current, reference)
+    return float(roc_auc_score(sides, scores))
 
 
 def relabelled_aucs(
@@ -331,8 +321,9 @@ def calibrate(
         sigma2 = np.median(np.sqrt(sq[np.ix_(held_in, out)])) ** 2
         row = [_mmd2u_of_split(np.exp(sq * (-1 / sigma2)), held_in)]
         if d < fits:
-            fitted.append(classifier_scores(reference.features[out], reference.features[held_in]))
-            row.append(roc_auc_score(fitted[-1][1], fitted[-1][0]))
+            scores, sides = classifier_scores(reference.features[out], reference.features[held_in])
+            fitted.append((scores, sides))
+            row.append(roc_auc_score(sides, scores))
         elif classifier:
             row.append(np.nan)  # drawn from the fits below
         ref_stats, cur_stats = reference.stats[held_in], reference.stats[out]

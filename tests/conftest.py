@@ -84,8 +84,9 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     from flows.prefect_server import start_prefect_server
 
-    log = Path(os.environ["PREFECT_HOME"]) / "session-server.log"
-    process, api = start_prefect_server(Path(os.environ["PREFECT_HOME"]), log_file=log)
+    home = Path(os.environ["PREFECT_HOME"])
+    log = home / "session-server.log"
+    process, api = start_prefect_server(home, log_file=log)
     config.stash[SESSION_SERVER] = process
     os.environ["PREFECT_API_URL"] = api
     os.environ[SESSION_PREFECT_LOG] = str(log)
