@@ -16,9 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-
-from flows.serving import free_port, spawn, stop_server, wait_ready
+from flows.serving import free_port, http_client, spawn, stop_server, wait_ready
 
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 
@@ -83,7 +81,7 @@ def running_prefect_server(
 
 
 def api_get(api: str, path: str) -> dict | list:
-    response = httpx.get(f"{api}/{path}", timeout=10)
+    response = http_client().get(f"{api}/{path}")
     response.raise_for_status()
     return response.json()
 
@@ -92,7 +90,7 @@ def api_post(api: str, path: str, body: dict, attempts: int = 5) -> dict | list:
     """POST to the Prefect API; a 503 (the server busy, e.g. its SQLite database
     locked while a worker writes) is asked again after 1, 2, 4, 8 s."""
     for attempt in range(attempts):
-        response = httpx.post(f"{api}/{path}", json=body, timeout=10)
+        response = http_client().post(f"{api}/{path}", json=body)
         if response.status_code != 503 or attempt == attempts - 1:
             break
         time.sleep(2**attempt)
@@ -103,7 +101,7 @@ def api_post(api: str, path: str, body: dict, attempts: int = 5) -> dict | list:
 def deployment(api: str, name: str) -> dict | None:
     """A deployment by ``flow/deployment`` name, or None while it is not registered."""
     flow, _, short = name.partition("/")
-    response = httpx.get(f"{api}/deployments/name/{flow}/{short}", timeout=10)
+    response = http_client().get(f"{api}/deployments/name/{flow}/{short}")
     return response.json() if response.status_code == 200 else None
 
 

@@ -26,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.data import add_dataset, checkout_version, require_passed
 from flows.dvc import DvcError, pipeline_stages, run_dvc
 from flows.records import recorded_run
+from flows.serving import http_client
 from transferops.config import (
     DEFAULT_PARAMS,
     Params,
@@ -221,7 +222,7 @@ def tell_service(params: Params, champion_tag: str | None) -> dict:
     serving = None
     while time.monotonic() - started < params.orchestrate.switch_timeout_s:
         try:
-            response = httpx.get(f"{url}/v1/metadata", headers=headers, timeout=5)
+            response = http_client().get(f"{url}/v1/metadata", headers=headers, timeout=5)
             answered = True
             serving = response.json().get("model") if response.status_code == 200 else None
         except httpx.ConnectError:  # nothing listens there (a starting service loads the champion)

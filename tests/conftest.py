@@ -39,6 +39,7 @@ TINY = {
     "train.probe_epochs": 30,
     "train.min_steps": 4,  # fine-tuning strategies: a few steps, not 80
     "train.lr": 0.003,
+    "train.lr_race": [1],  # one fine-tuning candidate: the race has its own tests (test_finetune)
     "serve.max_images": 16,  # small limits, so the refusal tests stay small
     "serve.max_image_bytes": 2_000_000,
     "serve.max_pixels": 10_000_000,

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from flows.data import add_dataset, checkout_version
-from flows.serving import free_port, stop_server
+from flows.serving import free_port, http_client, stop_server
 from flows.workspace import create_workspace
 from tests.conftest import ROOT, TINY, write_params
 from tests.imagefiles import clean_folder
@@ -49,7 +49,7 @@ def s3_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                httpx.get(url, timeout=2)
+                http_client().get(url, timeout=2)
                 break
             except httpx.HTTPError:
                 time.sleep(0.3)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from flows.serving import free_port
+from flows.serving import free_port, http_client
 from monitoring import evidently_report, shift
 from monitoring.bias import Side, group_gaps
 from monitoring.drift import (
@@ -405,13 +405,15 @@ def assert_in_evidently_ui(workspace: Path, runs: int) -> None:
         deadline = time.monotonic() + 60
         while True:
             try:
-                projects = httpx.get(f"http://127.0.0.1:{port}/api/projects", timeout=5).json()
+                projects = http_client().get(f"http://127.0.0.1:{port}/api/projects").json()
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "evidently ui did not start in 60 s"
                 time.sleep(0.5)
         project = next(p for p in projects if p["name"] == evidently_report.PROJECT)
-        listed = httpx.get(f"http://127.0.0.1:{port}/api/projects/{project['id']}/snapshots")
+        listed = http_client().get(
+            f"http://127.0.0.1:{port}/api/projects/{project['id']}/snapshots"
+        )
         assert len(listed.json()) == runs, "each check with a report is in the UI"
     finally:
         server.terminate()

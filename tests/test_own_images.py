@@ -143,7 +143,6 @@ def test_the_readme_walk_on_a_real_image_folder(tmp_path: Path) -> None:
         | {
             "data.source": str(images),
             "orchestrate.service_url": f"http://127.0.0.1:{port}",
-            "train.lr_race": [1],  # one candidate: the race has tests of its own
         },
         base=repo / "params.yaml",
     )
