@@ -19,7 +19,7 @@ import yaml
 from flows.data import add_dataset, checkout_version
 from flows.serving import free_port, http_client, stop_server
 from flows.workspace import create_workspace
-from tests.conftest import ROOT, TINY, write_params
+from tests.conftest import ROOT, TINY, own_prefect_server, write_params
 from tests.imagefiles import clean_folder
 from transferops.config import load_params
 
@@ -160,10 +160,8 @@ def test_the_compose_prefect_api_is_local_and_authenticated_with_secrets_from_th
 @pytest.mark.integration
 def test_a_prefect_server_with_an_auth_string_refuses_callers_without_it(tmp_path: Path) -> None:
     """What the compose file sets, on a real server: no string, no API."""
-    from flows.prefect_server import running_prefect_server
-
     secret = {"PREFECT_SERVER_API_AUTH_STRING": "admin:s3cret-for-test"}
-    with running_prefect_server(tmp_path / "home", settings=secret) as api:
+    with own_prefect_server(tmp_path / "home", settings=secret) as api:
         anonymous = httpx.post(f"{api}/flows/filter", json={}, timeout=10)
         wrong = httpx.post(f"{api}/flows/filter", json={}, auth=("admin", "guess"), timeout=10)
         admitted = httpx.post(

@@ -25,14 +25,13 @@ from flows.prefect_server import (
     api_post,
     flow_runs,
     running_deployments,
-    running_prefect_server,
     wait_for_run,
 )
 from flows.serving import free_port, running_service
 from flows.workspace import create_workspace
 from services.client import send
 from tests.browser import chromium, loaded_width
-from tests.conftest import ROOT, TINY, write_params
+from tests.conftest import ROOT, TINY, own_prefect_server, write_params
 from transferops.data.shifts import HeldOutPool, write_labelled_drop
 from transferops.logs.runs import read_records
 
@@ -66,7 +65,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory):
 
     home = tmp_path_factory.mktemp("prefect-home")
     EventsWorker.drain_all(timeout=10)  # no events client from an earlier server lingers
-    with running_prefect_server(home, log_file=home / "server.log") as api:
+    with own_prefect_server(home, log_file=home / "server.log") as api:
         with temporary_settings(updates={PREFECT_API_URL: api}):
             yield api, home
         EventsWorker.drain_all(timeout=10)

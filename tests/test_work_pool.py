@@ -31,13 +31,12 @@ from flows.prefect_server import (
     api_post,
     deployment,
     prefect_command,
-    running_prefect_server,
     server_env,
     wait_for_run,
 )
 from flows.serving import stop_server
 from flows.workspace import create_workspace
-from tests.conftest import ROOT, TINY, write_params
+from tests.conftest import ROOT, TINY, own_prefect_server, write_params
 from transferops.config import RUN_PARAMS, load_params
 from transferops.data.datasets import read_manifest
 from transferops.data.shifts import HeldOutPool, write_labelled_drop
@@ -90,7 +89,7 @@ def test_a_worker_trains_on_a_recorded_data_version_and_runs_the_cron_check(
     home = tmp_path / "prefect-home"
     scheduler = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}  # default: 60
     picks = {"PREFECT_WORKER_QUERY_SECONDS": "2"}  # the worker looks for runs; default: 10
-    with running_prefect_server(home, log_file=tmp_path / "server.log", settings=scheduler) as api:
+    with own_prefect_server(home, log_file=tmp_path / "server.log", settings=scheduler) as api:
         env = {**os.environ, **server_env(home, api), **picks}
 
         def run(*command: str) -> str:
