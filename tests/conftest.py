@@ -121,34 +121,43 @@ def session_prefect_server() -> None:
         wait_ready(health, None, timeout=120, name="the session's Prefect server")
     except TimeoutError as err:
         pytest.fail(f"{err}: {log}")
+    # Every worker passes here before its first test: nothing has written to it yet.
+    keep_empty_database(Path(os.environ["PREFECT_HOME"]) / "prefect.db")
+
+
+EMPTY_PREFECT_DB = SESSION_DIR / "empty-prefect.db"
 
 
 @contextlib.contextmanager
 def own_prefect_server(home: Path, **options) -> Iterator[str]:
     """A test's own real Prefect server (``running_prefect_server`` with ``options``),
-    started on a copy of an empty database when an earlier test's server left one.
+    started on a copy of the session's empty database when there is one.
 
     A first start creates the database through Prefect's migrations: 10 of its 16 s
-    of CPU here. So the session's first such server copies its database as soon as
-    it answers, before its test writes anything, and later ones start on a copy
-    (7 s of CPU).
+    of CPU here; on a copy, a start is about 7 s. The copy is of the session's server
+    before any test wrote to it (under pytest-xdist), or else of the first test server.
     """
     from flows.prefect_server import running_prefect_server
     from transferops.files import locked
 
-    template = SESSION_DIR / "empty-prefect.db"
     database = Path(home) / "prefect.db"  # Prefect's default: sqlite under PREFECT_HOME
     database.parent.mkdir(parents=True, exist_ok=True)
-    with locked(template.with_suffix(".lock")):
-        seeded = template.is_file()
-        if seeded:
-            shutil.copyfile(template, database)
+    with locked(EMPTY_PREFECT_DB.with_suffix(".lock")):
+        if EMPTY_PREFECT_DB.is_file():
+            shutil.copyfile(EMPTY_PREFECT_DB, database)
     with running_prefect_server(home, **options) as api:
-        if not seeded:
-            with locked(template.with_suffix(".lock")):
-                if not template.is_file():
-                    sqlite_copy(database, template)
+        keep_empty_database(database)  # its test has not written yet
         yield api
+
+
+def keep_empty_database(database: Path) -> None:
+    """Keep a copy of ``database``, a Prefect server's that no test has written to yet,
+    as the session's empty one, unless there is one already."""
+    from transferops.files import locked
+
+    with locked(EMPTY_PREFECT_DB.with_suffix(".lock")):
+        if not EMPTY_PREFECT_DB.is_file():
+            sqlite_copy(database, EMPTY_PREFECT_DB)
 
 
 def sqlite_copy(source: Path, target: Path) -> None:
