@@ -155,6 +155,8 @@ def keep_empty_database(database: Path) -> None:
     as the session's empty one, unless there is one already."""
     from transferops.files import locked
 
+    if not database.is_file():  # a server configured to keep its database elsewhere
+        return
     with locked(EMPTY_PREFECT_DB.with_suffix(".lock")):
         if not EMPTY_PREFECT_DB.is_file():
             sqlite_copy(database, EMPTY_PREFECT_DB)
