@@ -24,10 +24,6 @@ from transferops.runtime import TELEMETRY_OFF
 os.environ.update(TELEMETRY_OFF)
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="transferops-bentoml-")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="transferops-prefect-"))
-# Files the session's processes share (pytest-xdist's workers inherit it from the controller).
-SESSION_DIR = Path(
-    os.environ.setdefault("TRANSFEROPS_TEST_SESSION", tempfile.mkdtemp(prefix="transferops-test-"))
-)
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -108,8 +104,21 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         stop_server(process)
 
 
+def shared_dir(factory: pytest.TempPathFactory) -> Path:
+    """A folder this session's processes share: pytest's folder for the session (under
+    pytest-xdist, the parent of the workers' own folders)."""
+    base = factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def empty_prefect_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the session keeps an empty Prefect database (see ``own_prefect_server``)."""
+    return shared_dir(tmp_path_factory) / "empty-prefect.db"
+
+
 @pytest.fixture(scope="session", autouse=True)
-def session_prefect_server() -> None:
+def session_prefect_server(empty_prefect_db: Path) -> None:
     """Each worker's first test waits for the session's Prefect server (started above)."""
     log = os.environ.get(SESSION_PREFECT_LOG)
     if not log:
@@ -122,16 +131,13 @@ def session_prefect_server() -> None:
     except TimeoutError as err:
         pytest.fail(f"{err}: {log}")
     # Every worker passes here before its first test: nothing has written to it yet.
-    keep_empty_database(Path(os.environ["PREFECT_HOME"]) / "prefect.db")
-
-
-EMPTY_PREFECT_DB = SESSION_DIR / "empty-prefect.db"
+    keep_empty_database(Path(os.environ["PREFECT_HOME"]) / "prefect.db", empty_prefect_db)
 
 
 @contextlib.contextmanager
-def own_prefect_server(home: Path, **options) -> Iterator[str]:
+def own_prefect_server(home: Path, empty: Path, **options) -> Iterator[str]:
     """A test's own real Prefect server (``running_prefect_server`` with ``options``),
-    started on a copy of the session's empty database when there is one.
+    started on a copy of ``empty``, the session's empty database, when there is one.
 
     A first start creates the database through Prefect's migrations: 10 of its 16 s
     of CPU here; on a copy, a start is about 7 s. The copy is of the session's server
@@ -142,24 +148,24 @@ def own_prefect_server(home: Path, **options) -> Iterator[str]:
 
     database = Path(home) / "prefect.db"  # Prefect's default: sqlite under PREFECT_HOME
     database.parent.mkdir(parents=True, exist_ok=True)
-    with locked(EMPTY_PREFECT_DB.with_suffix(".lock")):
-        if EMPTY_PREFECT_DB.is_file():
-            shutil.copyfile(EMPTY_PREFECT_DB, database)
+    with locked(empty.with_suffix(".lock")):
+        if empty.is_file():
+            shutil.copyfile(empty, database)
     with running_prefect_server(home, **options) as api:
-        keep_empty_database(database)  # its test has not written yet
+        keep_empty_database(database, empty)  # its test has not written yet
         yield api
 
 
-def keep_empty_database(database: Path) -> None:
-    """Keep a copy of ``database``, a Prefect server's that no test has written to yet,
-    as the session's empty one, unless there is one already."""
+def keep_empty_database(database: Path, empty: Path) -> None:
+    """Copy ``database``, a Prefect server's that no test has written to yet, to ``empty``,
+    unless the session keeps one there already."""
     from transferops.files import locked
 
     if not database.is_file():  # a server configured to keep its database elsewhere
         return
-    with locked(EMPTY_PREFECT_DB.with_suffix(".lock")):
-        if not EMPTY_PREFECT_DB.is_file():
-            sqlite_copy(database, EMPTY_PREFECT_DB)
+    with locked(empty.with_suffix(".lock")):
+        if not empty.is_file():
+            sqlite_copy(database, empty)
 
 
 def sqlite_copy(source: Path, target: Path) -> None:
@@ -277,7 +283,7 @@ def trained_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return train_tiny_project(tmp_path_factory.mktemp("project"))
-    built = tmp_path_factory.getbasetemp().parent / "trained-project"  # shared by the workers
+    built = shared_dir(tmp_path_factory) / "trained-project"
     with locked(built.with_suffix(".lock")):
         if not (built / "built").is_file():  # none yet, or a worker failed half-way
             shutil.rmtree(built, ignore_errors=True)

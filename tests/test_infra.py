@@ -158,10 +158,12 @@ def test_the_compose_prefect_api_is_local_and_authenticated_with_secrets_from_th
 
 
 @pytest.mark.integration
-def test_a_prefect_server_with_an_auth_string_refuses_callers_without_it(tmp_path: Path) -> None:
+def test_a_prefect_server_with_an_auth_string_refuses_callers_without_it(
+    tmp_path: Path, empty_prefect_db: Path
+) -> None:
     """What the compose file sets, on a real server: no string, no API."""
     secret = {"PREFECT_SERVER_API_AUTH_STRING": "admin:s3cret-for-test"}
-    with own_prefect_server(tmp_path / "home", settings=secret) as api:
+    with own_prefect_server(tmp_path / "home", empty_prefect_db, settings=secret) as api:
         anonymous = httpx.post(f"{api}/flows/filter", json={}, timeout=10)
         wrong = httpx.post(f"{api}/flows/filter", json={}, auth=("admin", "guess"), timeout=10)
         admitted = httpx.post(

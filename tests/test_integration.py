@@ -58,14 +58,14 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory: pytest.TempPathFactory):
+def prefect_api(tmp_path_factory: pytest.TempPathFactory, empty_prefect_db: Path):
     """A real Prefect server for this module; flows in this process report to it."""
     from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     home = tmp_path_factory.mktemp("prefect-home")
     EventsWorker.drain_all(timeout=10)  # no events client from an earlier server lingers
-    with own_prefect_server(home, log_file=home / "server.log") as api:
+    with own_prefect_server(home, empty_prefect_db, log_file=home / "server.log") as api:
         with temporary_settings(updates={PREFECT_API_URL: api}):
             yield api, home
         EventsWorker.drain_all(timeout=10)

@@ -74,7 +74,7 @@ def moved_on(repo: Path) -> str:
 
 
 def test_a_worker_trains_on_a_recorded_data_version_and_runs_the_cron_check(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_prefect_db: Path
 ) -> None:
     repo = create_workspace(ROOT, tmp_path / "project")
     every_minute = {"orchestrate.monitor_cron": "* * * * *"}
@@ -89,7 +89,10 @@ def test_a_worker_trains_on_a_recorded_data_version_and_runs_the_cron_check(
     home = tmp_path / "prefect-home"
     scheduler = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}  # default: 60
     picks = {"PREFECT_WORKER_QUERY_SECONDS": "2"}  # the worker looks for runs; default: 10
-    with own_prefect_server(home, log_file=tmp_path / "server.log", settings=scheduler) as api:
+    server = own_prefect_server(
+        home, empty_prefect_db, log_file=tmp_path / "server.log", settings=scheduler
+    )
+    with server as api:
         env = {**os.environ, **server_env(home, api), **picks}
 
         def run(*command: str) -> str:
