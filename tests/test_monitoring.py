@@ -1,9 +1,11 @@
 """Drift and bias checks with real Evidently reports: calibrated, quiet on unshifted data."""
 
 import json
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ from services.client import png_bytes
 from tests.conftest import ROOT
 from transferops.config import BiasParams, load_params
 from transferops.data.shifts import CORRUPTIONS, HeldOutPool, corrupt
-from transferops.logs.predictions import read_predictions
+from transferops.logs.predictions import FILE_GLOB, read_predictions
 from transferops.models.transferability import shift_location
 
 STATS = ["width", "height", "brightness", "contrast", "sharpness"]
@@ -299,12 +301,24 @@ def test_small_groups_and_missing_labels_are_not_judged() -> None:
 # --- checks on traffic through the real service --------------------------------------------
 
 
+def empty_prediction_store(directory: Path) -> None:
+    """Delete every prediction and label in the store; the service's connection stays valid."""
+    for store in directory.glob(FILE_GLOB):
+        with closing(sqlite3.connect(store, timeout=30)) as db, db:
+            db.execute("DELETE FROM predictions")
+            db.execute("DELETE FROM feedback")
+    assert read_predictions(directory).empty
+
+
 @pytest.fixture
 def serve_traffic(trained_project: Path, service_client, tmp_path: Path):
     """Send images through the real service app; checks write under tmp_path.
 
-    The prediction log is per test too, so each test sees only its own traffic.
+    The service is the session's (one app per process), and so is its prediction
+    store: each test starts from an empty one, so that it sees only its own traffic
+    whichever tests ran before it on this worker.
     """
+    empty_prediction_store(Path(load_params(trained_project).paths.prediction_log))
     params = load_params(
         trained_project,
         [
