@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from monitoring.shift import sq_dists
-from transferops.figures import plt, save_figure
+from transferops.figures import new_figure, save_figure
 
 NEIGHBOURS = 5  # reference images an image's familiarity is measured against
 SHOWN_TYPICAL = 3  # typical reference images beside each odd one
@@ -126,7 +126,7 @@ def plot(gallery: Gallery, path: Path) -> Path:
             colour = (176, 0, 32) if c == 0 else (255, 255, 255)
             canvas[top : top + cell, lefts[c] : lefts[c] + cell] = _framed(picture, side, colour)
     scale = 1.75 / (cell + GAP)  # inches per pixel: a row as tall as before
-    fig, axis = plt.subplots(figsize=(canvas.shape[1] * scale + 1.6, canvas.shape[0] * scale + 0.9))
+    fig, axis = new_figure(figsize=(canvas.shape[1] * scale + 1.6, canvas.shape[0] * scale + 0.9))
     axis.imshow(canvas, interpolation="nearest")
     axis.set_axis_off()
     for r, entry in enumerate(gallery.entries):

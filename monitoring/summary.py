@@ -21,7 +21,7 @@ from monitoring.shift import (
     input_level,
     relation,
 )
-from transferops.figures import plt, save_figure
+from transferops.figures import new_figure, save_figure
 
 TEST_TITLES = {
     EMBEDDING: "embeddings (MMD²)",
@@ -52,7 +52,7 @@ def margin(test: str, value: float, threshold: float) -> float:
 def plot_history(history: list[dict], path: Path) -> None:
     """Each test's margin over the checks of the serving model; alarms in red."""
     checks = [h for h in history if h.get("tests")]
-    figure, axes = plt.subplots(figsize=(8, 3.6))
+    figure, axes = new_figure(figsize=(8, 3.6))
     if checks:
         times = np.arange(len(checks))
         for test in checks[-1]["tests"]:
@@ -80,7 +80,7 @@ def plot_history(history: list[dict], path: Path) -> None:
 def plot_accuracy(history: list[dict], path: Path) -> None:
     """Estimated accuracy per check (no labels), beside what feedback measured where it did."""
     checks = [h for h in history if h.get("accuracy")]
-    figure, axes = plt.subplots(figsize=(8, 3.0))
+    figure, axes = new_figure(figsize=(8, 3.0))
     times = np.arange(len(checks))
     estimated = [h["accuracy"]["estimated"] for h in checks]
     confidence = [h["accuracy"]["mean_confidence"] for h in checks]
@@ -104,7 +104,7 @@ def plot_accuracy(history: list[dict], path: Path) -> None:
 
 def plot_gaps(gaps: list[dict], path: Path) -> None:
     """Per group and metric: the current gap with its interval, and the reference's."""
-    figure, axes = plt.subplots(figsize=(8, 1.6 + 0.42 * max(len(gaps), 1)))
+    figure, axes = new_figure(figsize=(8, 1.6 + 0.42 * max(len(gaps), 1)))
     for i, gap in enumerate(gaps):
         low, high = gap["interval"]
         colour = "#b00020" if gap["alarm"] else "#1f77b4"
@@ -134,7 +134,7 @@ def plot_gaps(gaps: list[dict], path: Path) -> None:
 
 def plot_stages(effects: dict[str, float], location: str, path: Path) -> None:
     """Per stage, how far the window's BatchNorm distances moved (reference SDs)."""
-    figure, axes = plt.subplots(figsize=(8, 3))
+    figure, axes = new_figure(figsize=(8, 3))
     names = list(effects)
     axes.bar(names, [abs(effects[n]) for n in names], color="#1f77b4")
     axes.axvspan(-0.5, len(names) // 2 - 0.5, color="orange", alpha=0.12, lw=0)

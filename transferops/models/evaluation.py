@@ -228,11 +228,11 @@ def confusion_counts(labels: np.ndarray, predictions: np.ndarray, classes: list[
 
 def plot_confusion(scored: Scored, classes: list[str], path: Path) -> None:
     """True class (rows) against predicted class (columns) on the test split."""
-    from transferops.figures import plt, save_figure
+    from transferops.figures import new_figure, save_figure
 
     matrix = confusion_counts(scored.labels, scored.predictions, classes)
     side = min(8 + len(classes) / 10, 20)
-    figure, axes = plt.subplots(figsize=(side, side * 7 / 8))
+    figure, axes = new_figure(figsize=(side, side * 7 / 8))
     image = axes.imshow(matrix, cmap="Blues", interpolation="nearest")
     ticks = np.arange(len(classes))
     title = "Confusion matrix (test split)"
@@ -253,13 +253,13 @@ def plot_confusion(scored: Scored, classes: list[str], path: Path) -> None:
 
 def plot_reliability(scored: Scored, bins: int, ece: float, path: Path) -> None:
     """Accuracy against confidence per bin; a calibrated model sits on the diagonal."""
-    from transferops.figures import plt, save_figure
+    from transferops.figures import new_figure, save_figure
 
     index = np.clip((scored.confidence * bins).astype(int), 0, bins - 1)
     count = np.bincount(index, minlength=bins)
     hit_rate = np.bincount(index, weights=scored.correct, minlength=bins) / np.maximum(count, 1)
     centres = (np.arange(bins) + 0.5) / bins
-    figure, (top, bottom) = plt.subplots(
+    figure, (top, bottom) = new_figure(
         2, 1, figsize=(6, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
     top.bar(centres[count > 0], hit_rate[count > 0], width=1 / bins, edgecolor="black")
@@ -273,14 +273,14 @@ def plot_reliability(scored: Scored, bins: int, ece: float, path: Path) -> None:
 
 def plot_groups(metrics: dict, path: Path) -> None:
     """Accuracy per group with its bootstrap interval, against the overall accuracy."""
-    from transferops.figures import plt, save_figure
+    from transferops.figures import new_figure, save_figure
 
     groups = metrics["groups"]
     names = list(groups)
     values = np.array([groups[g]["accuracy"] for g in names])
     low = values - np.array([groups[g]["ci"]["accuracy"][0] for g in names])
     high = np.array([groups[g]["ci"]["accuracy"][1] for g in names]) - values
-    figure, axes = plt.subplots(figsize=(max(5, 0.8 * len(names) + 2), 4))
+    figure, axes = new_figure(figsize=(max(5, 0.8 * len(names) + 2), 4))
     axes.bar(names, values, yerr=[low, high], capsize=4, color="tab:blue")
     axes.axhline(metrics["accuracy"], color="black", linestyle="--", label="all images")
     labels = [f"{g}\n(n={groups[g]['n']})" for g in names]

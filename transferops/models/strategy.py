@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from transferops.config import Params, StrategyParams, TrainParams
-from transferops.figures import plt, save_figure
+from transferops.figures import new_figure, save_figure
 from transferops.models.recipe import epochs_for
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def explain(d: Decision) -> str:
 
 def plot_plane(d: Decision, cfg: StrategyParams, path: Path) -> None:
     """The size x similarity plane, its regions, and this dataset's position."""
-    figure, axes = plt.subplots(figsize=(7, 5))
+    figure, axes = new_figure(figsize=(7, 5))
     x_edges = [1, cfg.small_per_class, cfg.large_per_class, 20_000]
     value = similarity_of(d.numbers, cfg.similarity)
     low, high = _axis(cfg.similarity, value, cfg.similar_at)

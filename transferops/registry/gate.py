@@ -26,7 +26,7 @@ import numpy as np
 
 from transferops.config import EvaluateParams, GateParams, Params
 from transferops.data.datasets import read_accepted
-from transferops.figures import plt, save_figure
+from transferops.figures import new_figure, save_figure
 from transferops.models.evaluation import (
     NO_GROUP,
     Scored,
@@ -213,7 +213,7 @@ def plot_verdict(verdict: GateVerdict, path: Path) -> None:
     old = [verdict.champion_score] + [g["champion"] for g in verdict.groups]
     new = [verdict.challenger_score] + [g["challenger"] for g in verdict.groups]
     x = np.arange(len(names))
-    figure, axes = plt.subplots(figsize=(max(5, 1.2 * len(names) + 2), 4))
+    figure, axes = new_figure(figsize=(max(5, 1.2 * len(names) + 2), 4))
     axes.bar(x - 0.2, old, 0.4, label=f"champion {verdict.champion}", color="tab:gray")
     axes.bar(x + 0.2, new, 0.4, label=f"challenger {verdict.challenger}", color="tab:blue")
     axes.set_xticks(x, names)
