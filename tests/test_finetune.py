@@ -297,9 +297,15 @@ def test_killed_training_resumes_where_it_stopped(
     assert differing == {}, "resuming reaches the uninterrupted run's weights"
 
 
+# One torchrun launch, two ranks, for the engine and the stage: each launch is 20 s or more
+# of CPU in process start-up (torch, timm) alone; not in make check.
 @pytest.mark.slow
-def test_the_train_stage_itself_runs_under_torchrun(trained_project: Path, tmp_path: Path) -> None:
-    """``torchrun -m pipelines.train`` on the tiny project: two ranks, one model written."""
+def test_ddp_on_cpu_splits_data_agrees_on_weights_and_runs_the_train_stage(
+    trained_project: Path, tmp_path: Path
+) -> None:
+    """Two processes under ``torchrun`` (gloo): the engine trains on disjoint shards and ends
+    with identical weights; then ``pipelines.train`` itself, on the tiny project, writes one
+    model that both ranks trained (tests/ddp_worker.py)."""
     source = yaml.safe_load(trained_project.read_text())["paths"]
     for key in ("prepared", "validation", "features", "profile"):
         shutil.copytree(
@@ -308,6 +314,8 @@ def test_the_train_stage_itself_runs_under_torchrun(trained_project: Path, tmp_p
     changes = {"strategy.force": "top_blocks", "train.epochs": 1, "train.batch_size": 16}
     params = write_params(tmp_path / "params.yaml", TINY | absolute_paths(tmp_path) | changes)
     run_stage("strategy", params)
+    out = tmp_path / "ranks"
+    out.mkdir()
     env = {
         **os.environ,
         "GLOO_SOCKET_IFNAME": "lo",
@@ -315,8 +323,9 @@ def test_the_train_stage_itself_runs_under_torchrun(trained_project: Path, tmp_p
         "PYTHONPATH": str(ROOT),
     }
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    worker = Path(__file__).with_name("ddp_worker.py")
     ran = subprocess.run(
-        [*command, "-m", "pipelines.train", "--params", str(params)],
+        [*command, str(worker), str(out), str(params)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -324,40 +333,12 @@ def test_the_train_stage_itself_runs_under_torchrun(trained_project: Path, tmp_p
         timeout=600,
     )
     assert ran.returncode == 0, ran.stderr[-3000:]
-    model, config = load_classifier(tmp_path / "artifacts" / "model")
-    assert config.extra["finetune"]["processes"] == 2, "both ranks trained"
-    assert config.strategy == "top_blocks" and model is not None
-
-
-# torchrun with two processes: 15 s; not in make check.
-@pytest.mark.slow
-def test_two_process_ddp_on_cpu_splits_data_and_agrees_on_weights(tmp_path: Path) -> None:
-    worker = Path(__file__).with_name("ddp_worker.py")
-    env = {
-        **os.environ,
-        "GLOO_SOCKET_IFNAME": "lo",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(ROOT),
-    }
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node=2",
-            str(worker),
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     seen = [set(r["seen"]) for r in ranks]
     assert seen[0] and seen[1] and not seen[0] & seen[1], "disjoint shards"
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
     assert ranks[0]["weights"] == ranks[1]["weights"], "identical weights after training"
     assert ranks[0]["trained"], "the weights moved"
+    model, config = load_classifier(tmp_path / "artifacts" / "model")
+    assert config.extra["finetune"]["processes"] == 2, "both ranks trained the stage's model"
+    assert config.strategy == "top_blocks" and model is not None
