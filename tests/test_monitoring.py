@@ -318,7 +318,6 @@ def serve_traffic(trained_project: Path, service_client, tmp_path: Path):
     store: each test starts from an empty one, so that it sees only its own traffic
     whichever tests ran before it on this worker.
     """
-    empty_prediction_store(Path(load_params(trained_project).paths.prediction_log))
     params = load_params(
         trained_project,
         [
@@ -328,6 +327,7 @@ def serve_traffic(trained_project: Path, service_client, tmp_path: Path):
             "monitor.bias.min_labelled=60",
         ],
     )
+    empty_prediction_store(Path(params.paths.prediction_log))  # the service's: not overridden
     pool = HeldOutPool(params.data.source, params.paths.prepared, seed=11)
 
     def send(count: int, shift_name: str, group: str | None = None, feedback: bool = False):
