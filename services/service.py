@@ -29,7 +29,6 @@ torch with the model (the import takes 1.6 s instead of 8.1 on 2 cores,
 
 from __future__ import annotations
 
-import gc
 import hmac
 import os
 from collections import OrderedDict
@@ -47,6 +46,8 @@ from services.limits import Budget
 from transferops.config import load_params
 from transferops.runtime import (
     configure_runtime,
+    end_of_startup,
+    pause_garbage_collector,
     return_decoded_images_to_the_os,
     select_device,
     set_threads,
@@ -214,30 +215,37 @@ class Classifier:
 
     def __init__(self) -> None:
         check_exposure()
-        set_threads(SERVE.threads)
-        self.follower = ChampionFollower(
-            PARAMS.paths.models,
-            SERVE.top_k,
-            SERVE.switch_poll_s,
-            device=select_device(SERVE.device),
-        ).start()
-        self.batcher = Batcher(
-            lambda items: self.follower.loaded.predict(items),
-            SERVE.max_batch_size if SERVE.batching else 1,
-            SERVE.max_queue,
-            SERVE.batch_wait_ms / 1000,
-        )
-        self.pixels = Budget(
-            "serve.max_pixels_in_flight", SERVE.max_pixels_in_flight, SERVE.budget_wait_s, "pixels"
-        )
-        self.body_bytes = Budget(
-            "serve.max_bytes_in_flight", SERVE.max_bytes_in_flight, SERVE.budget_wait_s, "bytes"
-        )
-        self.log = PredictionLog(PARAMS.paths.prediction_log, SERVE.log_fsync_s)
-        self.recent: OrderedDict[str, None] = OrderedDict()  # this worker's latest request ids
-        # What start-up made (modules, the model) lives as long as the process: out of the
-        # cyclic collector's sight, its full passes stop walking it under traffic.
-        gc.freeze()
+        # torch and the model load next, the cyclic collector paused; what start-up makes
+        # lives as long as the process, and frozen out of the collector's sight, it is not
+        # walked by the collector's full passes under traffic (transferops/runtime.py).
+        pause_garbage_collector()
+        try:
+            set_threads(SERVE.threads)
+            self.follower = ChampionFollower(
+                PARAMS.paths.models,
+                SERVE.top_k,
+                SERVE.switch_poll_s,
+                device=select_device(SERVE.device),
+            ).start()
+            self.batcher = Batcher(
+                lambda items: self.follower.loaded.predict(items),
+                SERVE.max_batch_size if SERVE.batching else 1,
+                SERVE.max_queue,
+                SERVE.batch_wait_ms / 1000,
+            )
+            self.pixels = Budget(
+                "serve.max_pixels_in_flight",
+                SERVE.max_pixels_in_flight,
+                SERVE.budget_wait_s,
+                "pixels",
+            )
+            self.body_bytes = Budget(
+                "serve.max_bytes_in_flight", SERVE.max_bytes_in_flight, SERVE.budget_wait_s, "bytes"
+            )
+            self.log = PredictionLog(PARAMS.paths.prediction_log, SERVE.log_fsync_s)
+            self.recent: OrderedDict[str, None] = OrderedDict()  # this worker's latest request ids
+        finally:
+            end_of_startup()
 
     @property
     def loaded(self):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from transferops.runtime import TELEMETRY_OFF
+from transferops.runtime import TELEMETRY_OFF, end_of_startup, pause_garbage_collector
 
 os.environ.update(TELEMETRY_OFF)
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="transferops-bentoml-")
@@ -54,9 +54,15 @@ TINY = {
     "monitor.false_alarm_rate": 0.01,
     "monitor.bias.bootstrap": 200,
 }
-# Under pytest-xdist each worker has a core of its own: one torch thread per process,
-# in the stages the tests run and in the tests themselves (two on a core thrash).
+# Under pytest-xdist each worker has a core of its own: one thread per process, in the
+# stages the tests run and in the tests themselves (two on a core thrash). For torch, and
+# for the BLAS and OpenMP pools under numpy, SciPy and scikit-learn, set before any of them
+# loads and inherited by every process a test starts: OpenBLAS's idle threads spin (3% of
+# the suite's CPU, `perf`). The worker's collector pauses while the test modules import
+# their libraries (transferops/runtime.py; pytest_collection_finish ends the pause).
 if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    pause_garbage_collector()
     import torch
 
     TINY["threads"] = 1
@@ -94,6 +100,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_SERVER] = process
     os.environ["PREFECT_API_URL"] = api
     os.environ[SESSION_PREFECT_LOG] = str(log)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    end_of_startup()  # a no-op where the collector was not paused (outside xdist's workers)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

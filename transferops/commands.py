@@ -10,7 +10,7 @@ from pathlib import Path
 
 from transferops.config import DEFAULT_PARAMS, Params, ParamsError, load_stage_params
 from transferops.paramstrace import traced, write_trace
-from transferops.runtime import configure_runtime
+from transferops.runtime import configure_runtime, end_of_startup
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ def run_stage(
     Returns the process exit code: 0 on success, 1 when the stage reports a
     failure (a ``StageFailed``), 2 for a bad configuration or input.
     """
+    end_of_startup(collect=False)  # the stage's libraries are imported: pipelines/__init__.py
     parser = argparse.ArgumentParser(description=description)
     add_params_options(parser)
     args = parser.parse_args(argv)
