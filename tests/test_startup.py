@@ -23,12 +23,17 @@ atexit.register(_record)
 """
 
 
-def clean_env(**changes: str) -> dict[str, str]:
-    """This environment without the test workers' one-thread settings (tests/conftest.py)."""
-    env = {
+def python(*args: str, **env: str) -> str:
+    """``python ARGS`` in the project, without the test workers' one-thread settings
+    (tests/conftest.py), ``env`` added; its stdout."""
+    base = {
         k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
     }
-    return env | changes
+    done = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=base | env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def test_a_stage_process_freezes_its_start_up_and_runs_with_the_collector_on(
@@ -36,16 +41,14 @@ def test_a_stage_process_freezes_its_start_up_and_runs_with_the_collector_on(
 ) -> None:
     (tmp_path / "sitecustomize.py").write_text(EXIT_PROBE)
     probe = tmp_path / "state.json"
-    env = clean_env(PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}", STARTUP_PROBE=str(probe))
     # --help: the stage module and its libraries are imported, run_stage starts, argparse exits.
-    done = subprocess.run(
-        [sys.executable, "-m", "pipelines.strategy", "--help"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    python(
+        "-m",
+        "pipelines.strategy",
+        "--help",
+        PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}",
+        STARTUP_PROBE=str(probe),
     )
-    assert done.returncode == 0, done.stderr
     state = json.loads(probe.read_text())
     assert state["enabled"], "the collector runs again once the stage starts"
     assert state["frozen"] > 50_000, "what start-up made (pandas, the core) is frozen"
@@ -53,11 +56,7 @@ def test_a_stage_process_freezes_its_start_up_and_runs_with_the_collector_on(
 
 def test_a_process_that_imports_a_stage_module_keeps_its_collector() -> None:
     script = "import gc, pipelines.strategy\nprint(gc.isenabled(), gc.get_freeze_count())"
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=clean_env(), capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["True", "0"], "a flow or a test imports stages too"
+    assert python("-c", script).split() == ["True", "0"], "a flow or a test imports stages too"
 
 
 def test_threads_fix_torch_and_the_blas_pools() -> None:
@@ -71,11 +70,7 @@ def test_threads_fix_torch_and_the_blas_pools() -> None:
         "pools = {i['filepath'].rsplit('/', 1)[-1]: i['num_threads'] for i in threadpool_info()}\n"
         "print(json.dumps({'torch': torch.get_num_threads(), 'pools': pools}))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=clean_env(), capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout.splitlines()[-1])
+    seen = json.loads(python("-c", script).splitlines()[-1])
     assert seen["torch"] == 3
     blas = [name for name in seen["pools"] if "openblas" in name]
     assert len(blas) >= 2, f"numpy's and SciPy's OpenBLAS are loaded: {seen['pools']}"
