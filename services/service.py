@@ -215,9 +215,9 @@ class Classifier:
 
     def __init__(self) -> None:
         check_exposure()
-        # torch and the model load next, the cyclic collector paused; what start-up makes
-        # lives as long as the process, and frozen out of the collector's sight, it is not
-        # walked by the collector's full passes under traffic (transferops/runtime.py).
+        # torch and the model load next, with the cyclic collector paused. What start-up
+        # makes lives as long as the process: frozen out of the collector's sight, it is
+        # not walked again by the collector's full passes under traffic (runtime.py).
         pause_garbage_collector()
         try:
             set_threads(SERVE.threads)
