@@ -215,9 +215,9 @@ class Classifier:
 
     def __init__(self) -> None:
         check_exposure()
-        # torch and the model load next, with the cyclic collector paused. What start-up
-        # makes lives as long as the process: frozen out of the collector's sight, it is
-        # not walked again by the collector's full passes under traffic (runtime.py).
+        # torch and the model load with the cyclic collector paused. They live as long as
+        # the process: frozen out of the collector's sight, they are not walked again by
+        # its full passes under traffic (transferops/runtime.py).
         pause_garbage_collector()
         try:
             set_threads(SERVE.threads)
@@ -227,25 +227,22 @@ class Classifier:
                 SERVE.switch_poll_s,
                 device=select_device(SERVE.device),
             ).start()
-            self.batcher = Batcher(
-                lambda items: self.follower.loaded.predict(items),
-                SERVE.max_batch_size if SERVE.batching else 1,
-                SERVE.max_queue,
-                SERVE.batch_wait_ms / 1000,
-            )
-            self.pixels = Budget(
-                "serve.max_pixels_in_flight",
-                SERVE.max_pixels_in_flight,
-                SERVE.budget_wait_s,
-                "pixels",
-            )
-            self.body_bytes = Budget(
-                "serve.max_bytes_in_flight", SERVE.max_bytes_in_flight, SERVE.budget_wait_s, "bytes"
-            )
-            self.log = PredictionLog(PARAMS.paths.prediction_log, SERVE.log_fsync_s)
-            self.recent: OrderedDict[str, None] = OrderedDict()  # this worker's latest request ids
         finally:
             end_of_startup()
+        self.batcher = Batcher(
+            lambda items: self.follower.loaded.predict(items),
+            SERVE.max_batch_size if SERVE.batching else 1,
+            SERVE.max_queue,
+            SERVE.batch_wait_ms / 1000,
+        )
+        self.pixels = Budget(
+            "serve.max_pixels_in_flight", SERVE.max_pixels_in_flight, SERVE.budget_wait_s, "pixels"
+        )
+        self.body_bytes = Budget(
+            "serve.max_bytes_in_flight", SERVE.max_bytes_in_flight, SERVE.budget_wait_s, "bytes"
+        )
+        self.log = PredictionLog(PARAMS.paths.prediction_log, SERVE.log_fsync_s)
+        self.recent: OrderedDict[str, None] = OrderedDict()  # this worker's latest request ids
 
     @property
     def loaded(self):
