@@ -14,7 +14,9 @@ and the prediction store:
 - the batcher (``services/batching.py``) hands the model everything waiting,
   up to ``serve.max_batch_size``, in one forward pass that also yields the
   embeddings and per-stage BatchNorm distances monitoring needs;
-- the records are committed to the store before the answer leaves.
+- the records are committed to the store before the answer leaves; the
+  images the keeping policy samples (``serve.keep``) are handed to a writer
+  thread that stores them after it (``transferops/logs/kept.py``).
 
 The model follows the champion and switches to a newly promoted one between
 two batches (``services/following.py``). Params are read when the module is
@@ -30,6 +32,7 @@ torch with the model (the import takes 1.6 s instead of 8.1 on 2 cores,
 from __future__ import annotations
 
 import hmac
+import math
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -59,6 +62,7 @@ with bentoml.importing():
     from services.answers import answers_and_records
     from services.following import ChampionFollower, pinned_tag
     from services.uploads import header_sizes, prepare_all, read_body, read_uploads
+    from transferops.logs.kept import ImageKeeper
     from transferops.logs.predictions import PredictionLog, has_request, utc_now
 
 PARAMS = load_params(Path(os.environ.get("TRANSFEROPS_PARAMS", "params.yaml")))
@@ -168,6 +172,9 @@ async def classify(request: Request) -> Answer:
     # hop to a thread and back (docs/serving.md: where the time goes).
     service.log.append(records)
     service.remember(r.request_id for r in records)
+    side = math.ceil(SERVE.keep.side_factor * loaded.split.side)
+    for (_, data, _), record in zip(uploads, records, strict=True):
+        service.keeper.offer(record.request_id, data, side)  # written after the answer
     return Answer(results)
 
 
@@ -178,7 +185,9 @@ class Feedback(BaseModel):
 
 @app.post("/feedback", dependencies=[Depends(require_key)])
 async def feedback(request: Request) -> dict:
-    """The true label of an earlier prediction (for per-group accuracy in monitoring)."""
+    """The true label of an earlier prediction: monitoring's accuracy, and the training data
+    of the next harvest (docs/flywheel.md). The first label of a request id stays: the same
+    label again is a no-op (``recorded: false``), another one is refused with 409."""
     service = bentoml.get_current_service()
     body = await read_body(request, FEEDBACK_BYTES)
     try:
@@ -195,14 +204,23 @@ async def feedback(request: Request) -> dict:
     )
     if not known:
         raise HTTPException(404, f"unknown request_id {item.request_id!r}")
-    await run_in_threadpool(service.log.append_feedback, item.request_id, item.label)
-    return {"request_id": item.request_id, "label": item.label, "recorded": True}
+    kept, recorded = await run_in_threadpool(
+        service.log.append_feedback, item.request_id, item.label
+    )
+    if kept != item.label:
+        raise HTTPException(
+            409,
+            f"request_id {item.request_id!r} already has the label {kept!r}: the first label "
+            "of a request stays (docs/security.md)",
+        )
+    return {"request_id": item.request_id, "label": kept, "recorded": recorded}
 
 
 @app.get("/metadata", dependencies=[Depends(require_key)])
 async def metadata() -> dict:
-    """The serving model's tag, classes and lineage."""
-    return bentoml.get_current_service().loaded.describe()
+    """The serving model's tag, classes and lineage, and what this worker kept of the traffic."""
+    service = bentoml.get_current_service()
+    return service.loaded.describe() | {"keeping": service.keeper.describe()}
 
 
 @bentoml.asgi_app(app, path="/v1")
@@ -242,6 +260,7 @@ class Classifier:
             "serve.max_bytes_in_flight", SERVE.max_bytes_in_flight, SERVE.budget_wait_s, "bytes"
         )
         self.log = PredictionLog(PARAMS.paths.prediction_log, SERVE.log_fsync_s)
+        self.keeper = ImageKeeper(self.log, SERVE)
         self.recent: OrderedDict[str, None] = OrderedDict()  # this worker's latest request ids
 
     @property

@@ -99,13 +99,14 @@ def test_a_request_is_found_by_index_not_by_reading_the_log(tmp_path: Path) -> N
     assert "predictions_model_time" in str(windows)
 
 
-def test_feedback_latest_label_wins_and_request_lookup(tmp_path: Path) -> None:
+def test_feedback_first_label_stays_and_request_lookup(tmp_path: Path) -> None:
     log = PredictionLog(tmp_path)
     log.append([record(1)])
-    log.append_feedback("r1", "dog")
-    log.append_feedback("r1", "cat")
+    assert log.append_feedback("r1", "dog") == ("dog", True)
+    assert log.append_feedback("r1", "cat") == ("dog", False), "a later label overwrote the first"
+    assert log.append_feedback("r1", "dog") == ("dog", False)
     log.close()
-    assert read_feedback(tmp_path).set_index("request_id")["label"].to_dict() == {"r1": "cat"}
+    assert read_feedback(tmp_path).set_index("request_id")["label"].to_dict() == {"r1": "dog"}
     assert has_request(tmp_path, "r1") and not has_request(tmp_path, "r2")
 
 

@@ -88,6 +88,11 @@ def test_feedback_attaches_a_label_to_a_logged_request(client, trained_project) 
     assert answer.status_code == 200, answer.text
     labels = read_feedback(params.paths.prediction_log).set_index("request_id")["label"]
     assert labels[request_id] == truth
+    again = client.post("/v1/feedback", json={"request_id": request_id, "label": truth})
+    assert again.status_code == 200 and again.json()["recorded"] is False, again.text
+    other = next(c for c in client.get("/v1/metadata").json()["classes"] if c != truth)
+    flipped = client.post("/v1/feedback", json={"request_id": request_id, "label": other})
+    assert flipped.status_code == 409 and repr(truth) in flipped.json()["error"], flipped.text
 
     unknown = client.post("/v1/feedback", json={"request_id": "f" * 32, "label": truth})
     assert unknown.status_code == 404 and "unknown request_id" in unknown.json()["error"]

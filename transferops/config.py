@@ -215,10 +215,23 @@ class GateParams(Section):
     min_improvement: Annotated[float, Field(ge=-1, le=1)] = 0.005
     max_group_drop: Annotated[float, Field(ge=0, le=1)] = 0.05
     min_group_size: PositiveInt = 20
+    max_forgetting: Annotated[float, Field(ge=0, le=1)] = 0.03
+    min_domain_size: PositiveInt = 20
 
 
 class PackageParams(Section):
     model_name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
+
+
+class KeepParams(Section):
+    """Production images kept for the next dataset version (transferops/logs/kept.py)."""
+
+    enabled: bool = True
+    fraction: Fraction = 1.0
+    per_hour: PositiveInt = 10_000
+    side_factor: Annotated[float, Field(ge=1, le=16)] = 2.0
+    min_free_mb: Annotated[int, Field(ge=0)] = 1024
+    queue_mb: Annotated[float, Field(gt=0, le=100_000)] = 64.0
 
 
 class ServeParams(Section):
@@ -246,6 +259,8 @@ class ServeParams(Section):
     switch_poll_s: Annotated[float, Field(gt=0)] = 2.0
     log_fsync_s: Annotated[float, Field(gt=0)] = 1.0
     log_thumbnails: bool = True
+    keep: KeepParams = KeepParams()
+    retention_days: Annotated[float, Field(gt=0)] | None = 30.0
 
     @model_validator(mode="after")
     def _budgets_fit(self) -> ServeParams:
@@ -278,6 +293,7 @@ class RetrainParams(Section):
     cooldown_hours: Annotated[float, Field(ge=0)]
     surgical: bool
     urgent_drop: Annotated[float, Field(gt=0, le=1)] = 0.1
+    min_labels_per_class: Annotated[int, Field(ge=1)] = 20
 
     @model_validator(mode="after")
     def _k_of_n(self) -> RetrainParams:

@@ -12,9 +12,14 @@ in WAL mode:
   (``transferops/data/imagestats.py``), per-stage BatchNorm distances
   (``transferops/models/bnshift.py``), the optional group and a 64-px PNG
   thumbnail for the drift report's gallery (``serve.log_thumbnails``; not read
-  with the rest: :func:`read_thumbnails` fetches the few a report shows). Indexed by time
+  with the rest: :func:`read_thumbnails` fetches the few a report shows), and
+  ``image``, the kept image's file under ``kept/`` when the keeping policy kept it
+  (``transferops/logs/kept.py``). Indexed by time
   and by (model, time): time windows and per-model windows read only their rows.
 - ``feedback``: a true label for an earlier request id (labels arrive late).
+  The first label of a request id stays: a later one is not recorded
+  (:meth:`PredictionLog.append_feedback`), so a label cannot be flipped after
+  the fact (docs/security.md).
 
 Durability: :meth:`PredictionLog.append` returns after its transaction
 commits. In WAL mode with ``synchronous=NORMAL`` a commit is a ``write(2)``
@@ -32,7 +37,8 @@ import socket
 import sqlite3
 import threading
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,7 +74,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     "group" TEXT,
     bn BLOB,
     {", ".join(f"{name} REAL" for name in STAT_NAMES)},
-    thumbnail BLOB
+    thumbnail BLOB,
+    image TEXT
 );
 CREATE INDEX IF NOT EXISTS predictions_time ON predictions (time);
 CREATE INDEX IF NOT EXISTS predictions_model_time ON predictions (model_tag, time);
@@ -81,6 +88,7 @@ CREATE TABLE IF NOT EXISTS feedback (
 CREATE INDEX IF NOT EXISTS feedback_request ON feedback (request_id);
 """
 STORED = [*COLUMNS, "thumbnail"]  # "group" is a keyword: every name quoted
+ADDED_LATER = {"thumbnail": "BLOB", "image": "TEXT"}  # columns a store of an older release lacks
 _NAMES = ", ".join(f'"{c}"' for c in STORED)
 INSERT = f"INSERT INTO predictions ({_NAMES}) VALUES ({', '.join('?' * len(STORED))})"
 
@@ -156,8 +164,9 @@ class PredictionLog:
         with self._lock, self._db:
             self._db.executescript(SCHEMA)
             known = {row[1] for row in self._db.execute("PRAGMA table_info(predictions)")}
-            if "thumbnail" not in known:  # a store written before thumbnails were kept
-                self._db.execute("ALTER TABLE predictions ADD COLUMN thumbnail BLOB")
+            for column, kind in ADDED_LATER.items():
+                if column not in known:
+                    self._db.execute(f"ALTER TABLE predictions ADD COLUMN {column} {kind}")
         # Commits never checkpoint (that fsyncs, on the caller's time: the service's event
         # loop); the syncer thread does, on a connection of its own, without this lock.
         self._db.execute("PRAGMA wal_autocheckpoint=0")
@@ -176,12 +185,34 @@ class PredictionLog:
             self._db.executemany(INSERT, [r.row() for r in records])
         self._dirty.set()
 
-    def append_feedback(self, request_id: str, label: str) -> None:
+    def append_feedback(self, request_id: str, label: str) -> tuple[str, bool]:
+        """Record the true label of ``request_id`` unless it has one.
+
+        Returns (the label the request keeps, whether this call recorded it).
+
+        The first label stays (checked and written in one transaction): a caller
+        who sends another later cannot overwrite it (docs/security.md).
+        """
         with self._lock, self._db:
+            first = self._db.execute(
+                "SELECT label FROM feedback WHERE request_id = ? ORDER BY id LIMIT 1",
+                (request_id,),
+            ).fetchone()
+            if first is not None:
+                return first[0], False
             self._db.execute(
                 "INSERT INTO feedback (request_id, label, time) VALUES (?, ?, ?)",
                 (request_id, label, utc_now()),
             )
+        self._dirty.set()
+        return label, True
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """The writing connection, in one transaction, for this host's other writers
+        (kept images' links, retention: ``transferops/logs/kept.py``)."""
+        with self._lock, self._db:
+            yield self._db
         self._dirty.set()
 
     def _sync_loop(self, interval: float) -> None:
@@ -206,14 +237,14 @@ class PredictionLog:
             self._db.close()
 
 
-def _stores(directory: Path) -> list[Path]:
+def stores(directory: Path) -> list[Path]:
     return sorted(Path(directory).glob(FILE_GLOB))
 
 
-def _query(directory: Path, sql: str, args: tuple = ()) -> list[tuple]:
+def query(directory: Path, sql: str, args: tuple = ()) -> list[tuple]:
     """Rows of ``sql`` from every host's store, read-only."""
     rows: list[tuple] = []
-    for path in _stores(directory):
+    for path in stores(directory):
         uri = f"{path.resolve().as_uri()}?mode=ro"
         with closing(sqlite3.connect(uri, uri=True, timeout=30)) as db:
             rows.extend(db.execute(sql, args).fetchall())
@@ -250,7 +281,7 @@ def read_predictions(
     sql = f"SELECT {columns} FROM predictions"
     sql += f" WHERE {' AND '.join(where)}" if where else ""
     sql += " ORDER BY time DESC" + (f" LIMIT {int(last)}" if last is not None else "")
-    rows = _query(directory, sql, tuple(args))
+    rows = query(directory, sql, tuple(args))
     frame = pd.DataFrame(rows, columns=COLUMNS)
     if frame.empty:
         return frame
@@ -269,7 +300,7 @@ def read_predictions(
 def read_thumbnails(directory: Path, request_ids: list[str]) -> dict[str, bytes]:
     """The logged PNG thumbnails of these requests (those that have one), by request id."""
     found: dict[str, bytes] = {}
-    for path in _stores(directory):
+    for path in stores(directory):
         uri = f"{path.resolve().as_uri()}?mode=ro"
         with closing(sqlite3.connect(uri, uri=True, timeout=30)) as db:
             if "thumbnail" not in {row[1] for row in db.execute("PRAGMA table_info(predictions)")}:
@@ -287,19 +318,19 @@ def read_thumbnails(directory: Path, request_ids: list[str]) -> dict[str, bytes]
 
 def latest_model(directory: Path) -> str | None:
     """The model tag of the newest logged prediction (None when nothing is logged)."""
-    rows = _query(directory, "SELECT time, model_tag FROM predictions ORDER BY time DESC LIMIT 1")
+    rows = query(directory, "SELECT time, model_tag FROM predictions ORDER BY time DESC LIMIT 1")
     return max(rows)[1] if rows else None
 
 
 def read_feedback(directory: Path) -> pd.DataFrame:
-    """Every feedback label (request_id, label, time); the latest per request id wins."""
-    rows = _query(directory, "SELECT request_id, label, time FROM feedback")
+    """Every feedback label (request_id, label, time); the first per request id stays."""
+    rows = query(directory, "SELECT request_id, label, time FROM feedback")
     frame = pd.DataFrame(rows, columns=["request_id", "label", "time"])
     frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
-    return frame.sort_values("time", kind="stable").drop_duplicates("request_id", keep="last")
+    return frame.sort_values("time", kind="stable").drop_duplicates("request_id", keep="first")
 
 
 def has_request(directory: Path, request_id: str) -> bool:
     """Whether any host logged a prediction with this request id (an index lookup per store)."""
     sql = "SELECT 1 FROM predictions WHERE request_id = ? LIMIT 1"
-    return bool(_query(directory, sql, (request_id,)))
+    return bool(query(directory, sql, (request_id,)))

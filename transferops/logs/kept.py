@@ -1,0 +1,317 @@
+"""Production images kept for the next dataset version, and the store's retention.
+
+The service offers every image it answered to an :class:`ImageKeeper`, which
+applies the policy (``serve.keep``): on or off, a sampled ``fraction``, at
+most ``per_hour`` images an hour per worker. What it keeps goes to a writer
+thread through a queue bounded in bytes (``queue_mb``): no answer waits on a
+disk, and a full queue drops the image (counted), it never blocks. The writer stores each image as a
+file named by its content (sha256) under ``<paths.prediction_log>/kept/``,
+folders ``0700`` and files ``0600`` (the service's user alone reads them),
+exactly as sent when its largest side is at most the kept side
+(``side_factor`` x the model's input side), otherwise decoded under the same
+limits as the request and shrunk to it; then it links the file from the
+prediction row (``image``). Free disk under ``min_free_mb``, or a failed write,
+skips the image and logs it: keeping stops, serving does not.
+
+The same thread applies retention (``serve.retention_days``) every
+``prune_every_s``: predictions, their feedback and kept images older than that
+are deleted (:func:`prune_store`), so a store under steady traffic stops
+growing. :func:`read_kept` reads the kept images back with their labels, for
+harvests and the label queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import queue
+import random
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from transferops.config import ServeParams
+from transferops.data.imagecheck import BadImage, decode_upload, read_header
+from transferops.data.pictures import to_rgb
+from transferops.logs.predictions import PredictionLog, query, read_feedback, stores
+
+log = logging.getLogger(__name__)
+KEPT_DIR = "kept"
+SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "WEBP": ".webp", "GIF": ".gif",
+            "BMP": ".bmp", "TIFF": ".tif"}  # fmt: skip
+PRUNE_EVERY_S = 600.0
+LINK = "UPDATE predictions SET image = ? WHERE request_id = ?"
+
+
+def kept_root(prediction_log: Path) -> Path:
+    return Path(prediction_log) / KEPT_DIR
+
+
+@dataclass
+class KeepCounts:
+    """What the keeper did with the images offered to it, since it started."""
+
+    offered: int = 0
+    kept: int = 0
+    not_sampled: int = 0
+    over_hourly_cap: int = 0
+    queue_full: int = 0
+    disk_low: int = 0
+    failed: int = 0
+    pruned_rows: int = 0
+    pruned_images: int = 0
+
+
+class ImageKeeper:
+    """Keeps a sample of the served images on disk, off the answers' path."""
+
+    def __init__(
+        self,
+        log_store: PredictionLog,
+        serve: ServeParams,
+        *,
+        prune_every_s: float = PRUNE_EVERY_S,
+        seed: int | None = None,
+    ) -> None:
+        self.store = log_store
+        self.serve, self.policy = serve, serve.keep
+        self.root = kept_root(log_store.directory)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)  # an existing folder too: kept images are the users' data
+        self.counts = KeepCounts()
+        self._random = random.Random(seed)
+        self._hour, self._this_hour = -1, 0
+        self._queue: queue.Queue = queue.Queue()
+        self._queued_bytes, self._bytes_lock = 0, threading.Lock()
+        self._max_bytes = int(self.policy.queue_mb * 2**20)
+        self._prune_every_s = prune_every_s
+        self._warned: dict[str, float] = {}
+        self._thread = threading.Thread(target=self._run, name="image-keeper", daemon=True)
+        self._thread.start()
+
+    def offer(self, request_id: str, data: bytes, side: int) -> bool:
+        """Queue one served image for keeping (at most ``side`` px on its largest side).
+
+        Never blocks and never raises: an image the policy does not keep, or
+        that finds the queue full, is counted and dropped.
+        """
+        self.counts.offered += 1
+        if not self.policy.enabled:
+            return False
+        if self._random.random() >= self.policy.fraction:
+            self.counts.not_sampled += 1
+            return False
+        hour = int(time.time() // 3600)
+        if hour != self._hour:
+            self._hour, self._this_hour = hour, 0
+        if self._this_hour >= self.policy.per_hour:
+            self.counts.over_hourly_cap += 1
+            return False
+        with self._bytes_lock:
+            if self._queued_bytes + len(data) > self._max_bytes:
+                self.counts.queue_full += 1
+                return False
+            self._queued_bytes += len(data)
+        self._queue.put_nowait((request_id, data, side))
+        self._this_hour += 1
+        return True
+
+    def describe(self) -> dict:
+        return {"policy": self.policy.model_dump(), "counts": asdict(self.counts)}
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every queued image is written (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        next_prune = time.monotonic()
+        while True:
+            if time.monotonic() >= next_prune:
+                self._prune()
+                next_prune = time.monotonic() + self._prune_every_s
+            try:
+                item = self._queue.get(timeout=max(0.01, next_prune - time.monotonic()))
+            except queue.Empty:
+                continue
+            if item is None:
+                self._queue.task_done()
+                return
+            links = [self._write(item)]
+            while len(links) < 64:  # what queued meanwhile is linked in the same transaction
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)  # stop after this batch
+                    self._queue.task_done()
+                    break
+                links.append(self._write(more))
+            self._link([link for link in links if link is not None], len(links))
+
+    def _write(self, item: tuple[str, bytes, int]) -> tuple[str, str] | None:
+        request_id, data, side = item
+        with self._bytes_lock:
+            self._queued_bytes -= len(data)
+        try:
+            free = shutil.disk_usage(self.root).free
+            if free < self.policy.min_free_mb * 2**20:
+                self.counts.disk_low += 1
+                self._warn("disk", f"{free / 2**20:.0f} MB free < serve.keep.min_free_mb: "
+                           "not keeping images (serving goes on)")  # fmt: skip
+                return None
+            body, suffix = fit_to_side(data, side, self.serve)
+            digest = hashlib.sha256(body).hexdigest()
+            relative = f"{digest[:2]}/{digest}{suffix}"
+            write_private(self.root / relative, body)
+            return request_id, relative
+        except (OSError, BadImage) as err:
+            self.counts.failed += 1
+            self._warn("write", f"an image was not kept: {err}")
+            return None
+
+    def _link(self, links: list[tuple[str, str]], handled: int) -> None:
+        try:
+            if links:
+                with self.store.transaction() as db:
+                    db.executemany(LINK, [(relative, rid) for rid, relative in links])
+                self.counts.kept += len(links)
+        except Exception as err:  # a locked or full database: the images stay unlinked
+            self.counts.failed += len(links)
+            self._warn("link", f"kept images were not linked: {err}")
+        finally:
+            for _ in range(handled):
+                self._queue.task_done()
+
+    def _prune(self) -> None:
+        if self.serve.retention_days is None:
+            return
+        cutoff = datetime.now(UTC) - timedelta(days=self.serve.retention_days)
+        try:
+            rows, images = prune_store(self.store, cutoff)
+        except Exception as err:
+            self._warn("prune", f"retention did not run: {err}")
+            return
+        self.counts.pruned_rows += rows
+        self.counts.pruned_images += images
+
+    def _warn(self, kind: str, message: str) -> None:
+        """Log a problem at most once a minute per kind (a full disk repeats per image)."""
+        now = time.monotonic()
+        if now - self._warned.get(kind, -60.0) >= 60.0:
+            self._warned[kind] = now
+            log.warning(message)
+
+
+def fit_to_side(data: bytes, side: int, serve: ServeParams) -> tuple[bytes, str]:
+    """The bytes to keep, and their suffix: as sent when the largest side fits in ``side``,
+    else decoded (under ``serve``'s limits), turned upright, flattened and shrunk to it;
+    JPEG stays JPEG (quality 90), anything else becomes PNG."""
+    header = read_header(data)
+    if isinstance(header, str):
+        raise BadImage(header)
+    if max(header["width"], header["height"]) <= side:
+        return data, SUFFIXES.get(header["format"], ".img")
+    image = decode_upload(
+        data,
+        max_bytes=serve.max_image_bytes,
+        max_pixels=serve.max_pixels,
+        formats=serve.formats,
+        draft_side=side,
+    )
+    small = to_rgb(image)
+    small.thumbnail((side, side), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    if header["format"] in ("JPEG", "MPO"):
+        small.save(out, format="JPEG", quality=90)
+        return out.getvalue(), ".jpg"
+    small.save(out, format="PNG")
+    return out.getvalue(), ".png"
+
+
+def write_private(path: Path, body: bytes) -> None:
+    """Write ``body`` to ``path`` whole (a temporary file renamed), readable by its owner only."""
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(body)
+    os.replace(temporary, path)
+
+
+def prune_store(store: PredictionLog, cutoff: datetime) -> tuple[int, int]:
+    """Delete this host's predictions older than ``cutoff``, their feedback, and the kept
+    images no remaining prediction links to. Returns (rows deleted, images deleted)."""
+    before = cutoff.astimezone(UTC).isoformat(timespec="microseconds")
+    with store.transaction() as db:
+        old = db.execute(
+            "SELECT DISTINCT image FROM predictions WHERE time < ? AND image IS NOT NULL",
+            (before,),
+        ).fetchall()
+        db.execute(
+            "DELETE FROM feedback WHERE request_id IN "
+            "(SELECT request_id FROM predictions WHERE time < ?)",
+            (before,),
+        )
+        rows = db.execute("DELETE FROM predictions WHERE time < ?", (before,)).rowcount
+        still = {
+            r[0]
+            for r in db.execute(
+                "SELECT DISTINCT image FROM predictions WHERE image IS NOT NULL"
+            ).fetchall()
+        }
+    root, removed = kept_root(store.directory), 0
+    for (relative,) in old:
+        if relative not in still:
+            (root / relative).unlink(missing_ok=True)
+            removed += 1
+    return rows, removed
+
+
+KEPT_COLUMNS = ["request_id", "time", "model_tag", "predicted", "confidence", "group", "image"]
+
+
+def read_kept(
+    directory: Path,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    model: str | None = None,
+) -> pd.DataFrame:
+    """Every kept image's row, oldest first, with its feedback label (``label``, NaN when
+    none came back) and its file (``file``; rows whose file is gone are left out)."""
+    where, args = ["image IS NOT NULL"], []
+    for condition, value in (("time >= ?", since), ("time < ?", until)):
+        if value is not None:
+            where.append(condition)
+            args.append(value.astimezone(UTC).isoformat(timespec="microseconds"))
+    if model is not None:
+        where.append("model_tag = ?")
+        args.append(model)
+    sql = (
+        'SELECT request_id, time, model_tag, label, confidence, "group", image '
+        f"FROM predictions WHERE {' AND '.join(where)}"
+    )
+    frame = pd.DataFrame(query(directory, sql, tuple(args)), columns=KEPT_COLUMNS)
+    if not stores(directory) or frame.empty:
+        return frame.assign(label=pd.Series(dtype=object), file=pd.Series(dtype=object))
+    root = kept_root(directory)
+    frame["file"] = [str(root / relative) for relative in frame["image"]]
+    frame = frame[[Path(f).is_file() for f in frame["file"]]]
+    labels = read_feedback(directory).set_index("request_id")["label"]
+    frame = frame.assign(label=frame["request_id"].map(labels))
+    frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
+    return frame.sort_values("time", kind="stable").reset_index(drop=True)
