@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from transferops.commands import add_override_option
@@ -90,7 +91,7 @@ def _add_check(commands) -> None:
 def _add_data(commands) -> None:
     data = commands.add_parser(
         "data",
-        help="dataset versions: add (check + DVC snapshot + push), list",
+        help="dataset versions: add (check + DVC snapshot + push), harvest, list",
         description="Manage labelled data drops, each versioned with DVC.",
     )
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -114,6 +115,26 @@ def _add_data(commands) -> None:
         "list",
         help="show recorded dataset versions",
         description="Every `data add`: name, DVC version, images, classes, size, status.",
+    )
+    harvest = data_commands.add_parser(
+        "harvest",
+        help="kept production images whose labels came back -> a new drop (checked, DVC)",
+        description="Take the images the service kept (serve.keep) that have a feedback "
+        "label, give them their own train/val/test split, check them like any drop and "
+        "snapshot them with DVC under paths.incoming, with their provenance (request ids, "
+        "time range, the models that served them). Exit 1, writing nothing, when a label is "
+        "not one of the champion's classes or a class has fewer than --min-per-class labels. "
+        "Images harvested before or already in the dataset are left out. docs/flywheel.md",
+    )
+    harvest.add_argument(
+        "--since", type=parse_time, help="only images served at or after this ISO time (UTC)"
+    )
+    harvest.add_argument("--name", help="drop name (default: harvest-<UTC time>)")
+    harvest.add_argument(
+        "--min-per-class",
+        type=int,
+        metavar="K",
+        help="labels each class needs (default: monitor.retrain.min_labels_per_class)",
     )
 
 
@@ -386,12 +407,32 @@ def run_profile(path: Path, params, out: Path | None) -> int:
     return 0
 
 
+def parse_time(text: str) -> datetime:
+    """An ISO time for --since; without a zone it is UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not an ISO time: {text!r} ({err})") from err
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def run_data(args: argparse.Namespace, params) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from flows.data import add_dataset, checkout_version, list_versions
+    from flows.data import add_dataset, checkout_version, harvest_dataset, list_versions
+    from transferops.data.harvest import HarvestRefused
 
+    if args.data_command == "harvest":
+        try:
+            record = harvest_dataset(
+                params, since=args.since, name=args.name, min_per_class=args.min_per_class
+            )
+        except HarvestRefused as refused:
+            print(f"error: {refused}", file=sys.stderr)
+            return 1
+        print(json.dumps(record.__dict__, indent=2))
+        return 0 if record.status == "passed" else 1
     if args.data_command == "checkout":
         print(checkout_version(args.version, args.to))
         return 0

@@ -5,26 +5,35 @@ that passes is copied under ``paths.incoming`` (the source is only read),
 tracked with ``dvc add`` and pushed to the DVC remote, so a failed check
 never changes what trains. Every attempt, passed or failed, is recorded in
 ``paths.registry`` (JSON Lines) with its DVC hash, size, classes and status.
+``harvest_dataset`` turns kept production images whose labels came back into
+such a drop (``transferops/data/harvest.py``), with its provenance.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from flows.dvc import run_dvc
 from transferops.config import Params
 from transferops.data.checks import check_source
-from transferops.data.datasets import DataSourceError
-from transferops.data.preparation import DROP_MANIFEST
+from transferops.data.datasets import MANIFEST, DataSourceError
+from transferops.data.harvest import PROVENANCE, plan_harvest, read_provenance, write_harvest
+from transferops.data.preparation import DROP_MANIFEST, incoming_drops
 from transferops.data.sources import list_source
 from transferops.logs.jsonl import append_jsonl, read_jsonl
+from transferops.logs.kept import read_kept
 from transferops.names import name_problem
+from transferops.registry import champion
+from transferops.registry.store import stored_model
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +51,21 @@ class DatasetVersion:
     report: str
     source: str
     added_at: str
+    provenance: dict | None = None  # a harvest's summary (the drop's provenance.json has it all)
 
 
 def add_dataset(
-    source: Path, params: Params, name: str | None = None, repo: Path = Path()
+    source: Path,
+    params: Params,
+    name: str | None = None,
+    repo: Path = Path(),
+    provenance: dict | None = None,
 ) -> DatasetVersion:
-    """Check ``source``; when it passes, snapshot it as drop ``name`` and push it."""
+    """Check ``source``; when it passes, snapshot it as drop ``name`` and push it.
+
+    ``provenance`` (a harvest's) is written into the drop as ``provenance.json``
+    and summarised in the registry record.
+    """
     source = Path(source).resolve()
     name = name or source.stem
     problem = name_problem("dataset name", name)
@@ -67,9 +85,12 @@ def add_dataset(
         report=str(report_dir / "problems.txt"),
         source=str(source),
         added_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        provenance={k: v for k, v in (provenance or {}).items() if k != "request_ids"} or None,
     )
     if report.success:
         drop = copy_drop(source, Path(params.paths.incoming) / name, set(report.quarantined))
+        if provenance:
+            (drop / PROVENANCE).write_text(json.dumps(provenance, indent=1))
         run_dvc(["add", str(drop)], repo, log)
         run_dvc(["push", f"{drop}.dvc"], repo, log)
         record.version, record.bytes = dvc_hash(Path(f"{drop}.dvc"))
@@ -145,3 +166,65 @@ def checkout_version(version: str, dest: Path, repo: Path = Path()) -> Path:
         log.info("no remote copy of %s; using the local cache", version)
     run_dvc(["checkout", str(pointer)], repo, log)
     return dest
+
+
+def harvest_dataset(
+    params: Params,
+    *,
+    since: datetime | None = None,
+    name: str | None = None,
+    min_per_class: int | None = None,
+    repo: Path = Path(),
+) -> DatasetVersion:
+    """The kept images whose feedback labels came back (since ``since``) as a new drop.
+
+    Refused (:class:`~transferops.data.harvest.HarvestRefused`), before anything
+    is written, when a label is not a class of the champion or a class has
+    fewer than ``min_per_class`` labels (default
+    ``monitor.retrain.min_labels_per_class``). What is left passes
+    :func:`add_dataset`'s checks like any drop, with its provenance.
+    """
+    holder = champion.current(params.paths.models)
+    if holder is None:
+        raise DataSourceError("no champion yet: a harvest takes the champion's classes")
+    classes = stored_model(holder.tag).info.metadata["classes"]
+    name = name or "harvest-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    if problem := name_problem("dataset name", name):
+        raise DataSourceError(f"{problem} (give one with --name)")
+    if (Path(params.paths.incoming) / name).exists():
+        raise DataSourceError(f"a drop named {name!r} exists already: give another --name")
+    requests, hashes = harvested_before(Path(params.paths.incoming))
+    plan = plan_harvest(
+        read_kept(params.paths.prediction_log, since=since),
+        classes,
+        min_per_class=min_per_class or params.monitor.retrain.min_labels_per_class,
+        known_sha256=hashes | dataset_hashes(Path(params.paths.prepared)),
+        known_requests=requests,
+        fractions=params.data.holdout_fraction,
+        seed=params.seed,
+    )
+    for reason, ids in plan.left_out.items():
+        log.info("harvest %s: %d labelled image(s) left out: %s", name, len(ids), reason)
+    Path(params.paths.reports).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".harvest-", dir=Path(params.paths.reports)) as tmp:
+        staged = write_harvest(plan, Path(tmp) / name)
+        provenance = plan.provenance(name) | {"champion": holder.tag}
+        return add_dataset(staged / DROP_MANIFEST, params, name, repo, provenance)
+
+
+def harvested_before(incoming: Path) -> tuple[set[str], set[str]]:
+    """Request ids and image hashes that earlier harvested drops hold."""
+    requests, hashes = set(), set()
+    for drop in incoming_drops(incoming):
+        if (record := read_provenance(drop)) is not None:
+            requests.update(record.get("request_ids", []))
+            hashes.update(p.name.split(".")[0] for p in (drop / "images").rglob("*.*"))
+    return requests, hashes
+
+
+def dataset_hashes(prepared: Path) -> set[str]:
+    """The sha256 of every image in the prepared dataset (none before the first prepare)."""
+    manifest = Path(prepared) / MANIFEST
+    if not manifest.is_file():
+        return set()
+    return set(pd.read_csv(manifest, usecols=["sha256"])["sha256"].dropna())
