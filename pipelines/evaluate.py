@@ -58,6 +58,7 @@ def evaluate(params: Params) -> dict:
     test = manifest[manifest["split"] == "test"]
     scored = score_split(model, config, test, paths.prepared, params.features.batch_size, device)
     metrics = evaluation_metrics(scored, config.classes, cfg, params.seed)
+    metrics["domains"] = domain_accuracy(scored, test, paths.incoming)
     out_dir = Path(paths.evaluation)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_confusion(scored, config.classes, out_dir / CONFUSION)
@@ -95,6 +96,19 @@ def evaluate(params: Params) -> dict:
         metrics["n"],
     )
     return metrics
+
+
+def domain_accuracy(scored, test: pd.DataFrame, incoming: Path) -> dict[str, dict]:
+    """Test accuracy per domain (the base data, each drop): what the model was trained on,
+    and what the gate scores apart (``gate.max_forgetting``)."""
+    domains = np.asarray([regime_of(source, incoming) for source in test["source"]])
+    return {
+        domain: {
+            "n": int((domains == domain).sum()),
+            "accuracy": float(scored.correct[domains == domain].mean()),
+        }
+        for domain in sorted(set(domains))
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

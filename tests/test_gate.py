@@ -25,10 +25,11 @@ from services.client import png_bytes
 from tests.bento_env import venv_from_requirements
 from tests.commands import run_stage
 from tests.commands import transferops as run_command
-from tests.conftest import ROOT, write_params
+from tests.conftest import ROOT, STAGES, absolute_paths, write_params
 from tests.models import always_answering
 from transferops.config import load_params
 from transferops.data.datasets import ACCEPTED, read_accepted
+from transferops.data.shifts import HeldOutPool, write_labelled_drop
 from transferops.models.evaluation import score_split
 from transferops.registry import champion
 from transferops.registry.gate import run_gate
@@ -158,6 +159,46 @@ def test_challenger_worse_for_one_group_is_not_promoted(models: Models, tmp_path
     # The same challenger passes once the group margin allows the drop.
     lenient = gate_params(models, tmp_path, **settings, **{"gate.max_group_drop": 1.0})
     assert run_gate(lenient, models.trained).promote
+
+
+def test_a_challenger_trained_on_the_drop_alone_forgets_and_is_refused(
+    models: Models, tmp_path: Path
+) -> None:
+    """Trained on inverted images alone, the challenger gains on them and loses the original
+    domain: the gate scores both apart and refuses it for forgetting."""
+    project = load_params(models.project)
+    pool = HeldOutPool(project.data.source, project.paths.prepared, seed=1)
+    incoming = tmp_path / "incoming"
+    drop = write_labelled_drop(pool.take(200, "invert"), incoming / "inverted")
+    alone = write_params(
+        tmp_path / "alone.yaml",
+        absolute_paths(tmp_path / "alone")
+        | {"data.format": "imagefolder", "data.source": str(drop), "strategy.force": "full"},
+        base=models.project,
+    )
+    for stage in STAGES:
+        run_stage(stage, alone)
+    merged = {k: str(tmp_path / k) for k in ("prepared", "validation")}
+    gate = gate_params(
+        models, tmp_path, **{f"paths.{k}": v for k, v in merged.items()},
+        **{"paths.incoming": str(incoming)},
+    )  # fmt: skip
+    for stage in ("prepare", "validate"):  # the base data and the drop, together
+        run_stage(stage, tmp_path / "params.yaml")
+    champion.promote(gate.paths.models, models.trained, reason="test setup", via="test")
+
+    verdict = run_gate(gate, candidate_tag(load_params(alone).paths.package))
+
+    domains = {d["domain"]: d for d in verdict.domains}
+    assert set(domains) == {"base", "inverted"}, domains
+    assert domains["base"]["known"] and not domains["inverted"]["known"]
+    assert domains["inverted"]["change"] > 0, "it learned the new domain"
+    assert domains["base"]["change_ci"][0] < -gate.gate.max_forgetting, domains["base"]
+    assert not verdict.promote
+    assert any(r.startswith("forgetting: domain 'base'") for r in verdict.reasons), verdict.reasons
+    assert champion.current(gate.paths.models).tag == models.trained
+    saved = json.loads(Path(verdict.report).read_text())
+    assert [d["domain"] for d in saved["domains"]] == ["base", "inverted"]
 
 
 KILL_AT = {
