@@ -91,7 +91,7 @@ def _add_check(commands) -> None:
 def _add_data(commands) -> None:
     data = commands.add_parser(
         "data",
-        help="dataset versions: add (check + DVC snapshot + push), harvest, list",
+        help="dataset versions: add (check + DVC snapshot + push), harvest, queue, list",
         description="Manage labelled data drops, each versioned with DVC.",
     )
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -129,6 +129,21 @@ def _add_data(commands) -> None:
     harvest.add_argument(
         "--since", type=parse_time, help="only images served at or after this ISO time (UTC)"
     )
+    queue = data_commands.add_parser(
+        "queue",
+        help="which kept, unlabelled production images to label first",
+        description="Rank the current window's kept images that have no feedback label yet "
+        "(and no harvest took): by how unfamiliar each is to the serving model's reference "
+        "and how unsure the model was, the predicted classes taking turns. Writes queue.csv "
+        "(rank, request_id, predicted, why, priority) and queue.html (the images). Send the "
+        "labels to POST /v1/feedback. docs/flywheel.md",
+    )
+    queue.add_argument("--n", type=int, default=100, help="images to rank (default: %(default)s)")
+    queue.add_argument(
+        "--since", type=parse_time, help="the window: images served since this ISO time "
+        "(default: the latest monitor.window predictions)",
+    )  # fmt: skip
+    queue.add_argument("--out", type=Path, help="output folder (default: reports/queue)")
     harvest.add_argument("--name", help="drop name (default: harvest-<UTC time>)")
     harvest.add_argument(
         "--min-per-class",
@@ -423,6 +438,15 @@ def run_data(args: argparse.Namespace, params) -> int:
     from flows.data import add_dataset, checkout_version, harvest_dataset, list_versions
     from transferops.data.harvest import HarvestRefused
 
+    if args.data_command == "queue":
+        from flows.data import harvested_before
+        from monitoring.queue import QUEUE_HTML, label_queue
+
+        out = args.out or Path(params.paths.reports) / "queue"
+        exclude, _ = harvested_before(Path(params.paths.incoming))
+        ranked = label_queue(params, out, args.n, since=args.since, exclude=exclude)
+        print(f"{len(ranked)} image(s) to label first: {out / 'queue.csv'}, {out / QUEUE_HTML}")
+        return 0
     if args.data_command == "harvest":
         try:
             record = harvest_dataset(

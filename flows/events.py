@@ -2,7 +2,8 @@
 
 The monitoring flow never trains. When its guarded decision says retrain, it
 emits ``transferops.retrain.requested`` with everything the training run
-needs (the decision's overrides, a labelled drop, why). The training
+needs (the decision's overrides, the harvested drop of the drifted traffic or
+a labelled folder, why). The training
 deployment answers through an automation with Prefect's own guards:
 
 - ``threshold`` requests within ``monitor.retrain.cooldown_hours`` start one
@@ -33,7 +34,12 @@ class EventsOffError(RuntimeError):
 
 
 def request_retrain(
-    *, model_tag: str, overrides: list[str], new_data: str | None, why: dict
+    *,
+    model_tag: str,
+    overrides: list[str],
+    new_data: str | None,
+    why: dict,
+    harvest: str | None = None,
 ) -> dict:
     """Emit the retrain request; return ``{"event": name, "id": ...}``.
 
@@ -45,7 +51,12 @@ def request_retrain(
     event = emit_event(
         RETRAIN_EVENT,
         resource={"prefect.resource.id": f"{RESOURCE_PREFIX}{model_tag}"},
-        payload={"overrides": list(overrides), "new_data": new_data, "trigger": trigger},
+        payload={
+            "overrides": list(overrides),
+            "new_data": new_data,
+            "harvest": harvest,
+            "trigger": trigger,
+        },
         id=event_id,
     )
     if event is None:
@@ -74,6 +85,7 @@ def retrain_trigger(params: Params) -> DeploymentEventTrigger:
         parameters={
             "overrides": "{{ event.payload.overrides }}",
             "dataset": "{{ event.payload.new_data }}",
+            "harvest": "{{ event.payload.harvest }}",
             "trigger": "{{ event.payload.trigger }}",
         },
     )

@@ -1,18 +1,29 @@
-"""The monitoring flow: a drift check, the guarded retrain decision, the retrain request."""
+"""The monitoring flow: a drift check, the guarded retrain decision, the retrain request.
+
+When the guards allow a retrain, the drifted traffic's kept images with late
+labels are harvested into a drop (``flows/data.py``); the request carries it,
+and without it (too few labels: ``waiting for labels``, with a label queue
+beside the check's report) no retrain is requested.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.data import harvest_dataset, harvested_before
 from flows.events import api_url, request_retrain
 from flows.records import recorded_run
-from monitoring.decision import decide_and_record
+from monitoring.decision import LabelsFound, decide_and_record
 from monitoring.drift import check_drift, read_history
 from transferops.config import DEFAULT_PARAMS, Params, load_params
+from transferops.data.datasets import DataSourceError
+from transferops.data.harvest import HarvestRefused, TooFewLabels
 from transferops.models.saved import WEIGHTS
 from transferops.registry import champion
 from transferops.registry.store import stored_model, stored_model_dir
@@ -33,21 +44,69 @@ def surgical_overrides(params: Params) -> list[str] | None:
 
 
 @task(cache_policy=NO_CACHE)
-def retrain_decision(params: Params) -> dict:
-    """K-of-N persistence, cooldown and a recorded reason (monitoring/decision.py)."""
+def retrain_decision(params: Params, report_dir: str | None = None) -> dict:
+    """K-of-N persistence, cooldown, new labelled data, and a recorded reason
+    (monitoring/decision.py)."""
     drift_dir = Path(params.paths.reports) / "drift"
     history = read_history(drift_dir)
     decision = decide_and_record(
-        drift_dir, history, params.monitor.retrain, surgical_overrides(params)
+        drift_dir,
+        history,
+        params.monitor.retrain,
+        surgical_overrides(params),
+        harvest=harvest_drifted_traffic(params, report_dir),
     )
     return asdict(decision)
+
+
+def harvest_drifted_traffic(
+    params: Params, report_dir: str | None
+) -> Callable[[datetime | None], LabelsFound]:
+    """The decision's harvest: the labelled kept images since the drift began, as a drop.
+
+    Too few labels: the label queue goes beside the check's report
+    (``<report>/queue/``), twice as long as the labels missing.
+    """
+
+    def harvest(since: datetime | None) -> LabelsFound:
+        try:
+            record = harvest_dataset(params, since=since)
+        except TooFewLabels as short:
+            missing = sum(need - have for have, need in short.short.values())
+            queue = write_label_queue(params, report_dir, since, 2 * missing)
+            return LabelsFound(counts=short.counts, short=short.short, queue=queue)
+        except (HarvestRefused, DataSourceError) as refused:
+            return LabelsFound(problem=str(refused))
+        if record.status != "passed":
+            return LabelsFound(
+                problem=f"the harvest failed its data checks ({record.problems} problem(s)): "
+                f"{record.report}"
+            )
+        return LabelsFound(drop=record.name, counts=record.provenance["labels_per_class"])
+
+    return harvest
+
+
+def write_label_queue(
+    params: Params, report_dir: str | None, since: datetime | None, n: int
+) -> str | None:
+    """The queue of the drifted traffic's images to label first; its page's path."""
+    from monitoring.queue import QUEUE_HTML, label_queue
+
+    if report_dir is None:
+        return None
+    out = Path(report_dir) / "queue"
+    exclude, _ = harvested_before(Path(params.paths.incoming))
+    label_queue(params, out, n, since=since, exclude=exclude)
+    return str(out / QUEUE_HTML)
 
 
 @task(cache_policy=NO_CACHE)
 def emit_retrain_request(
     verdict: dict, decision: dict, overrides: list[str], new_data: str | None
 ) -> dict:
-    """The decision said retrain: emit the event the training deployment answers."""
+    """The decision said retrain: emit the event the training deployment answers; it carries
+    the decision's harvest (the drop of the drifted traffic) to train on."""
     logger = get_run_logger()
     if api_url() is None:
         logger.warning(
@@ -61,11 +120,13 @@ def emit_retrain_request(
         "check": decision.get("check"),
         "report_dir": verdict.get("report_dir"),
         "model_tag": verdict.get("model_tag"),
+        "harvest": decision.get("harvest"),
     }
     sent = request_retrain(
         model_tag=verdict.get("model_tag") or "unknown",
         overrides=overrides,
         new_data=new_data,
+        harvest=decision.get("harvest"),
         why=why,
     )
     logger.warning("retrain requested (%s): %s; event %s", why["strategy"], why["reason"], sent)
@@ -106,7 +167,7 @@ def monitoring_flow(
         if not retrain:
             logger.info("verdict %s; retraining off for this run", verdict["status"])
             return result
-        decision = retrain_decision(params)
+        decision = retrain_decision(params, verdict.get("report_dir"))
         result["decision"] = decision
         if decision["retrain"]:
             result["requested"] = emit_retrain_request(

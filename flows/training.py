@@ -23,7 +23,7 @@ import httpx
 from prefect import flow, get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.data import add_dataset, checkout_version, require_passed
+from flows.data import add_dataset, checkout_version, list_versions, require_passed
 from flows.dvc import DvcError, pipeline_stages, run_dvc
 from flows.records import recorded_run
 from flows.serving import http_client
@@ -34,9 +34,11 @@ from transferops.config import (
     run_changes,
     write_run_params,
 )
+from transferops.data.datasets import DataSourceError
 from transferops.data.preparation import incoming_drops
 from transferops.files import Held, exclusive
 from transferops.models.saved import METRICS
+from transferops.names import name_problem
 from transferops.registry import champion
 from transferops.registry.packaging import PACKAGE_RECORD
 
@@ -64,6 +66,26 @@ def snapshot_data(params: Params, dataset: str | None) -> list[str]:
     for drop in drops:
         run_dvc(["add", str(drop)], REPO, logger)
     return [str(d) for d in drops]
+
+
+@task(cache_policy=NO_CACHE)
+def check_harvest(params: Params, harvest: str) -> dict:
+    """The drop a drift retrain must train on: a harvest that passed its checks.
+
+    The name comes from the event's payload: it must be a plain drop name, and
+    that drop must be under ``paths.incoming`` with a passed record, or the run
+    stops here: a retrain on unchanged data learns nothing.
+    """
+    incoming = Path(params.paths.incoming)
+    if problem := name_problem("harvest", harvest):
+        raise DataSourceError(f"the retrain request's harvest: {problem}")
+    passed = [v for v in list_versions(params.paths.registry) if v.name == harvest]
+    if not (incoming / harvest).is_dir() or not passed or passed[-1].status != "passed":
+        raise DataSourceError(
+            f"the retrain request names harvest {harvest!r}, which is not a drop under "
+            f"{incoming} that passed its checks (see `transferops data list`): not training"
+        )
+    return {"name": harvest, "version": passed[-1].version, "images": passed[-1].images}
 
 
 def transient_failure(task, task_run, state) -> bool:
@@ -256,6 +278,7 @@ def training_flow(
     strategy: str | None = None,
     trigger: dict | None = None,
     params_file: str = str(DEFAULT_PARAMS),
+    harvest: str | None = None,
 ) -> dict:
     """Snapshot data -> ``dvc repro``, stage by stage -> push -> gate -> tell the service.
 
@@ -272,6 +295,8 @@ def training_flow(
         trigger: what started the run (a drift event fills this in); recorded.
         params_file: the params file (``transferops --params FILE``); what it
             changes from params.yaml reaches the stages through ``RUN_PARAMS``.
+        harvest: the harvested drop a drift retrain trains on (already under
+            ``paths.incoming``; the run stops unless it passed its checks).
 
     Raises:
         TrainingBusy: another training run of this project is in progress.
@@ -288,6 +313,8 @@ def training_flow(
             params = load_params(params_file, overrides)
         outcome["params_file"] = params_file
         outcome["overrides"] = overrides
+        if harvest:  # "" when an event of an older release had none
+            outcome["harvest"] = check_harvest(params, harvest)
         outcome["drops"] = snapshot_data(params, dataset)
         with params_for_this_run(params) as changed:
             retried = reproduce_stage.with_options(

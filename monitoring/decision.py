@@ -15,7 +15,13 @@ Guards, in order (``monitor.retrain`` in params.yaml):
    drift verdict: it never starts a retrain on its own, and known traffic
    (a regime the model was trained on, ``drift.known_regime``) is no drift,
    so a model retrained on a shift is not retrained again for it;
-3. cooldown: no retrain started in the last ``cooldown_hours``.
+3. cooldown: no retrain started in the last ``cooldown_hours``;
+4. new labelled data: the drifted traffic's kept images with feedback labels
+   become a harvested drop (``flows/data.py``) with at least
+   ``min_labels_per_class`` per class; until then the decision is **waiting
+   for labels** (have/need per class, and the label queue to work from), and
+   a retrain never starts on unchanged data. The harvest runs under the
+   decision's lock, and only a retrain that has its drop starts the cooldown.
 
 A retrain gets a strategy: when the domain shift is input-level (located in
 the early stages, and an image statistic moved: ``shift.input_level``) and
@@ -31,7 +37,8 @@ lock, so two monitoring runs at once cannot both start a retrain.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -68,6 +75,20 @@ class RetrainDecision:
     model_tag: str | None = None
     check: str | None = None  # the report folder of the deciding check
     decided_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    waiting: dict[str, list[int]] | None = None  # class -> [labels there, labels needed]
+    harvest: str | None = None  # the drop of the drifted traffic the retrain trains on
+    labels_since: str | None = None  # the drifted traffic's start: what the harvest took
+
+
+@dataclass
+class LabelsFound:
+    """What a harvest of the drifted traffic came to (``flows/monitoring.py`` makes it)."""
+
+    drop: str | None = None  # the harvested drop, when it passed its checks
+    counts: dict[str, int] = field(default_factory=dict)  # labels per class
+    short: dict[str, tuple[int, int]] = field(default_factory=dict)  # class -> (have, need)
+    problem: str | None = None  # why nothing was harvested, other than too few labels
+    queue: str | None = None  # the label queue to work from while waiting
 
 
 def decide(
@@ -141,17 +162,74 @@ def decide(
     return RetrainDecision(True, why + ". Default strategy", "default", **base, **counts)
 
 
+def drift_onset(history: list[dict], cfg: RetrainParams) -> datetime | None:
+    """Where the drifted traffic starts: the earliest window among the alarms that count
+    (the latest model's last ``checks`` checks with a verdict that found drift)."""
+    if not history:
+        return None
+    tag = history[-1].get("model_tag")
+    judged = [
+        h for h in history if h.get("model_tag") == tag and h["status"] != "insufficient_data"
+    ]
+    starts = [h["window_start"] for h in judged[-cfg.checks :] if h["status"] == "drift"]
+    starts = [s for s in starts if s]
+    return datetime.fromisoformat(min(starts)) if starts else None
+
+
+def with_labels(decision: RetrainDecision, found: LabelsFound, since: datetime | None):
+    """Pure: a retrain the guards allowed, given what the harvest of its traffic found."""
+    if not decision.retrain:
+        return decision
+    since_text = since.isoformat() if since else None
+    if found.drop:
+        labelled = sum(found.counts.values())
+        return replace(
+            decision,
+            reason=f"{decision.reason}; trains on harvest {found.drop!r} ({labelled} labelled "
+            "production images)",
+            harvest=found.drop,
+            labels_since=since_text,
+        )
+    if found.short:
+        listed = ", ".join(f"{c} {have}/{need}" for c, (have, need) in found.short.items())
+        queue = f"; label queue: {found.queue}" if found.queue else ""
+        return replace(
+            decision,
+            retrain=False,
+            reason=f"waiting for labels: {len(found.short)} class(es) have too few labels from "
+            f"the drifted traffic (have/need, monitor.retrain.min_labels_per_class): "
+            f"{listed}{queue}",
+            waiting={c: [have, need] for c, (have, need) in found.short.items()},
+            labels_since=since_text,
+        )
+    return replace(
+        decision,
+        retrain=False,
+        reason=f"no retrain without new labelled data: {found.problem or 'nothing harvested'}",
+        labels_since=since_text,
+    )
+
+
 def decide_and_record(
     drift_dir: Path,
     history: list[dict],
     cfg: RetrainParams,
     surgical_overrides: list[str] | None = None,
     now: datetime | None = None,
+    harvest: Callable[[datetime | None], LabelsFound] | None = None,
 ) -> RetrainDecision:
-    """Decide under the lock; record the decision (and the retrain it starts)."""
+    """Decide under the lock; record the decision (and the retrain it starts).
+
+    ``harvest(since)`` turns the drifted traffic's labels into a drop; called
+    only when every other guard allows a retrain (None: not asked, as in the
+    guards' own tests; the monitoring flow always passes it).
+    """
     drift_dir, now = Path(drift_dir), now or datetime.now(UTC)
     with locked(drift_dir / LOCK):
         decision = decide(history, read_jsonl(drift_dir / RETRAINS), cfg, now, surgical_overrides)
+        if decision.retrain and harvest is not None:
+            since = drift_onset(history, cfg)
+            decision = with_labels(decision, harvest(since), since)
         decision.decided_at = now.isoformat()
         row = asdict(decision)
         append_jsonl(drift_dir / DECISIONS, row)

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from monitoring.decision import RETRAINS, decide, decide_and_record, read_decisions
+from monitoring.decision import (
+    RETRAINS,
+    LabelsFound,
+    decide,
+    decide_and_record,
+    drift_onset,
+    read_decisions,
+)
 from transferops.config import RetrainParams
 
 CFG = RetrainParams(alarms=2, checks=3, cooldown_hours=24, surgical=True)
@@ -24,6 +31,7 @@ def check(status: str, location: str | None = "late", tag: str = "m:1") -> dict:
         "shift_location": location,
         "tests": {"embedding": {"fired": status == "drift"}, "stat:sharpness": {"fired": True}},
         "report_dir": f"reports/drift/{status}",
+        "window_start": None,
     }
 
 
@@ -115,3 +123,49 @@ def test_concurrent_decisions_start_one_retrain(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert sorted(results) == [False] * 7 + [True]
+
+
+def test_without_enough_labels_it_waits_and_the_cooldown_does_not_start(tmp_path: Path) -> None:
+    history = [check("no_drift"), check("drift"), check("drift")]
+    history[0]["window_start"] = "2026-11-25T08:00:00+00:00"  # no drift there: not the onset
+    history[1]["window_start"] = "2026-11-25T10:00:00+00:00"
+    history[2]["window_start"] = "2026-11-25T11:00:00+00:00"
+    asked = []
+
+    def short(since):
+        asked.append(since)
+        return LabelsFound(short={"coat": (4, 20), "bag": (0, 20)}, queue="q/queue.html")
+
+    waiting = decide_and_record(tmp_path, history, CFG, now=NOW, harvest=short)
+    assert asked == [datetime(2026, 11, 25, 10, tzinfo=UTC)], "harvest from the drift's onset"
+    assert not waiting.retrain and waiting.reason.startswith("waiting for labels")
+    assert "coat 4/20, bag 0/20" in waiting.reason and "q/queue.html" in waiting.reason
+    assert waiting.waiting == {"coat": [4, 20], "bag": [0, 20]}
+    assert not (tmp_path / RETRAINS).exists(), "waiting started the cooldown"
+
+    def harvested(since):
+        return LabelsFound(drop="harvest-1", counts={"coat": 20, "bag": 21})
+
+    later = NOW + timedelta(minutes=30)
+    ready = decide_and_record(tmp_path, [*history, check("drift")], CFG, now=later,
+                              harvest=harvested)  # fmt: skip
+    assert ready.retrain and ready.harvest == "harvest-1" and "41 labelled" in ready.reason
+    assert len((tmp_path / RETRAINS).read_text().splitlines()) == 1
+
+
+def test_no_retrain_on_unchanged_data_and_no_harvest_without_a_retrain(tmp_path: Path) -> None:
+    def failed(since):
+        return LabelsFound(problem="the harvest failed its data checks")
+
+    refused = decide_and_record(tmp_path, [check("drift")] * 2, CFG, now=NOW, harvest=failed)
+    assert not refused.retrain and refused.harvest is None
+    assert (
+        refused.reason == "no retrain without new labelled data: the harvest failed its data checks"
+    )
+
+    def never(since):
+        raise AssertionError("harvested although no retrain was due")
+
+    quiet = decide_and_record(tmp_path, [check("no_drift")], CFG, now=NOW, harvest=never)
+    assert not quiet.retrain
+    assert drift_onset([], CFG) is None and drift_onset([check("no_drift")], CFG) is None
