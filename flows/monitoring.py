@@ -65,15 +65,15 @@ def harvest_drifted_traffic(
     """The decision's harvest: the labelled kept images since the drift began, as a drop.
 
     Too few labels: the label queue goes beside the check's report
-    (``<report>/queue/``), twice as long as the labels missing.
+    (``<report>/queue/``), aimed at the classes still short (twice the labels each lacks).
     """
 
     def harvest(since: datetime | None) -> LabelsFound:
         try:
             record = harvest_dataset(params, since=since)
         except TooFewLabels as short:
-            missing = sum(need - have for have, need in short.short.values())
-            queue = write_label_queue(params, report_dir, since, 2 * missing)
+            wanted = {c: need - have for c, (have, need) in short.short.items()}
+            queue = write_label_queue(params, report_dir, since, wanted)
             return LabelsFound(counts=short.counts, short=short.short, queue=queue)
         except (HarvestRefused, DataSourceError) as refused:
             return LabelsFound(problem=str(refused))
@@ -88,7 +88,7 @@ def harvest_drifted_traffic(
 
 
 def write_label_queue(
-    params: Params, report_dir: str | None, since: datetime | None, n: int
+    params: Params, report_dir: str | None, since: datetime | None, wanted: dict[str, int]
 ) -> str | None:
     """The queue of the drifted traffic's images to label first; its page's path."""
     from monitoring.queue import QUEUE_HTML, label_queue
@@ -97,7 +97,7 @@ def write_label_queue(
         return None
     out = Path(report_dir) / "queue"
     exclude, _ = harvested_before(Path(params.paths.incoming))
-    label_queue(params, out, n, since=since, exclude=exclude)
+    label_queue(params, out, None, since=since, exclude=exclude, wanted=wanted)
     return str(out / QUEUE_HTML)
 
 

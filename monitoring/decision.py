@@ -162,18 +162,22 @@ def decide(
     return RetrainDecision(True, why + ". Default strategy", "default", **base, **counts)
 
 
-def drift_onset(history: list[dict], cfg: RetrainParams) -> datetime | None:
-    """Where the drifted traffic starts: the earliest window among the alarms that count
-    (the latest model's last ``checks`` checks with a verdict that found drift)."""
+def drift_onset(history: list[dict]) -> datetime | None:
+    """Where the drifted traffic starts: the window of the first check in the latest model's
+    trailing run of drift verdicts (checks without a verdict are skipped). Every later
+    check of the same shift keeps the same start, so labels given meanwhile keep counting."""
     if not history:
         return None
     tag = history[-1].get("model_tag")
     judged = [
         h for h in history if h.get("model_tag") == tag and h["status"] != "insufficient_data"
     ]
-    starts = [h["window_start"] for h in judged[-cfg.checks :] if h["status"] == "drift"]
-    starts = [s for s in starts if s]
-    return datetime.fromisoformat(min(starts)) if starts else None
+    start = None
+    for check in reversed(judged):
+        if check["status"] != "drift":
+            break
+        start = check.get("window_start") or start
+    return datetime.fromisoformat(start) if start else None
 
 
 def with_labels(decision: RetrainDecision, found: LabelsFound, since: datetime | None):
@@ -228,7 +232,7 @@ def decide_and_record(
     with locked(drift_dir / LOCK):
         decision = decide(history, read_jsonl(drift_dir / RETRAINS), cfg, now, surgical_overrides)
         if decision.retrain and harvest is not None:
-            since = drift_onset(history, cfg)
+            since = drift_onset(history)
             decision = with_labels(decision, harvest(since), since)
         decision.decided_at = now.isoformat()
         row = asdict(decision)

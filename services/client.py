@@ -22,6 +22,40 @@ def batches(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
+def classify(
+    url: str, items: list[tuple[Image.Image, str]], batch_size: int = 16
+) -> dict[str, str]:
+    """POST the images to ``/v1/classify``; return each answer's request id -> true label
+    (what an annotator will later send back to ``/v1/feedback``)."""
+    import httpx
+
+    truth: dict[str, str] = {}
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for chunk in batches(items, batch_size):
+            files = [("images", (f"{i}.png", png_bytes(image), "image/png"))
+                     for i, (image, _) in enumerate(chunk)]  # fmt: skip
+            response = client.post("/v1/classify", files=files)
+            response.raise_for_status()
+            for answer, (_, label) in zip(response.json(), chunk, strict=True):
+                truth[answer["request_id"]] = label
+    return truth
+
+
+def label(url: str, request_ids: list[str], truth: dict[str, str]) -> int:
+    """Send the true labels of these requests to ``/v1/feedback``, as annotators would;
+    returns how many were recorded."""
+    import httpx
+
+    recorded = 0
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for request_id in request_ids:
+            back = {"request_id": request_id, "label": truth[request_id]}
+            response = client.post("/v1/feedback", json=back)
+            response.raise_for_status()
+            recorded += response.json()["recorded"]
+    return recorded
+
+
 def send(
     url: str,
     items: list[tuple[Image.Image, str]],

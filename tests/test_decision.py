@@ -168,4 +168,16 @@ def test_no_retrain_on_unchanged_data_and_no_harvest_without_a_retrain(tmp_path:
 
     quiet = decide_and_record(tmp_path, [check("no_drift")], CFG, now=NOW, harvest=never)
     assert not quiet.retrain
-    assert drift_onset([], CFG) is None and drift_onset([check("no_drift")], CFG) is None
+    assert drift_onset([]) is None and drift_onset([check("no_drift")]) is None
+
+
+def test_the_drifted_traffic_starts_at_the_first_alarm_of_the_streak() -> None:
+    """However many checks see the shift, the harvest's start stays put."""
+    starts = ["08:00", "09:00", "10:00", "11:00", "12:00", "13:00"]
+    statuses = ["drift", "no_drift", "drift", "insufficient_data", "drift", "drift"]
+    history = [check(status) for status in statuses]
+    for row, start in zip(history, starts, strict=True):
+        row["window_start"] = f"2026-11-25T{start}:00+00:00"
+    onset = datetime(2026, 11, 25, 10, tzinfo=UTC)
+    for more in range(4):  # further checks of the same shift
+        assert drift_onset(history + [check("drift")] * more) == onset

@@ -149,3 +149,25 @@ def test_the_plan_leaves_out_known_content_and_conflicting_copies() -> None:
     assert short.value.short == {"cat": (3, 4)}  # "e" counts for dog here: 4
     with pytest.raises(HarvestRefused, match="'bird'"):
         plan_harvest(kept.assign(label="bird"), ["cat", "dog"], min_per_class=3)
+
+
+def test_a_retrain_request_cannot_name_a_drop_that_did_not_pass(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from flows.data import DatasetVersion
+    from flows.training import check_harvest
+    from tests.conftest import absolute_paths
+    from transferops.data.datasets import DataSourceError
+    from transferops.logs.jsonl import append_jsonl
+
+    params = load_params(write_params(tmp_path / "params.yaml", absolute_paths(tmp_path)))
+    (params.paths.incoming / "failed").mkdir(parents=True)
+    (params.paths.incoming / "passed").mkdir()
+    for name, status in (("failed", "failed"), ("passed", "passed")):
+        row = DatasetVersion(name, status, None, 1, 1, 0, 0, 0, "r", "s", "t")
+        append_jsonl(params.paths.registry, asdict(row))
+    for hostile, named in (("../../etc", "harvest"), ("failed", "passed its checks"),
+                           ("absent", "passed its checks")):  # fmt: skip
+        with pytest.raises(DataSourceError, match=named):
+            check_harvest.fn(params, hostile)
+    assert check_harvest.fn(params, "passed")["name"] == "passed"

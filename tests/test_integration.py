@@ -4,10 +4,13 @@ A Prefect server (``prefect server start``) started by the test, the
 deployments registered and served by ``transferops deploy``, a git + DVC
 workspace, ``bentoml serve`` on localhost. Train through the training flow,
 serve, send in-distribution then blurred traffic; the monitoring flow finds
-drift, and its retrain request (a Prefect event) starts the training
-deployment through the automation; the candidate faces the gate and the
-service switches to it. The same request sent again inside the cooldown
-starts nothing. Finally the reviewers' index page renders in Chromium.
+drift and waits for labels, an annotator labels the label queue's picks
+through ``/v1/feedback``, the next check harvests them into a DVC drop and its
+retrain request (a Prefect event) starts the training deployment through the
+automation; the candidate faces the gate on both domains and the service
+switches to it. No labelled drop is written by hand. The same request sent
+again inside the cooldown starts nothing. Finally the reviewers' index page
+renders in Chromium.
 """
 
 import json
@@ -17,6 +20,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 
 from flows.deploy import MONITORING_DEPLOYMENT, TRAINING_DEPLOYMENT
@@ -29,10 +33,11 @@ from flows.prefect_server import (
 )
 from flows.serving import free_port, running_service
 from flows.workspace import create_workspace
-from services.client import send
+from services.client import classify, label, send
 from tests.browser import chromium, loaded_width
 from tests.conftest import ROOT, TINY, own_prefect_server, write_params
-from transferops.data.shifts import HeldOutPool, write_labelled_drop
+from transferops.data.datasets import FASHION_MNIST_CLASSES
+from transferops.data.shifts import HeldOutPool
 from transferops.logs.runs import read_records
 
 # Its module-scoped fixtures are built once: under xdist every test here runs on one worker.
@@ -43,6 +48,7 @@ pytestmark = [
 ]
 
 SERVICE_PORT = free_port()
+BLURRED = 400  # blurred images served before the labels come: the harvest's pool
 STAGES = ["prepare", "validate", "features", "profile", "strategy", "train", "evaluate", "package"]
 
 
@@ -52,6 +58,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     settings = TINY | {
         "orchestrate.service_url": f"http://127.0.0.1:{SERVICE_PORT}",
         "orchestrate.monitor_cron": "0 0 1 1 *",  # registered, but not due during the test
+        # 10 classes x 15: the queue (twice the 150 labels missing) is 300 of the 400 kept.
+        "monitor.retrain.min_labels_per_class": 15,
     }
     write_params(root / "params.yaml", settings, base=root / "params.yaml")
     return root
@@ -125,7 +133,9 @@ def first_model(repo: Path, prefect_api) -> dict:
 
 @pytest.fixture(scope="module")
 def drift_scenario(repo: Path, prefect_api, deployed, first_model: dict) -> dict:
-    """Normal traffic, then blurred traffic until the drift event retrains, served throughout.
+    """Normal traffic, then blurred traffic, served throughout: drift; waiting for labels;
+    the queue's picks labelled through /v1/feedback; the next check harvests them and its
+    event retrains on the harvest.
 
     Then the cycle after the retrain: blurred traffic to the new champion, then normal
     traffic again; both are traffic the new champion was trained for.
@@ -137,23 +147,31 @@ def drift_scenario(repo: Path, prefect_api, deployed, first_model: dict) -> dict
     api, _ = prefect_api
     training_id = deployed[TRAINING_DEPLOYMENT]["id"]
     params = load_params(repo / "params.yaml")
+    window = params.monitor.window
     # The workspace's params and its champion, whatever an in-process service test of
     # this session pinned (conftest's service_client sets both for the session).
     unpinned = {"TRANSFEROPS_PARAMS": str(repo / "params.yaml"), "TRANSFEROPS_MODEL_TAG": ""}
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(repo)  # the params' paths are relative to the workspace
         pool = HeldOutPool(params.data.source, params.paths.prepared, params.seed)
-        # 300 labelled blurred images: 90 of them land in val + test, the new reference.
-        drop = write_labelled_drop(pool.take(300, "blur"), repo.parent / "labelled-blur")
-        found: dict = {"drop": drop, "training_id": training_id}
+        found: dict = {"training_id": training_id}
         with running_service(port=SERVICE_PORT, log_file=repo / "serve.log", env=unpinned) as url:
-            found["accuracy"] = send(url, pool.take(params.monitor.window))
+            found["accuracy"] = send(url, pool.take(window))
             found["normal"] = monitoring_flow(retrain=False)
-            send(url, pool.take(params.monitor.window, "blur"))
-            found["once"] = monitoring_flow(retrain=True, new_data=str(drop))
-            send(url, pool.take(params.monitor.window, "blur"))
+            truth = classify(url, pool.take(window, "blur"))
+            found["once"] = monitoring_flow(retrain=True)
+            truth |= classify(url, pool.take(BLURRED - window, "blur"))
             found["runs_before"] = flow_runs(api, training_id)
-            found["shifted"] = monitoring_flow(retrain=True, new_data=str(drop))
+            found["waiting"] = check = monitoring_flow(retrain=True)
+            # The annotators label what the queue beside each waiting check asks for, nothing
+            # else, until a check retrains (a queue aims at the classes still short).
+            found["queues"], found["labelled"], found["truth"] = [], 0, truth
+            while check["decision"]["waiting"] and len(found["queues"]) < 3:
+                queue = pd.read_csv(Path(check["report_dir"]) / "queue" / "queue.csv")
+                found["queues"].append(queue)
+                found["labelled"] += label(url, list(queue["request_id"]), truth)
+                check = monitoring_flow(retrain=True)
+            found["shifted"] = check
             found["run"] = wait_for_run(api, training_id, known=set(), timeout=500)
             found["served"] = httpx.get(f"{url}/v1/metadata", timeout=10).json()["model"]
             # The same request again, inside the cooldown: Prefect's trigger must drop it.
@@ -161,13 +179,14 @@ def drift_scenario(repo: Path, prefect_api, deployed, first_model: dict) -> dict
             found["again"] = request_retrain(
                 model_tag=first_model["model_tag"],
                 overrides=found["shifted"]["decision"]["overrides"],
-                new_data=str(drop),
+                new_data=None,
+                harvest=found["shifted"]["decision"]["harvest"],
                 why={"reason": "sent again by the test"},
             )
             found["again_sent"] = time.monotonic()
-            send(url, pool.take(params.monitor.window, "blur"))
+            send(url, pool.take(window, "blur"))
             found["after_shifted"] = monitoring_flow(retrain=True)
-            send(url, pool.take(params.monitor.window))
+            send(url, pool.take(window))
             found["after_normal"] = monitoring_flow(retrain=True)
     return found
 
@@ -175,7 +194,7 @@ def drift_scenario(repo: Path, prefect_api, deployed, first_model: dict) -> dict
 def test_after_a_retrain_shifted_and_normal_traffic_are_both_known(
     repo: Path, drift_scenario: dict
 ) -> None:
-    """The cycle settles: normal -> blur -> retrain on the labelled blur -> blur is quiet ->
+    """The cycle settles: normal -> blur -> retrain on the harvested blur -> blur is quiet ->
     normal is quiet. The new reference mixes both; each is one regime of it."""
     found = drift_scenario
     retrained = record_of(repo, found["run"]["id"])["result"]
@@ -187,8 +206,9 @@ def test_after_a_retrain_shifted_and_normal_traffic_are_both_known(
         assert check["decision"]["reason"] == "the latest check found no drift"
         assert check["requested"] is None
     regimes = shifted["verdict"]["regime_tests"]
-    assert shifted["verdict"]["regime"] == "labelled-blur", regimes
-    assert regimes["labelled-blur"]["fired"] == [] and regimes["labelled-blur"]["rows"] >= 60
+    harvest = found["shifted"]["decision"]["harvest"]
+    assert shifted["verdict"]["regime"] == harvest, regimes
+    assert regimes[harvest]["fired"] == [] and regimes[harvest]["rows"] >= 60
     assert normal["verdict"]["regime"] in (None, "base"), normal["verdict"]["regime_tests"]
 
 
@@ -232,9 +252,10 @@ def test_drift_event_retrains_once_and_the_service_switches(
     params = load_params(repo / "params.yaml")
     first, found = first_model, drift_scenario
     training_id, run = found["training_id"], found["run"]
-    normal, once, shifted, served = (
+    normal, once, waiting, shifted, served = (
         found["normal"],
         found["once"],
+        found["waiting"],
         found["shifted"],
         found["served"],
     )
@@ -247,9 +268,23 @@ def test_drift_event_retrains_once_and_the_service_switches(
     assert normal["decision"] is None and normal["requested"] is None
     assert once["verdict"]["status"] == "drift" and once["requested"] is None
     assert "drift in 1 of the last 2 checks" in once["decision"]["reason"], "K of N: not yet"
+    # Two alarms, but no labels yet: waiting, with the queue to work from; nothing trains.
+    assert waiting["verdict"]["status"] == "drift" and waiting["requested"] is None
+    assert waiting["decision"]["reason"].startswith("waiting for labels"), waiting["decision"]
+    assert set(waiting["decision"]["waiting"]) == set(FASHION_MNIST_CLASSES), "0/15 for every class"
+    first_queue = found["queues"][0]
+    assert len(first_queue) == 2 * 15 * len(FASHION_MNIST_CLASSES) < len(found["truth"]), (
+        "twice the labels missing, a strict pick of the kept images"
+    )
+    queue = pd.concat(found["queues"])
+    assert queue["request_id"].is_unique, "a later queue asks for no image labelled already"
+    assert set(queue["request_id"]) <= set(found["truth"]), "only blurred, kept images"
+    assert found["labelled"] == len(queue)
     assert shifted["verdict"]["status"] == "drift"
     decision, requested = shifted["decision"], shifted["requested"]
-    assert decision["retrain"] and decision["alarms"] == 2, decision
+    assert decision["retrain"] and decision["alarms"] == 3, decision  # K of the last N
+    harvest = decision["harvest"]
+    assert harvest and harvest.startswith("harvest-"), decision
     assert requested["event"] == "transferops.retrain.requested"
 
     # The event started the training deployment; the run's record says so.
@@ -264,8 +299,13 @@ def test_drift_event_retrains_once_and_the_service_switches(
     assert retrained["overrides"] == decision["overrides"]
     assert retrained["model_tag"] != first["model_tag"]
     assert retrained["data_version"] != first["data_version"]
-    assert retrained["drops"] == ["data/incoming/labelled-blur"], "the labelled drop came along"
-    assert (repo / "data" / "incoming" / "labelled-blur.dvc").is_file(), "drop snapshotted"
+    assert retrained["harvest"]["name"] == harvest and retrained["drops"] == [
+        f"data/incoming/{harvest}"
+    ], "the harvest of the drifted traffic came along"
+    assert (repo / "data" / "incoming" / f"{harvest}.dvc").is_file(), "drop snapshotted"
+    provenance = json.loads((repo / "data" / "incoming" / harvest / "provenance.json").read_text())
+    assert set(provenance["request_ids"]) <= set(queue["request_id"]), "labels only from feedback"
+    assert provenance["images"] >= 15 * len(FASHION_MNIST_CLASSES)
     applied = json.loads((params.paths.profile / "decision.json").read_text())
     # Surgical exactly when the verdict found an input-level shift (early stages and an
     # image statistic), and then the retrain ran that strategy on the first stages.
@@ -277,10 +317,17 @@ def test_drift_event_retrains_once_and_the_service_switches(
     first_stages = applied["trainable_stages"] == ["stem", "block0", "classifier"]
     assert first_stages is surgical, applied["trainable_stages"]
     assert "force: null" in (repo / "params.yaml").read_text(), "overrides were for that run"
-    # The candidate faced the gate against the first model; the service followed.
+    # The candidate faced the gate against the first model on both domains: it learned the
+    # blurred one and did not forget the original; it was promoted and the service followed.
     verdict = json.loads((repo / retrained["gate"]["report"]).read_text())
     assert verdict["champion"] == first["model_tag"] and verdict["n"] > 0
-    expected = retrained["model_tag"] if verdict["promote"] else first["model_tag"]
+    domains = {d["domain"]: d for d in verdict["domains"]}
+    assert set(domains) == {"base", harvest}, verdict["domains"]
+    assert domains["base"]["known"] and not domains[harvest]["known"]
+    assert domains[harvest]["change_ci"][0] > 0, f"shifted accuracy rises: {domains[harvest]}"
+    assert domains["base"]["change_ci"][0] >= -params.gate.max_forgetting, domains["base"]
+    assert verdict["promote"], verdict["reasons"]
+    expected = retrained["model_tag"]
     assert retrained["champion"] == expected and served == expected
     # Promoted or not, the flow saw the service serve the champion it left.
     assert retrained["service"]["switched"] is True
@@ -304,7 +351,7 @@ def test_drift_event_retrains_once_and_the_service_switches(
     # Every monitoring run of the scenario left its record (the decision layer's own
     # cooldown guard: tests/test_decision.py; after the retrain the checks found no drift).
     kinds = [(r["flow"], r["status"]) for r in read_records(repo / "reports")]
-    assert kinds.count(("monitoring", "completed")) == 5
+    assert kinds.count(("monitoring", "completed")) == 5 + len(found["queues"])
 
 
 def test_report_index_and_a_drift_report_render_in_chromium(

@@ -44,3 +44,20 @@ def test_the_queue_is_a_csv_and_a_page_of_the_images(tmp_path) -> None:
     assert list(written["request_id"]) == list(queue["request_id"])
     page = (out / QUEUE_HTML).read_text()
     assert page.count("<img") == 3 and "data:image/png;base64," in page and "r4" in page
+
+
+def test_while_waiting_the_queue_aims_at_the_classes_still_short() -> None:
+    frame, reference = candidates()
+    # The model's probabilities over (coat, bag): r1 and r5 look most like bags.
+    bag = [0.1, 0.9, 0.2, 0.3, 0.1, 0.8, 0.4, 0.2]
+    frame["probabilities"] = [np.array([1 - p, p]) for p in bag]
+    queue = rank_queue(
+        frame, reference, n=99, wanted={"bag": 2, "coat": 0}, classes=["coat", "bag"]
+    )
+    assert len(queue) == 8, "bag lacks 2: at least MIN_PICKS (all 8 here); coat lacks none"
+    assert {w.split("'")[1] for w in queue["why"]} == {"bag"}
+    assert "for class 'bag'" in queue.loc[0, "why"]
+    assert set(queue["request_id"][:2]) == {"r1", "r6"}, "likely bags, weighted by priority"
+    both = rank_queue(frame, reference, n=99, wanted={"bag": 1, "coat": 2}, classes=["coat", "bag"])
+    assert len(both) == 8 and both["request_id"].is_unique, "at least MIN_PICKS each: all 8"
+    assert [w.split("'")[1] for w in both["why"]] == ["coat", "bag"] * 4, "short classes alternate"
