@@ -383,3 +383,45 @@ def test_bento_builds_offline_and_serves_the_champion(models: Models, tmp_path: 
     assert answer["labels"]["data_version"].startswith("manifest-")
     assert classified.status_code == 200, classified.text
     assert classified.json()[0]["model"] == models.trained
+
+
+def answers(labels: list[str], predictions: list[str]):
+    """A Scored of these answers alone (the gate reads labels, predictions and groups)."""
+    from transferops.models.evaluation import NO_GROUP, Scored
+
+    n = len(labels)
+    return Scored(
+        labels=np.asarray(labels), predictions=np.asarray(predictions),
+        probabilities=np.zeros((n, 2)), embeddings=np.zeros((n, 2)),
+        groups=np.full(n, NO_GROUP), stats=np.zeros((n, 1)), bn=np.zeros((n, 1)), bn_stages=(),
+    )  # fmt: skip
+
+
+def test_forgetting_needs_a_loss_the_interval_cannot_bound() -> None:
+    """On 60 base images: a dip the interval cannot bound within the margin is refused, even
+    one smaller than the margin; a gain with as wide an interval is not. The new domain's
+    gain clears zero."""
+    from transferops.registry.gate import compare
+
+    params = load_params(ROOT / "params.yaml")
+    truth = ["a"] * 60 + ["b"] * 30
+    domains = np.asarray(["base"] * 60 + ["new"] * 30)
+    champion_says = ["a"] * 50 + ["b"] * 10 + ["a"] * 30  # base 50/60, new 0/30
+    # Mixed disagreement: a net dip of 1 image (-1.7 points: inside the margin, but the
+    # interval cannot bound it), and a net gain of 3 with an interval as wide.
+    for base_change, refused in ((-1, True), (3, False)):
+        says = list(champion_says)
+        worse, better = (range(0, 4), range(50, 53)) if refused else (range(0, 3), range(50, 56))
+        for i in [*worse, *better]:
+            says[i] = "b" if says[i] == "a" else "a"
+        says[60:80] = ["b"] * 20  # the new domain: 20 of 30 right now
+        promote, reasons, numbers = compare(
+            answers(truth, champion_says), answers(truth, says), params.gate,
+            params.evaluate, params.seed, domains, {"base"},
+        )  # fmt: skip
+        base = next(d for d in numbers["domains"] if d["domain"] == "base")
+        assert base["change"] == pytest.approx(base_change / 60)
+        assert base["change_ci"][0] < -params.gate.max_forgetting, "a wide interval either way"
+        assert any(r.startswith("forgetting") for r in reasons) is refused, reasons
+        assert promote is not refused, reasons
+        assert any("a real gain" in r for r in reasons), "20 of 30 new images: the gain shows"

@@ -6,8 +6,9 @@ data, each drop: ``preparation.regime_of``) is also scored apart, paired, with
 a bootstrap interval of the challenger's change. The challenger is promoted when
 
 - **no forgetting**: on no domain the champion was trained on (its
-  evaluation's ``domains``) is the change's interval lower end below
-  ``-gate.max_forgetting``, whatever it gains elsewhere;
+  evaluation's ``domains``) did the challenger lose ground (a change below
+  zero) with the change's interval reaching below ``-gate.max_forgetting``,
+  whatever it gains elsewhere;
 - **a real gain**: where the test split holds domains the champion never
   trained on (a new harvest), their change is at least
   ``gate.min_improvement`` and its interval clears zero; otherwise the
@@ -170,8 +171,9 @@ def judge_domains(
 ) -> tuple[list[dict], list[str], bool, bool]:
     """Each domain apart: (entries, reasons, gained, blocked).
 
-    Forgetting blocks: a domain the champion trained on whose change's interval
-    reaches below ``-max_forgetting``. New domains, pooled, decide the gain
+    Forgetting blocks: a domain the champion trained on where the challenger lost
+    ground (change < 0) and the change's interval reaches below ``-max_forgetting``
+    (the loss cannot be bounded within the margin). New domains, pooled, decide the gain
     instead of all images: their change must reach ``min_improvement`` and its
     interval clear zero.
     """
@@ -183,12 +185,13 @@ def judge_domains(
         entries.append(entry)
         low, high = entry["change_ci"]
         shown = f"{entry['change']:+.4f} (interval {low:+.4f} to {high:+.4f})"
-        if entry["known"] and entry["gated"] and low < -cfg.max_forgetting:
+        unbounded_loss = entry["change"] < 0 and low < -cfg.max_forgetting
+        if entry["known"] and entry["gated"] and unbounded_loss:
             blocked = True
             reasons.append(
                 f"forgetting: domain {domain!r} (n={len(rows)}), which the champion was trained "
-                f"on, changes {shown}: the interval's lower end is below -gate.max_forgetting "
-                f"{cfg.max_forgetting}"
+                f"on, changes {shown}: it lost ground, and the interval's lower end is below "
+                f"-gate.max_forgetting {cfg.max_forgetting}"
             )
         elif entry["known"]:
             reasons.append(f"domain {domain!r} (n={len(rows)}, known): {shown}")
