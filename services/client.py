@@ -22,25 +22,6 @@ def batches(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
-def classify(
-    url: str, items: list[tuple[Image.Image, str]], batch_size: int = 16
-) -> dict[str, str]:
-    """POST the images to ``/v1/classify``; return each answer's request id -> true label
-    (what an annotator will later send back to ``/v1/feedback``)."""
-    import httpx
-
-    truth: dict[str, str] = {}
-    with httpx.Client(base_url=url, timeout=60) as client:
-        for chunk in batches(items, batch_size):
-            files = [("images", (f"{i}.png", png_bytes(image), "image/png"))
-                     for i, (image, _) in enumerate(chunk)]  # fmt: skip
-            response = client.post("/v1/classify", files=files)
-            response.raise_for_status()
-            for answer, (_, label) in zip(response.json(), chunk, strict=True):
-                truth[answer["request_id"]] = label
-    return truth
-
-
 def label(url: str, request_ids: list[str], truth: dict[str, str]) -> int:
     """Send the true labels of these requests to ``/v1/feedback``, as annotators would;
     returns how many were recorded."""
@@ -62,12 +43,15 @@ def send(
     batch_size: int = 16,
     groups: tuple[str, ...] = (),
     feedback_every: int = 0,
+    truth: dict[str, str] | None = None,
 ) -> float:
     """POST the images to ``/v1/classify``; return the accuracy of the answers.
 
     ``groups``: given, image i is sent as ``groups[i % len(groups)]`` (a store, a
     camera). ``feedback_every``: every such image's true label is sent back to
-    ``/v1/feedback`` afterwards, as a labelling team would (0: none).
+    ``/v1/feedback`` afterwards, as a labelling team would (0: none). ``truth``:
+    filled with each answer's request id -> true label, what annotators will
+    know when they label later (:func:`label`).
     """
     import httpx
 
@@ -83,10 +67,12 @@ def send(
             response = client.post("/v1/classify", files=files, data=form)
             response.raise_for_status()
             answers = response.json()
-            for i, (answer, (_, label)) in enumerate(zip(answers, chunk, strict=True)):
-                correct += answer["label"] == label
+            for i, (answer, (_, true_label)) in enumerate(zip(answers, chunk, strict=True)):
+                correct += answer["label"] == true_label
+                if truth is not None:
+                    truth[answer["request_id"]] = true_label
                 if feedback_every and (sent + i) % feedback_every == 0:
-                    back = {"request_id": answer["request_id"], "label": label}
+                    back = {"request_id": answer["request_id"], "label": true_label}
                     client.post("/v1/feedback", json=back).raise_for_status()
             sent += len(chunk)
     return correct / max(len(items), 1)

@@ -260,7 +260,7 @@ class Classifier:
             "serve.max_bytes_in_flight", SERVE.max_bytes_in_flight, SERVE.budget_wait_s, "bytes"
         )
         self.log = PredictionLog(PARAMS.paths.prediction_log, SERVE.log_fsync_s)
-        self.keeper = ImageKeeper(self.log, SERVE)
+        self.keeper = ImageKeeper(self.log, SERVE, hold=self.pixels.hold)
         self.recent: OrderedDict[str, None] = OrderedDict()  # this worker's latest request ids
 
     @property

@@ -33,7 +33,7 @@ from flows.prefect_server import (
 )
 from flows.serving import free_port, running_service
 from flows.workspace import create_workspace
-from services.client import classify, label, send
+from services.client import label, send
 from tests.browser import chromium, loaded_width
 from tests.conftest import ROOT, TINY, own_prefect_server, write_params
 from transferops.data.datasets import FASHION_MNIST_CLASSES
@@ -158,9 +158,10 @@ def drift_scenario(repo: Path, prefect_api, deployed, first_model: dict) -> dict
         with running_service(port=SERVICE_PORT, log_file=repo / "serve.log", env=unpinned) as url:
             found["accuracy"] = send(url, pool.take(window))
             found["normal"] = monitoring_flow(retrain=False)
-            truth = classify(url, pool.take(window, "blur"))
+            truth: dict[str, str] = {}  # what the annotators will know
+            send(url, pool.take(window, "blur"), truth=truth)
             found["once"] = monitoring_flow(retrain=True)
-            truth |= classify(url, pool.take(BLURRED - window, "blur"))
+            send(url, pool.take(BLURRED - window, "blur"), truth=truth)
             found["runs_before"] = flow_runs(api, training_id)
             found["waiting"] = check = monitoring_flow(retrain=True)
             # The annotators label what the queue beside each waiting check asks for, nothing

@@ -139,3 +139,26 @@ def test_soak_with_retention_the_store_stops_growing(tmp_path) -> None:
     second_half = max(s[3] for s in late[len(late) // 2 :])
     assert second_half < 1.5 * first_half, f"store kept growing: {sizes}"
     assert max(s[2] for s in late) < 0.6 * i
+
+
+def test_a_re_decode_holds_the_pixel_budget_and_a_full_budget_skips_it(tmp_path) -> None:
+    from contextlib import contextmanager
+
+    held = []
+
+    @contextmanager
+    def hold(pixels: int):
+        held.append(pixels)
+        if len(held) > 1:
+            raise RuntimeError("server busy: the pixel budget stayed full")
+        yield
+
+    log = PredictionLog(tmp_path)
+    keeper = ImageKeeper(log, SERVE, seed=0, hold=hold)
+    for i, data in enumerate((png(300, 1), png(300, 2), png(40, 3))):
+        serve_one(log, keeper, i, data, 64)
+    keeper.flush()
+    assert held == [300 * 300, 300 * 300], "the small image needs no decode, no budget"
+    assert keeper.counts.no_pixel_budget == 1 and keeper.counts.kept == 2
+    assert sorted(read_kept(tmp_path)["request_id"]) == ["r0", "r2"]
+    keeper.close(), log.close()

@@ -124,7 +124,9 @@ SUMMARY = {
     "normal_accuracy": 0.84,
     "normal": {"status": "no_drift", "tests": {"embedding": {"fired": False}}},
     "shifted_accuracy_before": 0.705,
-    "first_alarm": {"retrain": True},
+    "first_alarm": {"retrain": False},
+    "waiting": {"waiting": {"ankle_boot": [0, 30], "bag": [0, 30], "coat": [0, 30]}},
+    "labelled": [600, 12],
     "shifted": {
         "status": "drift",
         "shift_location": "early",
@@ -132,7 +134,22 @@ SUMMARY = {
         "accuracy": {"estimated": 0.73, "reference": 0.868},
         "report_dir": "reports/drift/20261129T161304055324Z",
     },
-    "decision": {"retrain": True, "strategy": "surgical", "reason": "drift"},
+    "decision": {
+        "retrain": True,
+        "strategy": "surgical",
+        "reason": "drift",
+        "harvest": "harvest-20261207T235749",
+    },
+    "domains": [
+        {"domain": "base", "known": True, "n": 500, "champion": 0.854, "challenger": 0.858},
+        {
+            "domain": "harvest-20261207T235749",
+            "known": False,
+            "n": 90,
+            "champion": 0.611,
+            "challenger": 0.744,
+        },
+    ],
     "retrain_run": {"name": "camouflaged-adder", "state": "COMPLETED"},
     "retrain_minutes": 3.7,
     "retrained": {
@@ -162,7 +179,10 @@ def test_the_closing_table_fits_80_columns_without_breaking_words() -> None:
     wide = Console(record=True, width=250)
     wide.print(summary_table(SUMMARY))
     text = wide.export_text()
-    for fact in ("PROMOTED", "0.705 -> 0.795", "camouflaged-adder", "DRIFT (early)", "10.0 min"):
+    for fact in ("PROMOTED", "0.705 -> 0.795", "camouflaged-adder", "DRIFT (early)", "10.0 min",
+                 "3 classes short (ankle_boot 0/30, bag 0/30, ...)", "612 labels", "2 rounds",
+                 "on harvest-20261207T235749", "0.854 -> 0.858 on its 500 test images",
+                 "0.611 -> 0.744 on its 90"):  # fmt: skip
         assert fact in text, fact
 
 

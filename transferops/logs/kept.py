@@ -9,9 +9,11 @@ file named by its content (sha256) under ``<paths.prediction_log>/kept/``,
 folders ``0700`` and files ``0600`` (the service's user alone reads them),
 exactly as sent when its largest side is at most the kept side
 (``side_factor`` x the model's input side), otherwise decoded under the same
-limits as the request and shrunk to it; then it links the file from the
-prediction row (``image``). Free disk under ``min_free_mb``, or a failed write,
-skips the image and logs it: keeping stops, serving does not.
+limits as the request, holding its pixels against the service's pixel budget
+(``hold``: every full-size pixel of a process under one bound), and shrunk to
+it; then it links the file from the prediction row (``image``). Free disk
+under ``min_free_mb``, or a failed write, skips the image and logs it:
+keeping stops, serving does not.
 
 The same thread applies retention (``serve.retention_days``) every
 ``prune_every_s``: predictions, their feedback and kept images older than that
@@ -31,6 +33,8 @@ import random
 import shutil
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,7 +44,7 @@ from PIL import Image
 
 from transferops.config import ServeParams
 from transferops.data.imagecheck import BadImage, decode_upload, read_header
-from transferops.data.pictures import to_rgb
+from transferops.data.pictures import shrink, to_rgb
 from transferops.logs.predictions import PredictionLog, query, read_feedback, stores
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,7 @@ class KeepCounts:
     over_hourly_cap: int = 0
     queue_full: int = 0
     disk_low: int = 0
+    no_pixel_budget: int = 0  # the service's pixel budget stayed full: not decoded, not kept
     failed: int = 0
     pruned_rows: int = 0
     pruned_images: int = 0
@@ -80,8 +85,12 @@ class ImageKeeper:
         *,
         prune_every_s: float = PRUNE_EVERY_S,
         seed: int | None = None,
+        hold: Callable[[int], AbstractContextManager] | None = None,
     ) -> None:
+        """``hold(pixels)``: held while an image is decoded again (the service passes its
+        pixel budget's ``hold``; it may raise when the budget stays full)."""
         self.store = log_store
+        self._hold = hold or (lambda pixels: nullcontext())
         self.serve, self.policy = serve, serve.keep
         self.root = kept_root(log_store.directory)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -174,7 +183,9 @@ class ImageKeeper:
                 self._warn("disk", f"{free / 2**20:.0f} MB free < serve.keep.min_free_mb: "
                            "not keeping images (serving goes on)")  # fmt: skip
                 return None
-            body, suffix = fit_to_side(data, side, self.serve)
+            body, suffix = self._fit(data, side)
+            if body is None:
+                return None
             digest = hashlib.sha256(body).hexdigest()
             relative = f"{digest[:2]}/{digest}{suffix}"
             write_private(self.root / relative, body)
@@ -183,6 +194,23 @@ class ImageKeeper:
             self.counts.failed += 1
             self._warn("write", f"an image was not kept: {err}")
             return None
+
+    def _fit(self, data: bytes, side: int) -> tuple[bytes | None, str]:
+        """:func:`fit_to_side`, a decode holding its pixels against the budget."""
+        header = read_header(data)
+        if isinstance(header, str):
+            raise BadImage(header)
+        pixels = header["width"] * header["height"]
+        if max(header["width"], header["height"]) <= side:
+            return fit_to_side(data, side, self.serve)
+        with ExitStack() as held:
+            try:
+                held.enter_context(self._hold(pixels))
+            except Exception as busy:  # the budget stayed full: requests come first
+                self.counts.no_pixel_budget += 1
+                self._warn("budget", f"an image was not kept: {busy}")
+                return None, ""
+            return fit_to_side(data, side, self.serve)
 
     def _link(self, links: list[tuple[str, str]], handled: int) -> None:
         try:
@@ -233,7 +261,9 @@ def fit_to_side(data: bytes, side: int, serve: ServeParams) -> tuple[bytes, str]
         formats=serve.formats,
         draft_side=side,
     )
-    small = to_rgb(image)
+    reduced, _ = shrink(image, side)  # whole-factor first, as serving does: no full-size copy
+    del image
+    small = to_rgb(reduced)
     small.thumbnail((side, side), Image.Resampling.LANCZOS)
     out = io.BytesIO()
     if header["format"] in ("JPEG", "MPO"):
