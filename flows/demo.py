@@ -73,8 +73,8 @@ PREFECT_UI_PORT = 4200  # the usual port; another one when it is taken
 class DemoSettings:
     shift: str = "blur"  # see transferops.data.shifts.SHIFTS
     window: int = 200  # images per traffic phase
-    shifted_windows: int = 2  # of shifted traffic before each of the first two checks
-    label_rounds: int = 3  # at most this many label queues worked through before a retrain
+    shifted_windows: int = 3  # of shifted traffic before each of the first two checks
+    label_rounds: int = 3  # at most this many rounds (a queue labelled, or more traffic)
     workspace: Path = Path("demo-workspace")
     # The triggered run must finish within this (a busy 2-core machine took over 900 s).
     retrain_timeout_s: float = 1800
@@ -248,12 +248,17 @@ def _loop(
                 result = check(step, "second check of shifted traffic")
         summary["waiting"] = result["decision"]
         summary["labelled"] = []
-        while (result["decision"] or {}).get("waiting") and len(summary["labelled"]) < (
-            settings.label_rounds
-        ):
+        for _ in range(settings.label_rounds):  # each: a queue labelled, or more traffic
+            if not (result["decision"] or {}).get("waiting"):
+                break
             queue = Path(result["verdict"]["report_dir"]) / "queue"
+            picks = list(pd.read_csv(queue / "queue.csv")["request_id"])
+            if not picks:  # every kept image of the shift is labelled: more traffic first
+                with story.step("more shifted traffic: the queue has run dry") as step:
+                    shifted(settings.window)
+                    result = check(step, "check after more shifted traffic")
+                continue
             with story.step("an annotator labels the label queue's picks") as step:
-                picks = list(pd.read_csv(queue / "queue.csv")["request_id"])
                 summary["labelled"].append(label(url, picks, truth))
                 step.say(
                     f"{summary['labelled'][-1]} labels sent to POST /v1/feedback for the "

@@ -163,9 +163,11 @@ def decide(
 
 
 def drift_onset(history: list[dict]) -> datetime | None:
-    """Where the drifted traffic starts: the window of the first check in the latest model's
-    trailing run of drift verdicts (checks without a verdict are skipped). Every later
-    check of the same shift keeps the same start, so labels given meanwhile keep counting."""
+    """Where the drifted traffic starts: just after the window of the latest model's last
+    check that found no drift, before its trailing run of drift verdicts (checks without a
+    verdict are skipped); when no such check came first, the window of the run's first
+    check. Every later check of the same shift keeps the same start, so labels given
+    meanwhile keep counting, and the traffic sent before the first alarm is in it."""
     if not history:
         return None
     tag = history[-1].get("model_tag")
@@ -175,12 +177,16 @@ def drift_onset(history: list[dict]) -> datetime | None:
     start = None
     for check in reversed(judged):
         if check["status"] != "drift":
+            if check.get("window_end") and start is not None:
+                return datetime.fromisoformat(check["window_end"]) + timedelta(microseconds=1)
             break
         start = check.get("window_start") or start
     return datetime.fromisoformat(start) if start else None
 
 
-def with_labels(decision: RetrainDecision, found: LabelsFound, since: datetime | None):
+def with_labels(
+    decision: RetrainDecision, found: LabelsFound, since: datetime | None
+) -> RetrainDecision:
     """Pure: a retrain the guards allowed, given what the harvest of its traffic found."""
     if not decision.retrain:
         return decision

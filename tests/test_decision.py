@@ -171,13 +171,18 @@ def test_no_retrain_on_unchanged_data_and_no_harvest_without_a_retrain(tmp_path:
     assert drift_onset([]) is None and drift_onset([check("no_drift")]) is None
 
 
-def test_the_drifted_traffic_starts_at_the_first_alarm_of_the_streak() -> None:
-    """However many checks see the shift, the harvest's start stays put."""
+def test_the_drifted_traffic_starts_after_the_last_window_without_drift() -> None:
+    """However many checks see the shift, the harvest's start stays put; the traffic
+    between the last quiet window and the first alarm's window counts too."""
     starts = ["08:00", "09:00", "10:00", "11:00", "12:00", "13:00"]
     statuses = ["drift", "no_drift", "drift", "insufficient_data", "drift", "drift"]
     history = [check(status) for status in statuses]
     for row, start in zip(history, starts, strict=True):
         row["window_start"] = f"2026-11-25T{start}:00+00:00"
-    onset = datetime(2026, 11, 25, 10, tzinfo=UTC)
+    history[1]["window_end"] = "2026-11-25T09:30:00+00:00"
+    onset = datetime(2026, 11, 25, 9, 30, 0, 1, tzinfo=UTC)
     for more in range(4):  # further checks of the same shift
         assert drift_onset(history + [check("drift")] * more) == onset
+    # No quiet check before the run (the first check drifted): the run's first window.
+    assert drift_onset(history[2:]) == datetime(2026, 11, 25, 10, tzinfo=UTC)
+    assert drift_onset(history[:2]) is None, "the latest check found no drift"
