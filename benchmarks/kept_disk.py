@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from transferops.config import load_params  # noqa: E402
 from transferops.data.datasets import load_fashion_mnist  # noqa: E402
-from transferops.logs.kept import ImageKeeper, kept_root  # noqa: E402
+from transferops.logs.kept import ImageKeeper  # noqa: E402
+from transferops.logs.keptfiles import kept_root  # noqa: E402
 from transferops.logs.predictions import PredictionLog, PredictionRecord, utc_now  # noqa: E402
 
 

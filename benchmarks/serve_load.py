@@ -9,6 +9,9 @@ table:
 - throughput, p50/p95/p99 latency and 5xx at concurrency 1, 8, 32, 64 for
   both, and the ratio transferops / bare;
 - transferops at concurrency 32 with batching off (``serve.batching: false``);
+- transferops at concurrency 32 keeping images at the shipped policy
+  (``serve.keep``) and with keeping off, each on a fresh server (so the
+  hourly cap starts empty), with the images it kept (``/v1/metadata``);
 - the ceiling: the same model's batched forward pass in this process
   (``serve.max_batch_size`` images, preprocessed), no HTTP;
 - a soak: 60 s at concurrency 32, counting 5xx and sampling the memory of
@@ -55,8 +58,11 @@ def absolute_params(params_file: Path, out: Path, changes: dict) -> Path:
     base = params_file.resolve().parent
     raw["paths"] = {k: str((base / v).resolve()) for k, v in raw["paths"].items()}
     for key, value in changes.items():
-        section, leaf = key.split(".")
-        raw[section][leaf] = value
+        *sections, leaf = key.split(".")
+        node = raw
+        for section in sections:
+            node = node[section]
+        node[leaf] = value
     out.write_text(yaml.safe_dump(raw))
     return out
 
@@ -212,6 +218,20 @@ def main() -> None:
         unbatched_32 = asyncio.run(load(url, bodies, 32, args.seconds))
     finally:
         stop_server(process)
+    keeping = {}  # concurrency 32, keeping on (the shipped policy) and off, fresh servers
+    for name, keep in (("on", True), ("off", False)):
+        changes_keep = changes | {"serve.keep.enabled": keep}
+        params_keep = absolute_params(args.params, work / f"keep-{name}.yaml", changes_keep)
+        process, url = start_server(
+            log_file=work / f"keep-{name}.log", env={"TRANSFEROPS_PARAMS": str(params_keep)}
+        )
+        try:
+            asyncio.run(load(url, bodies, 8, 3))
+            keeping[name] = asyncio.run(load(url, bodies, 32, args.seconds))
+            counts = httpx.get(f"{url}/v1/metadata", timeout=10).json()["keeping"]["counts"]
+            keeping[name]["kept"], keeping[name]["offered"] = counts["kept"], counts["offered"]
+        finally:
+            stop_server(process)
     process, url = start_server(
         log_file=work / "soak.log", env={"TRANSFEROPS_PARAMS": str(batched)}
     )
@@ -241,6 +261,10 @@ def main() -> None:
         row(c, "transferops", ours[c], f"{ours[c]['throughput'] / bare[c]['throughput']:.2f}x")
         row(c, "bare BentoML", bare[c])
     row(32, "transferops, batching off", unbatched_32)
+    for name, result in keeping.items():
+        kept = f" (kept {result['kept']:,} of {result['offered']:,})" if name == "on" else ""
+        ratio = f"{result['throughput'] / bare[32]['throughput']:.2f}x"
+        row(32, f"transferops, keeping {name}{kept}", result, ratio)
     table.add_row("-", "forward only (ceiling)", f"{top:.0f}", "", "100%", "", "", "", "")
     Console(width=150).print(table)
     for name, results in (("transferops", ours), ("bare BentoML", bare)):

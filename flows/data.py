@@ -30,7 +30,7 @@ from transferops.data.harvest import PROVENANCE, plan_harvest, read_provenance, 
 from transferops.data.preparation import DROP_MANIFEST, incoming_drops
 from transferops.data.sources import list_source
 from transferops.logs.jsonl import append_jsonl, read_jsonl
-from transferops.logs.kept import read_kept
+from transferops.logs.keptfiles import read_kept
 from transferops.names import name_problem
 from transferops.registry import champion
 from transferops.registry.store import stored_model

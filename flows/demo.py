@@ -274,7 +274,9 @@ def _loop(
                 summary |= _await_retrain(
                     result["requested"], params, settings, step, api, training_deployment, servers
                 )
-            with story.step("the running service follows the new champion") as step:
+            promoted = summary["retrained"]["gate"]["promoted"]
+            title = "follows the new champion" if promoted else "keeps the champion"
+            with story.step(f"the running service {title}") as step:
                 summary["serving_after"] = httpx.get(f"{url}/v1/metadata", timeout=10).json()[
                     "model"
                 ]
@@ -317,7 +319,7 @@ def _await_retrain(
         f"gate: {'PROMOTED' if gate['promoted'] else 'KEPT THE CHAMPION'}: "
         + "; ".join(gate["reasons"])
     )
-    if service.get("switched"):
+    if gate["promoted"] and service.get("switched"):
         step.say(f"the service switched {service['after_s']} s after the promotion")
     verdict = json.loads(Path(gate["report"]).read_text())
     return {
@@ -450,7 +452,11 @@ def summary_table(summary: dict) -> Table:
                 f"{domain['champion']:.3f} -> {domain['challenger']:.3f} on its "
                 f"{domain['n']} test images (champion -> candidate)",
             )
-        switched = f"switched in {service['after_s']} s" if service.get("switched") else "no switch"
+        switched = (
+            f"switched in {service['after_s']} s"
+            if gate["promoted"] and service.get("switched")
+            else "no promotion, no switch"
+        )
         table.add_row(
             "the running service",
             f"serves {summary.get('serving_after')} ({switched}); shifted traffic accuracy "

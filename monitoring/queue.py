@@ -39,7 +39,7 @@ from PIL import Image
 from monitoring.drift import load_reference, read_window
 from monitoring.gallery import unfamiliarity
 from transferops.config import Params
-from transferops.logs.kept import read_kept
+from transferops.logs.keptfiles import read_kept
 from transferops.logs.predictions import read_predictions
 from transferops.registry.store import stored_model
 

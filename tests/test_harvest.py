@@ -15,7 +15,8 @@ from tests.conftest import ROOT, TINY, packaged_tag, write_params
 from tests.test_predlog import record
 from transferops.config import load_params
 from transferops.data.harvest import HarvestRefused, TooFewLabels, plan_harvest
-from transferops.logs.kept import ImageKeeper, read_kept
+from transferops.logs.kept import ImageKeeper
+from transferops.logs.keptfiles import read_kept
 from transferops.logs.predictions import PredictionLog
 from transferops.registry import champion
 from transferops.registry.store import stored_model

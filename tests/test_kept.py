@@ -12,7 +12,8 @@ from PIL import Image
 
 from tests.test_predlog import record
 from transferops.config import load_params
-from transferops.logs.kept import ImageKeeper, kept_root, prune_store, read_kept
+from transferops.logs.kept import ImageKeeper
+from transferops.logs.keptfiles import kept_root, prune_store, read_kept
 from transferops.logs.predictions import PredictionLog, read_predictions
 
 SERVE = load_params().serve

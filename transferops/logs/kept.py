@@ -17,9 +17,9 @@ keeping stops, serving does not.
 
 The same thread applies retention (``serve.retention_days``) every
 ``prune_every_s``: predictions, their feedback and kept images older than that
-are deleted (:func:`prune_store`), so a store under steady traffic stops
-growing. :func:`read_kept` reads the kept images back with their labels, for
-harvests and the label queue.
+are deleted (``keptfiles.prune_store``), so a store under steady traffic stops
+growing. The files' layout, and reading them back with their labels, are
+``transferops/logs/keptfiles.py``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import queue
 import random
 import shutil
@@ -37,26 +36,20 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import pandas as pd
 from PIL import Image
 
 from transferops.config import ServeParams
 from transferops.data.imagecheck import BadImage, decode_upload, read_header
 from transferops.data.pictures import shrink, to_rgb
-from transferops.logs.predictions import PredictionLog, query, read_feedback, stores
+from transferops.logs.keptfiles import kept_root, prune_store, write_private
+from transferops.logs.predictions import PredictionLog
 
 log = logging.getLogger(__name__)
-KEPT_DIR = "kept"
 SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "WEBP": ".webp", "GIF": ".gif",
             "BMP": ".bmp", "TIFF": ".tif"}  # fmt: skip
 PRUNE_EVERY_S = 600.0
 LINK = "UPDATE predictions SET image = ? WHERE request_id = ?"
-
-
-def kept_root(prediction_log: Path) -> Path:
-    return Path(prediction_log) / KEPT_DIR
 
 
 @dataclass
@@ -94,7 +87,7 @@ class ImageKeeper:
         self.serve, self.policy = serve, serve.keep
         self.root = kept_root(log_store.directory)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)  # an existing folder too: kept images are the users' data
+        self.root.chmod(0o700)  # an existing folder too: kept images are the users' data
         self.counts = KeepCounts()
         self._random = random.Random(seed)
         self._hour, self._this_hour = -1, 0
@@ -271,77 +264,3 @@ def fit_to_side(data: bytes, side: int, serve: ServeParams) -> tuple[bytes, str]
         return out.getvalue(), ".jpg"
     small.save(out, format="PNG")
     return out.getvalue(), ".png"
-
-
-def write_private(path: Path, body: bytes) -> None:
-    """Write ``body`` to ``path`` whole (a temporary file renamed), readable by its owner only."""
-    path.parent.mkdir(mode=0o700, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(body)
-    os.replace(temporary, path)
-
-
-def prune_store(store: PredictionLog, cutoff: datetime) -> tuple[int, int]:
-    """Delete this host's predictions older than ``cutoff``, their feedback, and the kept
-    images no remaining prediction links to. Returns (rows deleted, images deleted)."""
-    before = cutoff.astimezone(UTC).isoformat(timespec="microseconds")
-    with store.transaction() as db:
-        old = db.execute(
-            "SELECT DISTINCT image FROM predictions WHERE time < ? AND image IS NOT NULL",
-            (before,),
-        ).fetchall()
-        db.execute(
-            "DELETE FROM feedback WHERE request_id IN "
-            "(SELECT request_id FROM predictions WHERE time < ?)",
-            (before,),
-        )
-        rows = db.execute("DELETE FROM predictions WHERE time < ?", (before,)).rowcount
-        still = {
-            r[0]
-            for r in db.execute(
-                "SELECT DISTINCT image FROM predictions WHERE image IS NOT NULL"
-            ).fetchall()
-        }
-    root, removed = kept_root(store.directory), 0
-    for (relative,) in old:
-        if relative not in still:
-            (root / relative).unlink(missing_ok=True)
-            removed += 1
-    return rows, removed
-
-
-KEPT_COLUMNS = ["request_id", "time", "model_tag", "predicted", "confidence", "group", "image"]
-
-
-def read_kept(
-    directory: Path,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    model: str | None = None,
-) -> pd.DataFrame:
-    """Every kept image's row, oldest first, with its feedback label (``label``, NaN when
-    none came back) and its file (``file``; rows whose file is gone are left out)."""
-    where, args = ["image IS NOT NULL"], []
-    for condition, value in (("time >= ?", since), ("time < ?", until)):
-        if value is not None:
-            where.append(condition)
-            args.append(value.astimezone(UTC).isoformat(timespec="microseconds"))
-    if model is not None:
-        where.append("model_tag = ?")
-        args.append(model)
-    sql = (
-        'SELECT request_id, time, model_tag, label, confidence, "group", image '
-        f"FROM predictions WHERE {' AND '.join(where)}"
-    )
-    frame = pd.DataFrame(query(directory, sql, tuple(args)), columns=KEPT_COLUMNS)
-    if not stores(directory) or frame.empty:
-        return frame.assign(label=pd.Series(dtype=object), file=pd.Series(dtype=object))
-    root = kept_root(directory)
-    frame["file"] = [str(root / relative) for relative in frame["image"]]
-    frame = frame[[Path(f).is_file() for f in frame["file"]]]
-    labels = read_feedback(directory).set_index("request_id")["label"]
-    frame = frame.assign(label=frame["request_id"].map(labels))
-    frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
-    return frame.sort_values("time", kind="stable").reset_index(drop=True)

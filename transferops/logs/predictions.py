@@ -14,7 +14,7 @@ in WAL mode:
   thumbnail for the drift report's gallery (``serve.log_thumbnails``; not read
   with the rest: :func:`read_thumbnails` fetches the few a report shows), and
   ``image``, the kept image's file under ``kept/`` when the keeping policy kept it
-  (``transferops/logs/kept.py``). Indexed by time
+  (``transferops/logs/kept.py``, ``keptfiles.py``). Indexed by time
   and by (model, time): time windows and per-model windows read only their rows.
 - ``feedback``: a true label for an earlier request id (labels arrive late).
   The first label of a request id stays: a later one is not recorded
