@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "WEBP": ".webp", "GIF": ".gif",
             "BMP": ".bmp", "TIFF": ".tif"}  # fmt: skip
 PRUNE_EVERY_S = 600.0
+BATCH_S = 0.5  # the writer wakes at most this often under load, and writes what queued
 LINK = "UPDATE predictions SET image = ? WHERE request_id = ?"
 
 
@@ -149,21 +150,20 @@ class ImageKeeper:
                 item = self._queue.get(timeout=max(0.01, next_prune - time.monotonic()))
             except queue.Empty:
                 continue
-            if item is None:
-                self._queue.task_done()
-                return
-            links = [self._write(item)]
-            while len(links) < 64:  # what queued meanwhile is linked in the same transaction
+            # Woken by every image, this thread took the GIL from the event loop and the
+            # model ~200 times a second under load (docs/benchmarks.md): let a batch gather.
+            time.sleep(BATCH_S)
+            items = [item]
+            while items[-1] is not None:
                 try:
-                    more = self._queue.get_nowait()
+                    items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-                if more is None:
-                    self._queue.put(None)  # stop after this batch
-                    self._queue.task_done()
-                    break
-                links.append(self._write(more))
-            self._link([link for link in links if link is not None], len(links))
+            stop = items[-1] is None
+            written = [self._write(i) for i in items if i is not None]
+            self._link([link for link in written if link is not None], len(items))
+            if stop:
+                return
 
     def _write(self, item: tuple[str, bytes, int]) -> tuple[str, str] | None:
         request_id, data, side = item
