@@ -1,25 +1,27 @@
 """The label queue: which kept production images to label first.
 
 Candidates: the window's images that were kept (``serve.keep``), have no
-feedback label yet, and no earlier harvest took. Each gets two scores, both
-from what the service logged:
+feedback label yet, and no earlier harvest took. With a small labelling
+budget the images worth labelling are the **typical** ones of the new
+traffic, not its outliers (the cold-start lesson of low-budget active
+learning; TypiClust, Hacohen et al., ICML 2022): the candidates' embeddings
+(PCA to 32 dimensions) are clustered with k-means into as many groups as
+images are asked for, and each group gives its most typical member (the
+highest density: the smallest mean distance to its 20 nearest candidates),
+the largest groups first. Measured against random picks in docs/benchmarks.md
+(``benchmarks/queue_vs_random.py``): the first rule, most unfamiliar and most
+uncertain first, lost to random by 12-33 points under blur.
 
-- **unfamiliar**: how unlike the reference its embedding is (the drift
-  report's gallery measure, ``monitoring/gallery.py``: 1 = as familiar as a
-  typical reference image); the shifted images the next model must learn;
-- **uncertain**: 1 - the model's confidence; where its answer is least
-  trustworthy.
+While a retrain waits for the labels of some classes, the queue aims at
+those: each short class takes twice the labels it lacks (at least 10),
+picking by typicality x the model's probability for it (the best guess of an
+unlabelled image's class there is), the short classes taking turns.
 
-The priority is the mean of the two scores' ranks (0-1, both counted alike,
-whatever their scales). Picks are then spread over the predicted classes: the
-classes take turns, each giving its highest-priority image, so no class the
-shift sends to one answer crowds out the rest. While a retrain waits for the
-labels of some classes, the queue aims at those: each short class takes twice
-the labels it lacks (at least 10), picking by priority x the model's probability for it
-(the best guess of an unlabelled image's class there is). ``queue.csv`` (rank,
-request_id, predicted, why, priority, unfamiliar, uncertain) and
-``queue.html`` (the images, largest side 128 px, inlined) are written
-together, whole or not at all.
+Each pick also says how unfamiliar it is to the reference (the drift
+gallery's measure, ``monitoring/gallery.py``) and how sure the model was.
+``queue.csv`` (rank, request_id, predicted, why, priority, unfamiliar,
+uncertain) and ``queue.html`` (the images, largest side 128 px, inlined) are
+written together, whole or not at all.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ from transferops.registry.store import stored_model
 
 QUEUE_CSV, QUEUE_HTML = "queue.csv", "queue.html"
 MIN_PICKS = 10  # images a short class gets at least: a guess of its class is often wrong
+PCA_DIMS = 32  # embedding dimensions the groups and typicality are measured in
+NEIGHBOURS = 20  # nearest candidates an image's typicality is measured against (TypiClust)
 SHOWN_SIDE = 128  # px of each image on the page
 
 
@@ -59,45 +63,76 @@ def rank_queue(
 
     ``candidates``: request_id, predicted, confidence, embedding (and
     probabilities, in the order of ``classes``, when ``wanted`` is given).
-    Without ``wanted``: the ``n`` first (None: all), the predicted classes taking turns.
-    With ``wanted`` (class -> labels still missing, as a harvest that waits
+    Without ``wanted``: ``n`` picks (None: one per candidate), each the most
+    typical image of one k-means group, the largest groups first. With
+    ``wanted`` (class -> labels still missing, as a harvest that waits
     reports them): twice the missing labels of each short class (at least
-    ``MIN_PICKS``), the short
-    classes taking turns, each picking by priority x the model's probability
-    for it (an image can serve one class only).
+    ``MIN_PICKS``), the short classes taking turns, each picking by
+    typicality x the model's probability for it (an image serves one class).
     """
     if candidates.empty:
         return candidates.assign(rank=[], unfamiliar=[], uncertain=[], priority=[], why=[])
-    embeddings = np.stack(candidates["embedding"].to_numpy())
+    embeddings = np.stack(candidates["embedding"].to_numpy()).astype(np.float64)
     scored = candidates.reset_index(drop=True).assign(
         unfamiliar=unfamiliarity(embeddings, reference_embeddings),
         uncertain=1.0 - candidates["confidence"].to_numpy(float),
     )
-    scored["priority"] = (
-        scored["unfamiliar"].rank(pct=True) + scored["uncertain"].rank(pct=True)
-    ) / 2
-    priority = scored["priority"].to_numpy()
+    points = project(embeddings)
+    scored["priority"] = pd.Series(typicality(points)).rank(pct=True).to_numpy()
     if wanted:
         probabilities = np.stack(scored["probabilities"].to_numpy())
         short = sorted((c for c in wanted if wanted[c] > 0), key=lambda c: -wanted[c])
-        orders = {c: np.argsort(-priority * probabilities[:, classes.index(c)], kind="stable")
-                  for c in short}  # fmt: skip
-        quotas = {c: max(2 * wanted[c], MIN_PICKS) for c in short}
-        n = sum(quotas.values())
+        weight = scored["priority"].to_numpy()[:, None] * probabilities
+        orders = {c: np.argsort(-weight[:, classes.index(c)], kind="stable") for c in short}
+        chosen = take_turns(orders, {c: max(2 * wanted[c], MIN_PICKS) for c in short}, len(scored))
+        reasons = [f"for class {key!r}, still short of labels" for _, key in chosen]
     else:
-        by_best = scored.assign(p=priority).sort_values("p", ascending=False, kind="stable")
-        orders = {c: rows.index.to_numpy() for c, rows in by_best.groupby("predicted", sort=False)}
-        quotas = None
-    chosen = take_turns(orders, quotas, len(scored) if n is None else n)
+        groups = typical_of_groups(points, scored["priority"].to_numpy(), n or len(scored))
+        chosen = [(row, str(size)) for row, size in groups]
+        reasons = [f"the most typical of {size} similar images" for _, size in groups]
     picked = scored.iloc[[row for row, _ in chosen]].reset_index(drop=True)
     picked["rank"] = np.arange(1, len(picked) + 1)
     picked["why"] = [
-        f"{u:.1f}x as unfamiliar as a typical reference image; confidence {1 - c:.2f}; "
-        + (f"for class {key!r}, still short of labels" if wanted else f"predicted {key!r}")
-        for (u, c), (_, key) in zip(picked[["unfamiliar", "uncertain"]].to_numpy(), chosen,
-                                    strict=True)
+        f"{why}; {u:.1f}x as unfamiliar as a typical reference image; confidence {1 - c:.2f}"
+        for why, (u, c) in zip(reasons, picked[["unfamiliar", "uncertain"]].to_numpy(),
+                               strict=True)
     ]  # fmt: skip
     return picked
+
+
+def project(embeddings: np.ndarray, dims: int = PCA_DIMS) -> np.ndarray:
+    """The embeddings in their first ``dims`` principal components (all when fewer)."""
+    from sklearn.decomposition import PCA
+
+    dims = min(dims, len(embeddings), embeddings.shape[1])
+    if dims < 2:
+        return embeddings
+    return PCA(n_components=dims, random_state=0).fit_transform(embeddings)
+
+
+def typicality(points: np.ndarray) -> np.ndarray:
+    """Per point: 1 / the mean distance to its ``NEIGHBOURS`` nearest others (TypiClust)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(NEIGHBOURS, len(points) - 1)
+    if k < 1:
+        return np.ones(len(points))
+    distances, _ = NearestNeighbors(n_neighbors=k + 1).fit(points).kneighbors(points)
+    return 1.0 / (distances[:, 1:].mean(1) + 1e-12)
+
+
+def typical_of_groups(points: np.ndarray, typical: np.ndarray, n: int) -> list[tuple[int, int]]:
+    """``n`` k-means groups of the points, largest first: (its most typical row, its size)."""
+    from sklearn.cluster import KMeans
+
+    n = min(n, len(points))
+    groups = KMeans(n_clusters=n, n_init=1, random_state=0).fit_predict(points)
+    picks = []
+    for group in range(n):
+        rows = np.flatnonzero(groups == group)
+        if len(rows):
+            picks.append((int(rows[np.argmax(typical[rows])]), len(rows)))
+    return sorted(picks, key=lambda pick: -pick[1])
 
 
 def take_turns(

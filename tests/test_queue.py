@@ -1,4 +1,4 @@
-"""The label queue's ranking: unfamiliar and uncertain first, the predicted classes in turn."""
+"""The label queue: the typical images of each group first; while waiting, the short classes."""
 
 import numpy as np
 import pandas as pd
@@ -8,29 +8,35 @@ from tests.test_kept import png
 
 
 def candidates() -> tuple[pd.DataFrame, np.ndarray]:
+    """Three groups of traffic (40, 25 and 15 images) around three centres, plus the
+    reference; in each group one image sits right on its centre."""
     rng = np.random.default_rng(0)
     reference = rng.normal(0, 1, (200, 8))
-    far = [0.0, 0.5, 1.0, 4.0, 8.0, 0.2, 6.0, 3.0]  # how far each image sits from the reference
-    frame = pd.DataFrame(
-        {
-            "request_id": [f"r{i}" for i in range(8)],
-            "predicted": ["coat"] * 5 + ["bag"] * 3,
-            "confidence": [0.99, 0.9, 0.5, 0.4, 0.3, 0.95, 0.2, 0.6],
-            "embedding": [rng.normal(0, 1, 8) + d for d in far],
-        }
-    )
-    return frame, reference
+    centres = [np.full(8, 6.0), np.full(8, -6.0), np.r_[np.full(4, 6.0), np.full(4, -6.0)]]
+    rows = []
+    for g, (centre, size) in enumerate(zip(centres, (40, 25, 15), strict=True)):
+        for i in range(size):
+            offset = np.zeros(8) if i == 0 else rng.normal(0, 1, 8)
+            rows.append(
+                {
+                    "request_id": f"g{g}-{i}",
+                    "predicted": ["coat", "bag", "coat"][g],
+                    "confidence": 0.5,
+                    "embedding": centre + offset,
+                }
+            )
+    return pd.DataFrame(rows), reference
 
 
-def test_the_least_familiar_and_least_sure_come_first_classes_taking_turns() -> None:
+def test_each_pick_is_the_most_typical_of_a_group_the_largest_groups_first() -> None:
     frame, reference = candidates()
-    queue = rank_queue(frame, reference, n=6)
-    assert list(queue["rank"]) == [1, 2, 3, 4, 5, 6]
-    assert list(queue["predicted"]) == ["coat", "bag"] * 3, "classes take turns"
-    coats = queue[queue["predicted"] == "coat"]["request_id"].tolist()
-    assert coats == ["r4", "r3", "r2"], "far and unsure before near and sure"
-    assert queue.loc[0, "unfamiliar"] > 2 and "unfamiliar" in queue.loc[0, "why"]
-    assert rank_queue(frame, reference, n=20)["request_id"].nunique() == 8, "each image once"
+    queue = rank_queue(frame, reference, n=3)
+    assert list(queue["rank"]) == [1, 2, 3]
+    assert list(queue["request_id"]) == ["g0-0", "g1-0", "g2-0"], "centres, by group size"
+    assert queue.loc[0, "why"].startswith("the most typical of 40 similar images")
+    assert queue.loc[0, "unfamiliar"] > 2, "the traffic is far from the reference"
+    assert rank_queue(frame, reference, n=None)["request_id"].is_unique, "each image once"
+    assert len(rank_queue(frame, reference, n=500)) == len(frame)
     assert rank_queue(frame.iloc[:0], reference, n=5).empty
 
 
@@ -43,21 +49,22 @@ def test_the_queue_is_a_csv_and_a_page_of_the_images(tmp_path) -> None:
     written = pd.read_csv(out / QUEUE_CSV)
     assert list(written["request_id"]) == list(queue["request_id"])
     page = (out / QUEUE_HTML).read_text()
-    assert page.count("<img") == 3 and "data:image/png;base64," in page and "r4" in page
+    assert page.count("<img") == 3 and "data:image/png;base64," in page
+    for request_id in queue["request_id"]:
+        assert f"<code>{request_id}</code>" in page, f"{request_id} not shown with its image"
 
 
 def test_while_waiting_the_queue_aims_at_the_classes_still_short() -> None:
     frame, reference = candidates()
-    # The model's probabilities over (coat, bag): r1 and r5 look most like bags.
-    bag = [0.1, 0.9, 0.2, 0.3, 0.1, 0.8, 0.4, 0.2]
+    # The model's probabilities over (coat, bag): group 1 looks like bags.
+    bag = np.where(frame["request_id"].str.startswith("g1"), 0.9, 0.1)
     frame["probabilities"] = [np.array([1 - p, p]) for p in bag]
-    queue = rank_queue(
-        frame, reference, n=99, wanted={"bag": 2, "coat": 0}, classes=["coat", "bag"]
-    )
-    assert len(queue) == 8, "bag lacks 2: at least MIN_PICKS (all 8 here); coat lacks none"
+    queue = rank_queue(frame, reference, n=None, wanted={"bag": 2, "coat": 0},
+                       classes=["coat", "bag"])  # fmt: skip
+    assert len(queue) == 10, "bag lacks 2: at least MIN_PICKS; coat lacks none"
     assert {w.split("'")[1] for w in queue["why"]} == {"bag"}
-    assert "for class 'bag'" in queue.loc[0, "why"]
-    assert set(queue["request_id"][:2]) == {"r1", "r6"}, "likely bags, weighted by priority"
-    both = rank_queue(frame, reference, n=99, wanted={"bag": 1, "coat": 2}, classes=["coat", "bag"])
-    assert len(both) == 8 and both["request_id"].is_unique, "at least MIN_PICKS each: all 8"
-    assert [w.split("'")[1] for w in both["why"]] == ["coat", "bag"] * 4, "short classes alternate"
+    assert queue["request_id"].str.startswith("g1").all(), "the likely bags"
+    both = rank_queue(frame, reference, n=None, wanted={"bag": 1, "coat": 6},
+                      classes=["coat", "bag"])  # fmt: skip
+    assert len(both) == 22 and both["request_id"].is_unique, "12 for coat, 10 for bag"
+    assert [w.split("'")[1] for w in both["why"]][:4] == ["coat", "bag", "coat", "bag"]
