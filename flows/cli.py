@@ -132,13 +132,14 @@ def _add_data(commands) -> None:
     queue = data_commands.add_parser(
         "queue",
         help="which kept, unlabelled production images to label first",
-        description="Rank the current window's kept images that have no feedback label yet "
-        "(and no harvest took): by how unfamiliar each is to the serving model's reference "
-        "and how unsure the model was, the predicted classes taking turns. Writes queue.csv "
-        "(rank, request_id, predicted, why, priority) and queue.html (the images). Send the "
-        "labels to POST /v1/feedback. docs/flywheel.md",
+        description="Pick, among the current window's kept images that have no feedback "
+        "label yet (and no harvest took), the N to label first: the candidates' embeddings "
+        "are grouped with k-means into N groups, and each group gives its most typical image, "
+        "the largest groups first (TypiClust). Writes queue.csv (rank, request_id, predicted, "
+        "why, priority, unfamiliar, uncertain) and queue.html (the images). Send the labels "
+        "to POST /v1/feedback. docs/flywheel.md",
     )
-    queue.add_argument("--n", type=int, default=100, help="images to rank (default: %(default)s)")
+    queue.add_argument("--n", type=int, default=100, help="images to pick (default: %(default)s)")
     queue.add_argument(
         "--since", type=parse_time, help="the window: images served since this ISO time "
         "(default: the latest monitor.window predictions)",

@@ -84,13 +84,14 @@ def rank_queue(
         short = sorted((c for c in wanted if wanted[c] > 0), key=lambda c: -wanted[c])
         weight = scored["priority"].to_numpy()[:, None] * probabilities
         orders = {c: np.argsort(-weight[:, classes.index(c)], kind="stable") for c in short}
-        chosen = take_turns(orders, {c: max(2 * wanted[c], MIN_PICKS) for c in short}, len(scored))
+        chosen = take_turns(orders, {c: max(2 * wanted[c], MIN_PICKS) for c in short})
+        rows = [row for row, _ in chosen]
         reasons = [f"for class {key!r}, still short of labels" for _, key in chosen]
     else:
         groups = typical_of_groups(points, scored["priority"].to_numpy(), n or len(scored))
-        chosen = [(row, str(size)) for row, size in groups]
+        rows = [row for row, _ in groups]
         reasons = [f"the most typical of {size} similar images" for _, size in groups]
-    picked = scored.iloc[[row for row, _ in chosen]].reset_index(drop=True)
+    picked = scored.iloc[rows].reset_index(drop=True)
     picked["rank"] = np.arange(1, len(picked) + 1)
     picked["why"] = [
         f"{why}; {u:.1f}x as unfamiliar as a typical reference image; confidence {1 - c:.2f}"
@@ -135,18 +136,17 @@ def typical_of_groups(points: np.ndarray, typical: np.ndarray, n: int) -> list[t
     return sorted(picks, key=lambda pick: -pick[1])
 
 
-def take_turns(
-    orders: dict[str, np.ndarray], quotas: dict[str, int] | None, n: int
-) -> list[tuple[int, str]]:
+def take_turns(orders: dict[str, np.ndarray], quotas: dict[str, int]) -> list[tuple[int, str]]:
     """Round-robin over the keys (in their order): each takes its next row not yet taken,
-    until ``n`` rows, every key's quota or every order is spent. Returns (row, key)."""
+    until its quota or its order is spent. Returns (row, key), in the order taken."""
     taken: set[int] = set()
     chosen: list[tuple[int, str]] = []
-    position = dict.fromkeys(orders, 0)
-    while len(chosen) < n:
+    position, count = dict.fromkeys(orders, 0), dict.fromkeys(orders, 0)
+    progressed = True
+    while progressed:
         progressed = False
         for key, order in orders.items():
-            if len(chosen) == n or (quotas and sum(k == key for _, k in chosen) >= quotas[key]):
+            if count[key] >= quotas[key]:
                 continue
             while position[key] < len(order) and int(order[position[key]]) in taken:
                 position[key] += 1
@@ -154,9 +154,8 @@ def take_turns(
                 row = int(order[position[key]])
                 taken.add(row)
                 chosen.append((row, key))
+                count[key] += 1
                 progressed = True
-        if not progressed:
-            break
     return chosen
 
 

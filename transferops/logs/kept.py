@@ -4,8 +4,9 @@ The service offers every image it answered to an :class:`ImageKeeper`, which
 applies the policy (``serve.keep``): on or off, a sampled ``fraction``, at
 most ``per_hour`` images an hour per worker. What it keeps goes to a writer
 thread through a queue bounded in bytes (``queue_mb``): no answer waits on a
-disk, and a full queue drops the image (counted), it never blocks. The writer stores each image as a
-file named by its content (sha256) under ``<paths.prediction_log>/kept/``,
+disk, and a full queue drops the image (counted), it never blocks. The writer
+stores each image as a file named by its content (sha256) under
+``<paths.prediction_log>/kept/``,
 folders ``0700`` and files ``0600`` (the service's user alone reads them),
 exactly as sent when its largest side is at most the kept side
 (``side_factor`` x the model's input side), otherwise decoded under the same
@@ -189,21 +190,22 @@ class ImageKeeper:
             return None
 
     def _fit(self, data: bytes, side: int) -> tuple[bytes | None, str]:
-        """:func:`fit_to_side`, a decode holding its pixels against the budget."""
+        """The bytes to keep and their suffix: as sent when the largest side fits in
+        ``side``, else a shrunk copy, decoded holding its pixels against the budget
+        (None when the budget stays full)."""
         header = read_header(data)
         if isinstance(header, str):
             raise BadImage(header)
-        pixels = header["width"] * header["height"]
         if max(header["width"], header["height"]) <= side:
-            return fit_to_side(data, side, self.serve)
+            return data, SUFFIXES.get(header["format"], ".img")
         with ExitStack() as held:
             try:
-                held.enter_context(self._hold(pixels))
+                held.enter_context(self._hold(header["width"] * header["height"]))
             except Exception as busy:  # the budget stayed full: requests come first
                 self.counts.no_pixel_budget += 1
                 self._warn("budget", f"an image was not kept: {busy}")
                 return None, ""
-            return fit_to_side(data, side, self.serve)
+            return shrunk_copy(data, header["format"], side, self.serve)
 
     def _link(self, links: list[tuple[str, str]], handled: int) -> None:
         try:
@@ -238,15 +240,10 @@ class ImageKeeper:
             log.warning(message)
 
 
-def fit_to_side(data: bytes, side: int, serve: ServeParams) -> tuple[bytes, str]:
-    """The bytes to keep, and their suffix: as sent when the largest side fits in ``side``,
-    else decoded (under ``serve``'s limits), turned upright, flattened and shrunk to it;
-    JPEG stays JPEG (quality 90), anything else becomes PNG."""
-    header = read_header(data)
-    if isinstance(header, str):
-        raise BadImage(header)
-    if max(header["width"], header["height"]) <= side:
-        return data, SUFFIXES.get(header["format"], ".img")
+def shrunk_copy(data: bytes, image_format: str, side: int, serve: ServeParams) -> tuple[bytes, str]:
+    """``data`` decoded (under ``serve``'s limits), turned upright, flattened and shrunk to
+    ``side`` on its largest side, and its suffix: JPEG stays JPEG (quality 90), anything
+    else becomes PNG."""
     image = decode_upload(
         data,
         max_bytes=serve.max_image_bytes,
@@ -259,7 +256,7 @@ def fit_to_side(data: bytes, side: int, serve: ServeParams) -> tuple[bytes, str]
     small = to_rgb(reduced)
     small.thumbnail((side, side), Image.Resampling.LANCZOS)
     out = io.BytesIO()
-    if header["format"] in ("JPEG", "MPO"):
+    if image_format in ("JPEG", "MPO"):
         small.save(out, format="JPEG", quality=90)
         return out.getvalue(), ".jpg"
     small.save(out, format="PNG")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from transferops.logs.predictions import PredictionLog, query, read_feedback, stores
+from transferops.logs.predictions import PredictionLog, query, read_feedback
 
 KEPT_DIR = "kept"
 
@@ -90,7 +90,7 @@ def read_kept(
         f"FROM predictions WHERE {' AND '.join(where)}"
     )
     frame = pd.DataFrame(query(directory, sql, tuple(args)), columns=KEPT_COLUMNS)
-    if not stores(directory) or frame.empty:
+    if frame.empty:
         return frame.assign(label=pd.Series(dtype=object), file=pd.Series(dtype=object))
     root = kept_root(directory)
     frame["file"] = [str(root / relative) for relative in frame["image"]]
