@@ -8,7 +8,10 @@ fine-tuning engine (``transferops/models/finetune.py``) trains the recorded stag
 the recorded learning rates, starting from the probe's head, resuming from
 ``paths.checkpoints`` after an interruption. Runs data-parallel under
 ``torchrun``. Metrics and per-stage learning rates go to DVCLive; the model is
-saved as safetensors plus the JSON needed to rebuild it.
+saved as safetensors plus the JSON needed to rebuild it. A retrain from a
+classifier with the same classes (the champion's weights, for a drift
+retrain) starts its probe from that classifier's head (``train.warm_start``):
+it moves off what the champion knew instead of learning it again from zero.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from transferops.commands import run_stage
 from transferops.config import Params
 from transferops.data.datasets import ManifestImages, read_accepted, read_classes
 from transferops.models.backbones import build_transform, data_config_for, load_backbone
-from transferops.models.classifier import ClassifierConfig, save_classifier
+from transferops.models.classifier import ClassifierConfig, save_classifier, starting_head
 from transferops.models.features import load_split
 from transferops.models.finetune import World, load_checkpoint
 from transferops.models.recipe import read_side
@@ -52,6 +55,11 @@ def train(params: Params) -> dict:
     run_id = fingerprint(params, decision, manifest) if manifest is not None else ""
     resuming = manifest is not None and load_checkpoint(paths.checkpoints, run_id) is not None
     live = open_live(params, decision, resuming) if world.main else None
+    start_head, no_start = (
+        starting_head(params.model.weights, backbone.name, classes)
+        if params.train.warm_start
+        else (None, "train.warm_start is off")
+    )
     fitted = fit_classifier(
         params,
         backbone,
@@ -65,7 +73,9 @@ def train(params: Params) -> dict:
         checkpoint_dir=Path(paths.checkpoints),
         run_id=run_id,
         resuming=resuming,
+        start_head=start_head,
     )
+    fitted.summary["probe"]["started_from"] = params.model.weights if start_head else no_start
     if world.main:
         for group, values in fitted.summary.items():  # next to the values DVCLive logged
             live.summary.setdefault(group, {}).update(values)

@@ -61,3 +61,26 @@ def test_unknown_offline_backbone_and_missing_checkpoint_are_named(tmp_path: Pat
         load_backbone("resnet18")
     with pytest.raises(BackboneError, match=r"nothing\.pt.*not found"):
         load_backbone("tf_efficientnet_lite0", str(tmp_path / "nothing.pt"))
+
+
+def test_a_retrain_starts_only_from_a_classifier_of_its_backbone_and_classes(
+    tmp_path: Path,
+) -> None:
+    from transferops.models.classifier import WEIGHTS, save_seeded_classifier, starting_head
+
+    classes = ["cat", "dog", "fox"]
+    save_seeded_classifier(load_backbone("tf_efficientnet_lite0"), classes, tmp_path / "champion")
+    weights = str(tmp_path / "champion" / WEIGHTS)
+    head, why = starting_head(weights, "tf_efficientnet_lite0", classes)
+    assert why == "" and head[0].shape == (3, 1280) and head[1].shape == (3,)
+    plain = tmp_path / "backbone.safetensors"  # the same file without model.json beside it
+    plain.write_bytes(Path(weights).read_bytes())
+    refused = {
+        ("offline", "tf_efficientnet_lite0", tuple(classes)): "pretrained weights",
+        (str(plain), "tf_efficientnet_lite0", tuple(classes)): "not a saved classifier",
+        (weights, "mobilenetv3_small_100", tuple(classes)): "trains a mobilenetv3_small_100",
+        (weights, "tf_efficientnet_lite0", ("dog", "cat", "fox")): "are not this run's",
+    }
+    for (path, backbone, names), reason in refused.items():
+        head, why = starting_head(path, backbone, list(names))
+        assert head is None and reason in why, why

@@ -43,3 +43,7 @@ def test_surgical_retrain_from_the_champion_weights(trained_project: Path, tmp_p
     saved = load_file(str(tmp_path / "model" / WEIGHTS))
     kept = {stage(k) for k in before if not before[k].equal(saved[k])}
     assert kept <= {"stem", "block0", "classifier"}, "the champion's other stages are kept"
+    # The probe started from the champion's own head (train.warm_start), and moved off it.
+    probe = json.loads((tmp_path / "train_log" / "metrics.json").read_text())["probe"]
+    assert probe["started_from"] == str(champion_weights), probe
+    assert probe["best_epoch"] >= 1 and "start_val_accuracy" in probe, probe

@@ -48,3 +48,18 @@ def test_probe_is_seeded() -> None:
         for _ in range(2)
     ]
     assert torch.equal(runs[0], runs[1])
+
+
+def test_a_warm_start_begins_at_the_given_head_and_keeps_a_trained_epoch() -> None:
+    x, y = separable(300, 0)
+    vx, vy = separable(100, 1)
+    fit = dict(num_classes=3, lr=0.05, weight_decay=0.0, batch_size=64, seed=0)
+    head = fit_linear_probe(x, y, vx, vy, epochs=20, **fit)[:2]
+    # No epochs: the start comes back as it went in (unfolded for training, folded again).
+    weight, bias, best = fit_linear_probe(x, y, vx, vy, epochs=0, start_head=head, **fit)
+    assert torch.allclose(weight, head[0], atol=1e-5) and torch.allclose(bias, head[1], atol=1e-3)
+    assert best["val_accuracy"] > 0.95, "the start's own accuracy, not a random head's"
+    # With epochs, the start (already perfect on val) is not a result: a trained epoch is.
+    weight, bias, best = fit_linear_probe(x, y, vx, vy, epochs=3, start_head=head, **fit)
+    assert best["epoch"] >= 1 and best["start_val_accuracy"] > 0.95
+    assert not torch.equal(weight, head[0])

@@ -202,6 +202,7 @@ class TrainParams(Section):
     race_margin: Annotated[float, Field(ge=0, le=1)] = 0.02
     patience: Annotated[int, Field(ge=0)] = 5
     patience_from: Annotated[float, Field(ge=0, le=1)] = 0.3
+    warm_start: bool = True
 
 
 class EvaluateParams(Section):

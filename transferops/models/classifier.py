@@ -71,6 +71,27 @@ def load_classifier(model_dir: Path) -> tuple[torch.nn.Module, ClassifierConfig]
     return model.eval(), config
 
 
+def starting_head(
+    weights: str, backbone: str, classes: list[str]
+) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, str]:
+    """The head (weight, bias) of the classifier ``weights`` names, when a run training
+    ``backbone`` for ``classes`` (in this order) can start its probe from it; otherwise
+    (None, why not). A retrain from the champion's weights passes its ``model.safetensors``,
+    with ``model.json`` beside it; ImageNet weights (``offline``, ``hub``) have no such head."""
+    if weights in ("offline", "hub"):
+        return None, f"model.weights = {weights}: pretrained weights, not a trained classifier"
+    path = Path(weights)
+    if path.name != WEIGHTS or not (path.parent / CONFIG).is_file():
+        return None, f"model.weights {weights!r} is not a saved classifier (no {CONFIG} beside it)"
+    config = ClassifierConfig.from_json((path.parent / CONFIG).read_text())
+    if config.backbone != backbone:
+        return None, f"the start is a {config.backbone}; this run trains a {backbone}"
+    if list(config.classes) != list(classes):
+        return None, f"the start's classes {config.classes} are not this run's {classes}"
+    state = load_file(str(path))
+    return (state[f"{HEAD}.weight"], state[f"{HEAD}.bias"]), ""
+
+
 def eval_transform(config: ClassifierConfig):
     return build_transform(config.data_config, training=False)
 

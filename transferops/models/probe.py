@@ -1,7 +1,10 @@
 """Phase 1 of LP-FT: a linear probe (softmax regression) on cached frozen features.
 
 Standardised features, AdamW, the best validation epoch kept, the
-standardisation folded into the head so it applies to raw features.
+standardisation folded into the head so it applies to raw features. A
+retrain from a classifier (the champion, the same classes) starts from that
+classifier's head (``start_head``) instead of a random one; its epoch 0 is then
+the start itself, which is not a result, so the best epoch is one that trained.
 Feature standard deviations are floored at 0.1x their median before folding:
 near-constant features would otherwise get weights of 10^4 that blow the loss
 up as soon as fine-tuning moves the features (docs/training.md).
@@ -27,11 +30,14 @@ def fit_linear_probe(
     batch_size: int,
     seed: int,
     live=None,
+    start_head: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """Train softmax regression; return (weight, bias) on raw features and best metrics.
 
     With ``epochs == 0`` the head stays at its (seeded) initialisation: an
-    untrained baseline, useful to test the gate.
+    untrained baseline, useful to test the gate. ``start_head``: (weight, bias) of a
+    head on raw features to start from; the result is then one of the trained
+    epochs (``best["start_val_accuracy"]`` is the start's own).
     """
     generator = torch.Generator().manual_seed(seed)
     x, y = torch.from_numpy(train_x).float(), torch.from_numpy(train_y).long()
@@ -40,11 +46,18 @@ def fit_linear_probe(
     std = std.clamp_min(0.1 * float(std.median()) + 1e-6)  # see docs/training.md
     head = torch.nn.Linear(x.shape[1], num_classes)
     with torch.no_grad():
-        head.weight.normal_(0, 0.01, generator=generator)
-        head.bias.zero_()
+        if start_head is None:
+            head.weight.normal_(0, 0.01, generator=generator)
+            head.bias.zero_()
+        else:  # a head on raw features, unfolded: W x + b == (W s) (x - m) / s + (b + W m)
+            weight, bias = start_head
+            head.weight.copy_(weight * std)
+            head.bias.copy_(bias + weight @ mean)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     best = {"val_accuracy": _accuracy(head, (vx - mean) / std, vy), "epoch": 0}
     best_state = {k: v.clone() for k, v in head.state_dict().items()}
+    if start_head is not None and epochs > 0:  # the start is what the retrain moves off
+        best = {"val_accuracy": -1.0, "epoch": 0, "start_val_accuracy": best["val_accuracy"]}
     for epoch in trange(1, epochs + 1, desc="linear probe", unit="epoch", disable=None):
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), batch_size):
@@ -60,7 +73,7 @@ def fit_linear_probe(
             live.log_metric("lr/classifier", optimizer.param_groups[0]["lr"])
             live.next_step()
         if val_acc > best["val_accuracy"]:
-            best = {"val_accuracy": val_acc, "epoch": epoch}
+            best |= {"val_accuracy": val_acc, "epoch": epoch}
             best_state = {k: v.clone() for k, v in head.state_dict().items()}
     head.load_state_dict(best_state)
     # Fold the standardisation in: W (x - m) / s + b == (W / s) x + (b - W m / s).

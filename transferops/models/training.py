@@ -104,6 +104,7 @@ def fit_classifier(
     checkpoint_dir: Path | None = None,
     run_id: str = "",
     resuming: bool = False,
+    start_head: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Fitted:
     """LP-FT as the decision says: the probe always, fine-tuning for strategies that unfreeze.
 
@@ -112,6 +113,8 @@ def fit_classifier(
         decision: the strategy stage's record (strategy, trainable stages, rates).
         images: ``(train dataset, val dataset)`` of transformed images; needed
             only when the decision fine-tunes.
+        start_head: the head of the classifier this run starts from (a retrain from
+            the champion, ``train.warm_start``); the probe starts there, not at random.
     """
     cfg = params.train
     weight, bias, best = fit_linear_probe(
@@ -124,8 +127,11 @@ def fit_classifier(
         batch_size=cfg.batch_size,
         seed=params.seed,
         live=None if resuming else live,
+        start_head=start_head,
     )
     summary = {"probe": {"best_val_accuracy": best["val_accuracy"], "best_epoch": best["epoch"]}}
+    if "start_val_accuracy" in best:
+        summary["probe"]["start_val_accuracy"] = best["start_val_accuracy"]
     model = build_classifier(backbone.model, backbone.name, num_classes, weight, bias)
     if fine_tunes(decision, cfg):
         train_images, val_images = images
