@@ -31,6 +31,7 @@ from transferops.data.preparation import DROP_MANIFEST, incoming_drops
 from transferops.data.sources import list_source
 from transferops.logs.jsonl import append_jsonl, read_jsonl
 from transferops.logs.keptfiles import read_kept
+from transferops.logs.runs import read_records
 from transferops.names import name_problem
 from transferops.registry import champion
 from transferops.registry.store import stored_model
@@ -220,6 +221,31 @@ def harvested_before(incoming: Path) -> tuple[set[str], set[str]]:
             requests.update(record.get("request_ids", []))
             hashes.update(p.name.split(".")[0] for p in (drop / "images").rglob("*.*"))
     return requests, hashes
+
+
+def pending_harvest(params: Params, since: datetime | None = None) -> DatasetVersion | None:
+    """The newest harvest of the traffic since ``since`` that passed its checks and that no
+    training run has completed on: a retrain that failed after its harvest, or a harvest
+    made by hand (``data harvest``) during the drift. Every completed training run trains
+    on every drop under ``paths.incoming``, so one that started after the harvest was
+    added has used it."""
+    completed = [
+        datetime.fromisoformat(record["started_at"])
+        for record in read_records(Path(params.paths.reports))
+        if record.get("flow") == "training" and record.get("status") == "completed"
+    ]
+    last_trained = max(completed, default=None)
+    incoming = Path(params.paths.incoming)
+    for version in reversed(list_versions(params.paths.registry)):
+        summary = version.provenance
+        if summary is None or version.status != "passed" or not (incoming / version.name).is_dir():
+            continue
+        if since is not None and datetime.fromisoformat(summary["from"]) < since:
+            continue
+        if last_trained is not None and last_trained >= datetime.fromisoformat(version.added_at):
+            return None  # this one and every older one have been trained on
+        return version
+    return None
 
 
 def dataset_hashes(prepared: Path) -> set[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.data import harvest_dataset, harvested_before
+from flows.data import harvest_dataset, harvested_before, pending_harvest
 from flows.events import api_url, request_retrain
 from flows.records import recorded_run
 from monitoring.decision import LabelsFound, decide_and_record
@@ -72,6 +72,11 @@ def harvest_drifted_traffic(
         try:
             record = harvest_dataset(params, since=since)
         except TooFewLabels as short:
+            if (pending := pending_harvest(params, since)) is not None:
+                # A harvest of this drift that no run has trained on yet (its retrain
+                # failed, or someone harvested by hand): train on it, not wait for more.
+                counts = pending.provenance["labels_per_class"]
+                return LabelsFound(drop=pending.name, counts=counts)
             wanted = {c: need - have for c, (have, need) in short.short.items()}
             queue = write_label_queue(params, report_dir, since, wanted)
             return LabelsFound(counts=short.counts, short=short.short, queue=queue)

@@ -2,6 +2,7 @@
 
 import io
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from flows.data import pending_harvest
 from flows.workspace import create_workspace
 from tests.commands import transferops
 from tests.conftest import ROOT, TINY, packaged_tag, write_params
@@ -18,6 +20,7 @@ from transferops.data.harvest import HarvestRefused, TooFewLabels, plan_harvest
 from transferops.logs.kept import ImageKeeper
 from transferops.logs.keptfiles import read_kept
 from transferops.logs.predictions import PredictionLog
+from transferops.logs.runs import write_record
 from transferops.registry import champion
 from transferops.registry.store import stored_model
 
@@ -93,7 +96,9 @@ def test_a_label_outside_the_classes_exits_1_naming_it_and_writes_nothing(served
     assert untouched(params) == before, "a refused harvest wrote something"
 
 
-def test_a_harvest_is_a_checked_dvc_drop_with_provenance_and_never_taken_twice(served) -> None:
+def test_a_harvest_is_a_checked_dvc_drop_with_provenance_never_taken_twice_and_pending(
+    served,
+) -> None:
     params, log, truth = served
     for request_id, label in truth.items():
         log.append_feedback(request_id, label)
@@ -117,6 +122,16 @@ def test_a_harvest_is_a_checked_dvc_drop_with_provenance_and_never_taken_twice(s
     assert (drop.parent / "h1.dvc").is_file(), "not tracked by DVC"
     again = transferops("data", "harvest", "--name", "h2", "--min-per-class", "3")
     assert again.returncode == 1 and "0/3" in again.stderr, "the same labels harvested twice"
+    # Pending until a training run completes after it: a drift check then trains on h1
+    # instead of waiting for labels it holds already (a failed retrain, a hand harvest).
+    assert pending_harvest(params).name == "h1"
+    later = datetime.fromisoformat(provenance["until"]) + timedelta(seconds=1)
+    assert pending_harvest(params, since=later) is None, "not the traffic since the drift"
+    for status in ("failed", "completed"):
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        run = {"flow": "training", "run": {"name": status}, "started_at": started}
+        write_record(Path(params.paths.reports), run | {"status": status})
+        assert (pending_harvest(params) is None) == (status == "completed"), status
 
 
 def test_the_plan_leaves_out_known_content_and_conflicting_copies() -> None:
