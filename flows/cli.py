@@ -11,7 +11,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from transferops.commands import add_override_option
-from transferops.config import DEFAULT_PARAMS, FORCEABLE_STRATEGIES, ParamsError, load_params
+from transferops.config import (
+    DEFAULT_PARAMS,
+    FORCEABLE_STRATEGIES,
+    ParamsError,
+    load_params,
+    refuse_unlisted_changes,
+)
 from transferops.data.datasets import DataSourceError
 from transferops.data.shifts import SHIFTS
 from transferops.registry.champion import ChampionError
@@ -327,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         params = load_params(args.params, getattr(args, "overrides", []))
+        if args.command == "train":  # what a run may change: refused before anything runs
+            refuse_unlisted_changes(load_params(DEFAULT_PARAMS), params, "transferops train")
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -334,8 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run_command(args, params)
     # Named, expected failures: a source that cannot be read, a model not in the
-    # store, a promotion that cannot happen. Exit 2, one line.
-    except (DataSourceError, FileNotFoundError, ChampionError) as err:
+    # store, a promotion that cannot happen, a run asking what it may not. Exit 2, one line.
+    except (DataSourceError, FileNotFoundError, ChampionError, ParamsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

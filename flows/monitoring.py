@@ -16,12 +16,18 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.data import harvest_dataset, harvested_before, pending_harvest
+from flows.data import (
+    add_dataset,
+    harvest_dataset,
+    harvested_before,
+    pending_harvest,
+    require_passed,
+)
 from flows.events import api_url, request_retrain
 from flows.records import recorded_run
 from monitoring.decision import LabelsFound, decide_and_record
 from monitoring.drift import check_drift, read_history
-from transferops.config import DEFAULT_PARAMS, Params, load_params
+from transferops.config import DEFAULT_PARAMS, Params, load_params, run_may_change
 from transferops.data.datasets import DataSourceError
 from transferops.data.harvest import HarvestRefused, TooFewLabels
 from transferops.models.saved import WEIGHTS
@@ -154,9 +160,11 @@ def monitoring_flow(
     Args:
         retrain: decide after the check (and maybe request a retrain);
             False only reports.
-        new_data: a labelled ImageFolder (e.g. labelled production images)
-            that the retraining run adds to the dataset.
-        overrides: params overrides, ``key=value``; they go to the retraining run too.
+        new_data: a labelled ImageFolder (e.g. labelled production images):
+            checked and added as a drop when the decision retrains; the event
+            names the drop.
+        overrides: params overrides, ``key=value``; those in ``orchestrate.run_keys``
+            go to the retraining run too.
         trigger: what started this run (a schedule fills this in); recorded.
         params_file: the params file (``transferops --params FILE monitor``).
     """
@@ -175,8 +183,14 @@ def monitoring_flow(
         decision = retrain_decision(params, verdict.get("report_dir"))
         result["decision"] = decision
         if decision["retrain"]:
+            # The run takes only what orchestrate.run_keys allows; this check's own
+            # settings (monitor.*, say) stay here. A folder goes as a checked drop.
+            keys = params.orchestrate.run_keys
+            forwarded = [o for o in overrides if run_may_change(o.partition("=")[0], keys)]
+            if new_data:
+                new_data = require_passed(add_dataset(Path(new_data), params)).name
             result["requested"] = emit_retrain_request(
-                verdict, decision, [*overrides, *decision["overrides"]], new_data
+                verdict, decision, [*forwarded, *decision["overrides"]], new_data
             )
         else:
             logger.info("verdict %s; no retraining: %s", verdict["status"], decision["reason"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,9 @@ from flows.serving import http_client
 from transferops.config import (
     DEFAULT_PARAMS,
     Params,
+    RunRefused,
     load_params,
+    refuse_unlisted_changes,
     run_changes,
     write_run_params,
 )
@@ -48,6 +51,7 @@ TRAINING_LOCK = Path(".dvc") / "tmp" / "transferops-training.lock"
 # listening at the address (connection refused) says so at once.
 NO_ANSWER_S = 5
 VERSIONS = Path("data") / "versions"  # data versions restored for a run (data_version=...)
+DATA_VERSION = re.compile(r"[0-9a-f]{32}(\.dir)?")  # DVC's md5; joined into a path below
 
 
 @task(cache_policy=NO_CACHE)
@@ -76,16 +80,40 @@ def check_harvest(params: Params, harvest: str) -> dict:
     that drop must be under ``paths.incoming`` with a passed record, or the run
     stops here: a retrain on unchanged data learns nothing.
     """
-    incoming = Path(params.paths.incoming)
     if problem := name_problem("harvest", harvest):
         raise DataSourceError(f"the retrain request's harvest: {problem}")
-    passed = [v for v in list_versions(params.paths.registry) if v.name == harvest]
-    if not (incoming / harvest).is_dir() or not passed or passed[-1].status != "passed":
+    return passed_drop(params, harvest, "harvest")
+
+
+def passed_drop(params: Params, name: str, what: str) -> dict:
+    """Drop ``name`` under ``paths.incoming`` with a passed record, or DataSourceError."""
+    incoming = Path(params.paths.incoming)
+    passed = [v for v in list_versions(params.paths.registry) if v.name == name]
+    if not (incoming / name).is_dir() or not passed or passed[-1].status != "passed":
         raise DataSourceError(
-            f"the retrain request names harvest {harvest!r}, which is not a drop under "
+            f"the retrain request names {what} {name!r}, which is not a drop under "
             f"{incoming} that passed its checks (see `transferops data list`): not training"
         )
-    return {"name": harvest, "version": passed[-1].version, "images": passed[-1].images}
+    return {"name": name, "version": passed[-1].version, "images": passed[-1].images}
+
+
+def requested_dataset(params: Params, dataset: str, remote: bool) -> dict | None:
+    """What a run's ``dataset`` is: a drop under ``paths.incoming`` (a name or its path) is
+    used as it is, once it passed its checks; any other folder is added as a new drop
+    (None) only from this machine's own shell. A run started by an event or the API
+    (``remote``: a deployment's) never reads a path elsewhere on the worker's disk."""
+    incoming = Path(params.paths.incoming).resolve()
+    plain = "/" not in dataset and os.sep not in dataset
+    resolved = (incoming / dataset if plain else Path(dataset)).resolve()
+    if resolved.parent == incoming:
+        return passed_drop(params, resolved.name, "new_data")
+    if remote:
+        raise DataSourceError(
+            f"the retrain request's new_data {dataset!r} is not a drop under {incoming}: a run "
+            "started by an event or the API reads only drops that were added there "
+            "(`transferops data add`); not training"
+        )
+    return None
 
 
 def transient_failure(task, task_run, state) -> bool:
@@ -238,8 +266,10 @@ def tell_service(params: Params, champion_tag: str | None) -> dict:
     if not url or champion_tag is None:
         return {"url": url, "serving": None, "switched": None}
     headers = {}
-    if params.serve.api_key_env:
+    if params.serve.api_key_env and same_origin(url, load_params(DEFAULT_PARAMS)):
         headers["X-API-Key"] = os.environ.get(params.serve.api_key_env, "")
+    elif params.serve.api_key_env:
+        logger.warning("%s is not params.yaml's orchestrate.service_url: no API key sent", url)
     started, answered, refused = time.monotonic(), False, False
     serving = None
     while time.monotonic() - started < params.orchestrate.switch_timeout_s:
@@ -263,6 +293,43 @@ def tell_service(params: Params, champion_tag: str | None) -> dict:
         time.sleep(1)
     logger.warning("%s still serves %s, not the champion %s", url, serving, champion_tag)
     return {"url": url, "serving": serving, "switched": False}
+
+
+def refuse_what_a_run_may_not_ask(
+    params: Params, dataset: str | None, data_version: str | None
+) -> dict | None:
+    """Before anything runs, everything a run was asked that it may not do, named at once
+    (:class:`RunRefused`): a key outside ``orchestrate.run_keys`` changed from params.yaml,
+    a ``dataset`` outside ``paths.incoming`` in a deployment's run, a data version that is
+    not a DVC hash. Returns the requested drop when ``dataset`` is one."""
+    problems, drop = [], None
+    try:
+        refuse_unlisted_changes(load_params(DEFAULT_PARAMS), params, "this training run")
+    except RunRefused as refused:
+        problems.append(str(refused))
+    if dataset:
+        try:
+            drop = requested_dataset(params, dataset, remote=bool(runtime.deployment.id))
+        except DataSourceError as refused:
+            problems.append(str(refused))
+    if data_version and not DATA_VERSION.fullmatch(data_version):
+        problems.append(
+            f"data version {data_version!r} is not a DVC hash (32 hex digits, optionally "
+            ".dir): see `transferops data list` or a model's data_version"
+        )
+    if problems:
+        raise RunRefused("refused before anything ran: " + "; ".join(problems))
+    return drop
+
+
+def same_origin(url: str, trusted: Params) -> bool:
+    """Whether ``url`` has the scheme, host and port of params.yaml's service URL (the only
+    place the service's API key is ever sent)."""
+    from urllib.parse import urlsplit
+
+    own = trusted.orchestrate.service_url
+    origin = lambda u: (urlsplit(u).scheme, urlsplit(u).hostname, urlsplit(u).port)  # noqa: E731
+    return bool(own) and origin(url) == origin(own)
 
 
 def run_overrides(overrides: list[str] | None, strategy: str | None) -> list[str]:
@@ -308,6 +375,9 @@ def training_flow(
     ):
         overrides = run_overrides(overrides, strategy)
         params = load_params(params_file, overrides)  # bad overrides fail here, named
+        drop = refuse_what_a_run_may_not_ask(params, dataset, data_version)
+        if drop is not None:  # a drop already under paths.incoming: trained on as it is
+            outcome["dataset"], dataset = drop, None
         if data_version:
             overrides += restore_data_version(data_version)
             params = load_params(params_file, overrides)

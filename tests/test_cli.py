@@ -108,3 +108,26 @@ def test_report_on_a_project_with_no_runs_yet_explains_each_section(tmp_path: Pa
     for key in ("drift", "bias", "decisions", "models", "validation", "runs"):
         assert f'<section id="{key}">' in page
     assert "No drift check yet" in page and "No champion yet" in page and "No run yet" in page
+
+
+@pytest.mark.parametrize(
+    ("how", "named"),
+    [
+        (["-S", "serve.api_key_env=HOME"], "serve.api_key_env (to 'HOME')"),
+        (["-S", "paths.registry=/etc/passwd"], "paths.registry (to '/etc/passwd')"),
+        (["-S", "orchestrate.run_keys=[serve]"], "orchestrate.run_keys"),
+    ],
+    ids=["a secret's name", "a path", "the allow-list itself"],
+)
+def test_a_run_may_change_only_the_run_keys(tmp_path: Path, how: list[str], named: str) -> None:
+    """`transferops train` refuses, by name and before anything runs, a change that
+    orchestrate.run_keys does not allow; edited into params.yaml it would be the user's."""
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    result = transferops("train", *how, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"a run may not change {named}" in result.stderr
+    assert "orchestrate.run_keys" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"], "nothing ran"
+    other = write_params(tmp_path / "other.yaml", {"gate.min_improvement": -1.0})
+    result = transferops("--params", str(other), "train", cwd=tmp_path)
+    assert result.returncode == 2 and "gate.min_improvement (to -1.0)" in result.stderr

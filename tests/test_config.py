@@ -103,3 +103,17 @@ def test_run_overrides_are_written_keeping_comments_and_a_bad_one_writes_nothing
 def test_a_cron_that_is_not_five_fields_is_refused() -> None:
     with pytest.raises(ParamsError, match=r"orchestrate\.monitor_cron = 'hourly'"):
         load_params(ROOT / "params.yaml", ["orchestrate.monitor_cron=hourly"])
+
+
+def test_the_allow_list_comes_from_params_yaml_not_from_the_run() -> None:
+    from transferops.config import RunRefused, changed_keys, refuse_unlisted_changes
+
+    base = load_params(ROOT / "params.yaml")
+    allowed = load_params(ROOT / "params.yaml", ["train.lr=0.01", "strategy.force=full"])
+    assert changed_keys(base, allowed) == {"strategy.force": "full", "train.lr": 0.01}
+    refuse_unlisted_changes(base, allowed, "a run")  # allowed: no error
+    widened = load_params(ROOT / "params.yaml", ["orchestrate.run_keys=[serve]", "serve.top_k=9"])
+    with pytest.raises(RunRefused) as refused:
+        refuse_unlisted_changes(base, widened, "a run")
+    assert "orchestrate.run_keys (to ['serve'])" in str(refused.value)
+    assert "serve.top_k (to 9)" in str(refused.value)

@@ -321,6 +321,16 @@ class MonitorParams(Section):
     retrain: RetrainParams
 
 
+# What a run may change (from a retrain event, `-S`, `--params FILE`) unless params.yaml
+# says otherwise: what the monitoring flow itself sends (strategy.force, model.weights)
+# and the keys that choose how to train and on how much data. Not the service, the
+# paths, the gate, the checks or the orchestration: those are params.yaml's to change.
+DEFAULT_RUN_KEYS = [
+    "seed", "device", "threads", "strategy", "model", "features", "profile", "train",
+    "data.train_size", "data.val_size", "data.test_size", "data.holdout_fraction",
+]  # fmt: skip
+
+
 class OrchestrateParams(Section):
     monitor_cron: CronText | None
     retrain_cron: CronText | None
@@ -330,6 +340,9 @@ class OrchestrateParams(Section):
     retry_delay_s: Annotated[float, Field(ge=0, le=3600)]
     service_url: str | None
     switch_timeout_s: Annotated[float, Field(gt=0, le=3600)]
+    run_keys: list[Annotated[str, Field(pattern=r"^[a-z_]+(\.[a-z_]+)*$")]] = Field(
+        default_factory=lambda: list(DEFAULT_RUN_KEYS)
+    )
 
 
 class Params(Section):
@@ -356,6 +369,10 @@ class Params(Section):
 
 class ParamsError(ValueError):
     """A params file (or an override) that does not fit the schema."""
+
+
+class RunRefused(ParamsError):
+    """A run's params change keys that runs may not change (``orchestrate.run_keys``)."""
 
 
 def load_params(path: Path = DEFAULT_PARAMS, overrides: Sequence[str] = ()) -> Params:
@@ -423,6 +440,45 @@ def run_changes(base: Params, effective: Params) -> dict[str, Any]:
             "run cannot move them; change them in params.yaml itself"
         )
     return _leaf_changes(old, new)
+
+
+def changed_keys(base: Params, effective: Params) -> dict[str, Any]:
+    """Every dotted key whose value ``effective`` changes from ``base``, with its new value."""
+    changed: dict[str, Any] = {}
+
+    def walk(old: Any, new: Any, prefix: str) -> None:
+        if isinstance(new, dict) and isinstance(old, dict) and new:
+            for key in new.keys() | old.keys():
+                walk(old.get(key), new.get(key), f"{prefix}{key}.")
+        elif old != new:
+            changed[prefix.rstrip(".")] = new
+
+    walk(base.model_dump(mode="json", by_alias=True),
+         effective.model_dump(mode="json", by_alias=True), "")  # fmt: skip
+    return dict(sorted(changed.items()))
+
+
+def run_may_change(key: str, run_keys: Sequence[str]) -> bool:
+    """Whether dotted ``key`` is one of ``run_keys`` or inside one of them."""
+    return any(key == prefix or key.startswith(f"{prefix}.") for prefix in run_keys)
+
+
+def refuse_unlisted_changes(base: Params, effective: Params, source: str) -> None:
+    """Raise :class:`RunRefused` naming every key (and value) a run changes from params.yaml
+    (``base``) outside ``base.orchestrate.run_keys``. The list comes from ``base``: a run
+    cannot widen its own allow-list."""
+    allowed = base.orchestrate.run_keys
+    refused = {
+        key: value
+        for key, value in changed_keys(base, effective).items()
+        if not run_may_change(key, allowed)
+    }
+    if refused:
+        named = ", ".join(f"{key} (to {value!r})" for key, value in refused.items())
+        raise RunRefused(
+            f"{source}: a run may not change {named}: orchestrate.run_keys in params.yaml "
+            f"allows {', '.join(allowed)}; to change the others, edit params.yaml itself"
+        )
 
 
 def _leaf_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
