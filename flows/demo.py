@@ -51,7 +51,13 @@ from rich.table import Table
 
 from flows.deploy import MONITORING_DEPLOYMENT, TRAINING_DEPLOYMENT
 from flows.monitoring import monitoring_flow
-from flows.prefect_server import running_deployments, running_prefect_server, wait_for_run
+from flows.prefect_server import (
+    AUTH_FILE,
+    running_deployments,
+    running_prefect_server,
+    server_auth,
+    wait_for_run,
+)
 from flows.serving import free_port, running_service
 from flows.story import Step, Story
 from flows.training import training_flow
@@ -92,7 +98,7 @@ def run_demo(
     The terminal tells the steps and their outcomes; the libraries' logs go to
     ``reports/demo/logs/``. The outcome is also printed as a table and saved as JSON.
     """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     settings, console = settings or DemoSettings(), console or Console()
     started = time.monotonic()
@@ -156,7 +162,8 @@ def run_demo(
                     log_file=servers["transferops deploy (the retraining run)"],
                 )
             )
-            servers_up.enter_context(temporary_settings(updates={PREFECT_API_URL: api}))
+            client = {PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: server_auth(home)}
+            servers_up.enter_context(temporary_settings(updates=client))
             step.say(
                 f"Prefect API {api}; deployments: {', '.join(d['name'] for d in deployments)} "
                 "(the drift check, and the training run a retrain event starts)"
@@ -494,8 +501,10 @@ def where_to_look(summary: dict, params: Params, workspace: Path, root: Path) ->
         "  transferops monitor --no-retrain    a drift check of the logged traffic",
         "  transferops report                  rebuild the reviewers' index",
         "  transferops models --history        the models and every champion change",
+        f"  export PREFECT_SERVER_API_AUTH_STRING=$(cat .prefect/{AUTH_FILE})",
         f"  PREFECT_HOME=.prefect prefect server start --port {prefect['port']}",
         "                                      the Prefect UI: runs, logs, automation",
+        "                                      (it asks for that string)",
         f"  evidently ui --workspace {params.paths.reports}/drift/workspace",
         "                                      the Evidently UI (http://127.0.0.1:8000)",
         "The loop for real: `prefect server start`, then `transferops deploy`; the",

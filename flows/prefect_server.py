@@ -5,11 +5,21 @@ UI behave as they do for a team (the temporary server a lone flow run
 starts has no scheduler and vanishes with the run). Its database lives in
 ``PREFECT_HOME``, so the runs can be browsed later by starting a server on
 the same home.
+
+A server started here never answers without its **auth string** (Prefect's
+``PREFECT_SERVER_API_AUTH_STRING``; its clients send ``PREFECT_API_AUTH_STRING``):
+``TRANSFEROPS_PREFECT_AUTH`` when the environment sets it, else the string kept
+in ``<PREFECT_HOME>/transferops-api-auth`` (0600, made at the first start). So
+another local user, or a web page the browser opens, cannot start a run
+through it (docs/orchestration.md, docs/security.md).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import os
+import secrets
 import subprocess
 import sys
 import time
@@ -17,8 +27,34 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from flows.serving import free_port, http_client, spawn, stop_server, wait_ready
+from transferops.files import write_atomic
 
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+AUTH_ENV = "TRANSFEROPS_PREFECT_AUTH"
+AUTH_FILE = "transferops-api-auth"
+
+
+def server_auth(home: Path) -> str:
+    """The auth string of the server under ``home``: ``$TRANSFEROPS_PREFECT_AUTH``, else the
+    one kept in ``home`` (readable by this user only), made on first use."""
+    if given := os.environ.get(AUTH_ENV):
+        return given
+    path = Path(home) / AUTH_FILE
+    if not path.is_file():  # mkstemp's file: readable by this user only (0600)
+        write_atomic(path, f"transferops:{secrets.token_urlsafe(24)}\n")
+    return path.read_text().strip()
+
+
+def auth_header() -> dict[str, str]:
+    """The Authorization header for this process's Prefect API (none when it has no auth
+    string): what Prefect's own client sends, for the calls made here with httpx."""
+    from prefect.settings import get_current_settings
+
+    secret = get_current_settings().api.auth_string
+    if secret is None:
+        return {}
+    token = base64.b64encode(secret.get_secret_value().encode()).decode()
+    return {"Authorization": f"Basic {token}"}
 
 
 def prefect_command(*args: str) -> list[str]:
@@ -26,11 +62,15 @@ def prefect_command(*args: str) -> list[str]:
 
 
 def server_env(home: Path, api_url: str | None = None) -> dict[str, str]:
-    """Environment for processes that use this server (telemetry off)."""
+    """Environment for processes that serve or use this server: its auth string on both
+    sides, telemetry off."""
+    auth = server_auth(home)
     env = {
         "PREFECT_HOME": str(Path(home).resolve()),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_API_AUTH_STRING": auth,
+        "PREFECT_API_AUTH_STRING": auth,
     }
     if api_url:
         env["PREFECT_API_URL"] = api_url
@@ -81,7 +121,7 @@ def running_prefect_server(
 
 
 def api_get(api: str, path: str) -> dict | list:
-    response = http_client().get(f"{api}/{path}")
+    response = http_client().get(f"{api}/{path}", headers=auth_header())
     response.raise_for_status()
     return response.json()
 
@@ -90,7 +130,7 @@ def api_post(api: str, path: str, body: dict, attempts: int = 5) -> dict | list:
     """POST to the Prefect API; a 503 (the server busy, e.g. its SQLite database
     locked while a worker writes) is asked again after 1, 2, 4, 8 s."""
     for attempt in range(attempts):
-        response = http_client().post(f"{api}/{path}", json=body)
+        response = http_client().post(f"{api}/{path}", json=body, headers=auth_header())
         if response.status_code != 503 or attempt == attempts - 1:
             break
         time.sleep(2**attempt)
@@ -101,7 +141,7 @@ def api_post(api: str, path: str, body: dict, attempts: int = 5) -> dict | list:
 def deployment(api: str, name: str) -> dict | None:
     """A deployment by ``flow/deployment`` name, or None while it is not registered."""
     flow, _, short = name.partition("/")
-    response = http_client().get(f"{api}/deployments/name/{flow}/{short}")
+    response = http_client().get(f"{api}/deployments/name/{flow}/{short}", headers=auth_header())
     return response.json() if response.status_code == 200 else None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import sqlite3
 import subprocess
@@ -24,6 +25,10 @@ from transferops.runtime import TELEMETRY_OFF, end_of_startup, pause_garbage_col
 os.environ.update(TELEMETRY_OFF)
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="transferops-bentoml-")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="transferops-prefect-"))
+# Every Prefect server a test starts (flows/prefect_server.py) takes one auth string, and
+# every client of the session sends it: the workers and the processes tests start inherit.
+os.environ.setdefault("TRANSFEROPS_PREFECT_AUTH", f"tests:{secrets.token_urlsafe(16)}")
+os.environ["PREFECT_API_AUTH_STRING"] = os.environ["TRANSFEROPS_PREFECT_AUTH"]
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -10,10 +10,11 @@ import socket
 import threading
 from pathlib import Path
 
+import httpx
 import pytest
 
 from flows.deploy import MONITORING_DEPLOYMENT, TRAINING_DEPLOYMENT
-from flows.prefect_server import running_deployments, wait_for_run
+from flows.prefect_server import AUTH_ENV, running_deployments, server_auth, wait_for_run
 from flows.workspace import create_workspace
 from tests.conftest import ROOT, TINY, own_prefect_server, write_params
 from transferops.config import RUN_PARAMS
@@ -74,6 +75,8 @@ def test_a_hostile_retrain_event_is_refused_by_name_and_nothing_runs(
             own_prefect_server(home, empty_prefect_db, log_file=tmp_path / "server.log") as api,
             running_deployments(repo, api, home, names, log_file=tmp_path / "deploy.log") as found,
         ):
+            anonymous = httpx.post(f"{api}/deployments/filter", json={}, timeout=10)
+            assert anonymous.status_code == 401, "the project's server answers only its string"
             with temporary_settings(updates={PREFECT_API_URL: api}):
                 request_retrain(
                     model_tag="transferops-classifier:any",
@@ -105,3 +108,15 @@ def test_a_hostile_retrain_event_is_refused_by_name_and_nothing_runs(
     new = [p for p in files_of(repo) if p not in before and not p.startswith(allowed)]
     assert new == [], new
     assert (repo / RUN_PARAMS).read_text() == run_params
+
+
+def test_a_server_of_the_project_gets_an_auth_string_only_its_user_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(AUTH_ENV, raising=False)
+    made = server_auth(tmp_path / "home")
+    assert made.startswith("transferops:") and len(made) > 30
+    assert (tmp_path / "home" / "transferops-api-auth").stat().st_mode & 0o777 == 0o600
+    assert server_auth(tmp_path / "home") == made, "kept: the UI and later runs use the same"
+    monkeypatch.setenv(AUTH_ENV, "team:from-the-environment")
+    assert server_auth(tmp_path / "home") == "team:from-the-environment"
