@@ -69,7 +69,8 @@ $(STAMP): pyproject.toml requirements.lock $(UV)
 lock: $(UV) ## re-resolve requirements.lock from pyproject.toml (Python 3.11 and 3.12, every platform)
 	$(UV) pip compile --quiet --universal --python-version 3.11 --extra dev \
 		--output-file requirements.lock pyproject.toml
-	@echo "requirements.lock written: review the diff, then 'make install'"
+	$(VENV)/bin/python -c "from flows.models import write_service_requirements as w; w()"
+	@echo "requirements.lock and services/requirements.txt written: review the diff, then 'make install'"
 
 data: ## make sure Debian's Fashion-MNIST is present (installs it with apt when possible)
 	@if [ -f $(FASHION_MNIST) ]; then exit 0; fi; \

@@ -153,6 +153,9 @@ def run_demo(
             api = servers_up.enter_context(
                 running_prefect_server(home, port=port, log_file=servers["Prefect server"])
             )
+            # This process talks to it too (the flows, the API calls): with its auth string.
+            client = {PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: server_auth(home)}
+            servers_up.enter_context(temporary_settings(updates=client))
             deployments = servers_up.enter_context(
                 running_deployments(
                     workspace,
@@ -162,8 +165,6 @@ def run_demo(
                     log_file=servers["transferops deploy (the retraining run)"],
                 )
             )
-            client = {PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: server_auth(home)}
-            servers_up.enter_context(temporary_settings(updates=client))
             step.say(
                 f"Prefect API {api}; deployments: {', '.join(d['name'] for d in deployments)} "
                 "(the drift check, and the training run a retrain event starts)"

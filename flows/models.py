@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,56 @@ def history_table(params: Params) -> Table:
             record.reason,
         )
     return table
+
+
+# What the prediction service imports (services/ and the core modules it loads), by
+# distribution name; services/requirements.txt is these and all they require, at the
+# versions of requirements.lock (make lock writes both).
+SERVICE_PACKAGES = (
+    "bentoml", "fastapi", "numpy", "orjson", "pandas", "pillow", "psutil", "pydantic",
+    "pyyaml", "safetensors", "threadpoolctl", "timm", "torch", "torchvision", "tqdm",
+)  # fmt: skip
+SERVICE_REQUIREMENTS = Path("services/requirements.txt")
+LOCK = Path("requirements.lock")
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def service_requirements(lock: str, direct: tuple[str, ...] = SERVICE_PACKAGES) -> list[str]:
+    """The lock's lines for ``direct`` and everything they require, in the lock's order:
+    read from uv's ``# via`` notes (who requires each line), so no resolver and no network
+    is needed. A package locked twice (per Python version or platform) keeps both lines,
+    each with its marker."""
+    entries: list[tuple[str, str, set[str]]] = []
+    for line in lock.splitlines():
+        if line and not line.startswith((" ", "#")):
+            entries.append((canonical(line.split("==")[0]), line.strip(), set()))
+        elif entries and (parent := line.strip().removeprefix("#").strip()):
+            entries[-1][2].add(canonical(parent.removeprefix("via").strip()))
+    wanted = {canonical(name) for name in direct}
+    missing = wanted - {name for name, _, _ in entries}
+    if missing:
+        raise ValueError(f"{sorted(missing)} not in the lock: add them to pyproject.toml")
+    grew = True
+    while grew:
+        before = len(wanted)
+        wanted |= {name for name, _, parents in entries if parents & wanted}
+        grew = len(wanted) > before
+    return [line for name, line, _ in entries if name in wanted]
+
+
+def write_service_requirements(root: Path = Path()) -> Path:
+    """services/requirements.txt from requirements.lock (``make lock`` runs it)."""
+    lines = service_requirements((root / LOCK).read_text())
+    header = (
+        "# What the prediction service needs, at requirements.lock's versions. Written by\n"
+        "# `make lock` (flows/models.py::write_service_requirements); do not edit.\n"
+    )
+    path = root / SERVICE_REQUIREMENTS
+    path.write_text(header + "\n".join(lines) + "\n")
+    return path
 
 
 def build_bento(params: Params, root: Path = Path()) -> str:

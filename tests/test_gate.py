@@ -331,6 +331,17 @@ def test_model_lineage_answers_where_it_came_from(models: Models) -> None:
     )
 
 
+def requirements_in(path: Path) -> set[tuple[str, str, str]]:
+    """(name, version pin, marker) of each line, as packaging reads them (BentoML rewrites
+    the lines it copies, and adds its own pin, which the file has too)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    parsed = [Requirement(line) for line in path.read_text().splitlines()
+              if line.strip() and not line.startswith("#")]  # fmt: skip
+    return {(canonicalize_name(r.name), str(r.specifier), str(r.marker)) for r in parsed}
+
+
 @pytest.mark.slow
 def test_bento_builds_offline_and_serves_the_champion(models: Models, tmp_path: Path) -> None:
     """``transferops bento`` in a project copy; the Bento, served, answers with the champion."""
@@ -342,6 +353,14 @@ def test_bento_builds_offline_and_serves_the_champion(models: Models, tmp_path: 
     relative = {"paths.models": "models", "paths.prediction_log": "logs"}
     write_params(context / "params.yaml", relative, base=models.project)
     champion.promote(context / "models", models.trained, reason="bento test", via="test")
+    planted = [".env", "services/.env.local", ".dvc/config.local", "logs/kept/ab/x.png",
+               "transferops/__pycache__/x.py", ".prefect/x.py"]  # fmt: skip
+    for secret in planted:  # what a project holds and no Bento may
+        (context / secret).parent.mkdir(parents=True, exist_ok=True)
+        (context / secret).write_text("secret = 1\n")
+    (context / "services" / "requirements.txt").write_text(
+        (ROOT / "services" / "requirements.txt").read_text()
+    )
 
     built = subprocess.run(
         [sys.executable, "-m", "flows.cli", "bento"], cwd=context, capture_output=True, text=True
@@ -353,6 +372,13 @@ def test_bento_builds_offline_and_serves_the_champion(models: Models, tmp_path: 
 
     bento = bentoml.get(bento_tag)
     assert [str(m.tag) for m in bento.info.all_models] == [models.trained]
+    packed = {p.relative_to(Path(bento.path) / "src").as_posix()
+              for p in (Path(bento.path) / "src").rglob("*") if p.is_file()}  # fmt: skip
+    assert not packed & set(planted), sorted(packed & set(planted))
+    needed = {"services/service.py", "models/champion.json", "transferops/logs/kept.py"}
+    assert needed <= packed, sorted(needed - packed)  # an exclude must not hide code
+    bento_pins = requirements_in(Path(bento.path) / "env" / "python" / "requirements.txt")
+    assert bento_pins == requirements_in(ROOT / "services" / "requirements.txt"), "the lock's"
 
     # Served from the Bento, elsewhere, in a fresh venv holding only the Bento's own
     # requirements (and what they require): no project files, no champion folder around.

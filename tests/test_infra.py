@@ -108,15 +108,79 @@ def test_prefect_server_compose_matches_the_pinned_prefect() -> None:
     assert (ROOT / "flows/infra" / worker["build"]["context"] / "pyproject.toml").is_file()
 
 
-def test_worker_image_installs_the_project_and_serves_the_compose_pool() -> None:
+def test_worker_image_installs_the_lock_and_serves_the_compose_pool() -> None:
     dockerfile = (ROOT / "flows/infra/Dockerfile").read_text()
-    assert "pip install --no-cache-dir -e ." in dockerfile
-    pins = (ROOT / "pyproject.toml").read_text()
-    s3 = next(line for line in dockerfile.splitlines() if "dvc-s3==" in line)
-    assert s3.split('"')[1] in pins, "the image's dvc-s3 is the one pyproject.toml pins"
+    runs = [line for line in dockerfile.splitlines() if line.startswith("RUN pip")]
+    assert runs == [
+        "RUN pip install --no-cache-dir -r requirements.lock",
+        "RUN pip install --no-cache-dir --no-deps -e .",
+    ], "the lock's versions, nothing resolved again"
+    assert "dvc-s3==" in (ROOT / "requirements.lock").read_text(), "the remote's plugin"
     assert '"--pool", "transferops"' in dockerfile
     compose = (ROOT / "flows/infra/docker-compose.yaml").read_text()
     assert "prefect work-pool create transferops --type process" in compose
+
+
+# What must never be inside an image or a Bento (docs/security.md).
+NEVER_PACKED = [".dvc/config.local", ".env", "flows/infra/.env", "logs/kept/ab/x.png",
+                ".bentoml/x", ".prefect/prefect.db", ".venv/bin/python", "demo-workspace/x",
+                "reports/x.html"]  # fmt: skip
+
+
+def test_the_image_context_leaves_out_secrets_and_local_state(tmp_path: Path) -> None:
+    """.dockerignore's patterns, matched against each path and every folder above it
+    (``**/`` at any depth), which is how Docker applies them (fnmatch for Go's Match)."""
+    import fnmatch
+
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+    def ignored(path: str) -> bool:
+        """A pattern that matches the path or a folder above it; ``**/`` at any depth."""
+        parts = path.split("/")
+        for pattern in patterns:
+            starts = range(len(parts)) if pattern.startswith("**/") else [0]
+            for first in starts:
+                for last in range(first, len(parts)):
+                    here = "/".join(parts[first : last + 1])
+                    if fnmatch.fnmatchcase(here, pattern.removeprefix("**/")):
+                        return True
+        return False
+
+    for path in NEVER_PACKED:
+        assert ignored(path), f"{path} would be copied into the image"
+    for kept in ("pyproject.toml", "requirements.lock", ".transferops/run-params.yaml",
+                 "transferops/data/checks.py", "dvc.yaml"):  # fmt: skip
+        assert not ignored(kept), f"{kept} is needed in the image"
+
+
+def test_the_services_requirements_are_the_locks_pins() -> None:
+    """services/requirements.txt (the Bento's) is what the lock says for what the service
+    imports and all it requires; `make lock` rewrites it."""
+    from flows.models import SERVICE_PACKAGES, canonical, service_requirements
+
+    lock = (ROOT / "requirements.lock").read_text()
+    shipped = [
+        line
+        for line in (ROOT / "services/requirements.txt").read_text().splitlines()
+        if not line.startswith("#")
+    ]
+    assert shipped == service_requirements(lock), "stale: run `make lock`"
+    pinned = {canonical(line.split("==")[0]) for line in shipped}
+    assert {canonical(name) for name in SERVICE_PACKAGES} <= pinned
+    assert all("==" in line for line in shipped)
+    for absent in ("prefect", "dvc", "evidently", "scikit-learn", "matplotlib"):
+        assert absent not in pinned, f"{absent} is not the service's"
+    bentofile = yaml.safe_load((ROOT / "services/bentofile.yaml").read_text())
+    assert bentofile["python"] == {
+        "requirements_txt": "./services/requirements.txt",
+        "lock_packages": False,
+    }
+    envs = {e["name"]: e["value"] for e in bentofile["envs"]}
+    assert envs["BENTOML_DO_NOT_TRACK"] == "True" and envs["DO_NOT_TRACK"] == "1"
 
 
 def test_bento_manifests_agree_with_the_service() -> None:

@@ -1,4 +1,5 @@
-"""The layout holds: rooms import one way, stages are stages, and dvc.yaml matches the code.
+"""The layout holds: rooms import one way, stages are stages, dvc.yaml matches the code,
+and ruff sees every file.
 
 - Dependencies point one way: ``flows`` -> ``pipelines``, ``monitoring``,
   ``services`` -> ``transferops`` (the core). The core imports none of the
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -143,3 +146,19 @@ def test_the_params_a_stage_reads_are_the_params_dvc_watches(
         assert unwatched == set(), f"dvc.yaml stage {stage!r}: add params {sorted(unwatched)}"
     unread = {d for d in declared if not any(covers(d, key) for key in read)}
     assert unread == set(), f"dvc.yaml stage {stage!r} declares params it never reads: {unread}"
+
+
+def test_ruff_checks_every_python_file_of_the_project() -> None:
+    """An exclude pattern can hide a package (a bare "data" once hid transferops/data)."""
+    ruff = Path(sys.executable).parent / "ruff"
+    listed = subprocess.run(
+        [str(ruff), "check", "--show-files", "."], cwd=ROOT, capture_output=True, text=True
+    )
+    assert listed.returncode == 0, listed.stderr
+    checked = {Path(line).resolve() for line in listed.stdout.split()}
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    missed = sorted(name for name in tracked if (ROOT / name).resolve() not in checked)
+    assert tracked and missed == [], missed
+    assert (ROOT / "transferops" / "data" / "checks.py").resolve() in checked

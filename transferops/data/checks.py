@@ -9,8 +9,8 @@ can act on. Used by the validate stage and by ``transferops check``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -197,8 +197,7 @@ PER_ROW: dict[tuple[str, str], Callable[[dict, ValidateParams], Problem]] = {
     ),
     ("class_counts", "count"): lambda r, cfg: Problem(
         "empty class" if r["count"] == 0 else "class too small",
-        f"{r['key']}: {r['count']} usable images < validate.min_per_class = "
-        f"{cfg.min_per_class}",
+        f"{r['key']}: {r['count']} usable images < validate.min_per_class = {cfg.min_per_class}",
     ),
     ("class_balance", "ratio"): lambda r, cfg: Problem(
         "class imbalance",
@@ -207,8 +206,7 @@ PER_ROW: dict[tuple[str, str], Callable[[dict, ValidateParams], Problem]] = {
     ),
     ("groups", "count"): lambda r, cfg: Problem(
         "rare group",
-        f"group {r['group']!r}: {r['count']} images < validate.min_per_group = "
-        f"{cfg.min_per_group}",
+        f"group {r['group']!r}: {r['count']} images < validate.min_per_group = {cfg.min_per_group}",
     ),
 }
 

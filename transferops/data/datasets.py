@@ -115,7 +115,8 @@ def read_classes(prepared: Path) -> list[str]:
 def load_rgb(
     path: Path, picture: PictureSettings = DEFAULT_PICTURE, side: int | None = None
 ) -> Image.Image:
-    """The picture the model sees (transferops/data/pictures.py); ``side`` lets JPEGs decode small."""
+    """The picture the model sees (transferops/data/pictures.py); ``side`` lets JPEGs decode
+    small."""
     return open_rgb(path, picture, side)
 
 
