@@ -197,10 +197,22 @@ def test_bento_manifests_agree_with_the_service() -> None:
     key_env = load_params(ROOT / "params.yaml").serve.api_key_env
     (key,) = [e for e in container["env"] if e["name"] == key_env]
     assert "secretKeyRef" in key["valueFrom"], "the API key comes from a Secret, not the file"
-    assert service["spec"]["type"] == "LoadBalancer"
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    # Safe as shipped: SQLite on one pod's own volume, and TLS in front of it.
+    assert deployment["spec"]["replicas"] == 1, "SQLite is one pod's store"
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}, "never two pods on it"
     claim = documents["PersistentVolumeClaim"]
-    assert claim["spec"]["accessModes"] == ["ReadWriteMany"], "every replica logs to it"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"], "not shared between pods"
+    assert service["spec"]["type"] == "ClusterIP", "plain HTTP stays inside the cluster"
+    ingress = documents["Ingress"]["spec"]
+    (tls,) = ingress["tls"]
+    assert tls["secretName"] and tls["hosts"] == [ingress["rules"][0]["host"]]
+    backend = ingress["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend["name"] == service["metadata"]["name"]
+    assert (
+        documents["Ingress"]["metadata"]["annotations"]["nginx.ingress.kubernetes.io/ssl-redirect"]
+        == "true"
+    )
     log_dir = load_params(ROOT / "params.yaml").paths.prediction_log
     mount = container["volumeMounts"][0]["mountPath"]
     assert mount.endswith("/" + Path(log_dir).parts[0]), "the mount holds paths.prediction_log"
