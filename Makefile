@@ -64,6 +64,10 @@ $(STAMP): pyproject.toml requirements.lock $(UV)
 	$(UV) pip install --quiet --python $(PY) --no-deps -e .
 	@$(PY) -m pip check || { echo "pyproject.toml asks for more than requirements.lock pins:"; \
 		echo "run 'make lock', then 'make install'"; exit 1; }
+	@# An activated shell (`source .venv/bin/activate`) has telemetry off too.
+	@grep -q "transferops: telemetry off" $(VENV)/bin/activate || \
+		$(PY) -c "from transferops.runtime import activate_lines; print(activate_lines())" \
+		>> $(VENV)/bin/activate
 	touch $(STAMP)
 
 lock: $(UV) ## re-resolve requirements.lock from pyproject.toml (Python 3.11 and 3.12, every platform)

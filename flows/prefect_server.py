@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from flows.serving import free_port, http_client, spawn, stop_server, wait_ready
-from transferops.files import write_atomic
+from transferops.files import PRIVATE, write_atomic
 
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 AUTH_ENV = "TRANSFEROPS_PREFECT_AUTH"
@@ -40,8 +40,8 @@ def server_auth(home: Path) -> str:
     if given := os.environ.get(AUTH_ENV):
         return given
     path = Path(home) / AUTH_FILE
-    if not path.is_file():  # mkstemp's file: readable by this user only (0600)
-        write_atomic(path, f"transferops:{secrets.token_urlsafe(24)}\n")
+    if not path.is_file():
+        write_atomic(path, f"transferops:{secrets.token_urlsafe(24)}\n", mode=PRIVATE)
     return path.read_text().strip()
 
 

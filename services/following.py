@@ -6,8 +6,11 @@ candidate. :class:`Loaded` is one packaged model ready to predict (weights,
 transform, BatchNorm probe). :class:`ChampionFollower` polls the champion
 record and swaps in a newly promoted model between two batches, loading it
 beside the serving one first: no request sees half a switch, none is
-dropped, and a model that fails to load leaves the old one serving. No
-BentoML here: the following is tested on its own.
+dropped, and a model that fails to load leaves the old one serving; it is
+tried again with backoff (the poll period, doubling, at most
+``MAX_RETRY_S``), so a store that was briefly unreadable does not leave the
+service on the old model until the next promotion. No BentoML here: the
+following is tested on its own.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,7 @@ from transferops.runtime import autocast, place_model, to_device
 
 log = logging.getLogger(__name__)
 PIN = "TRANSFEROPS_MODEL_TAG"
+MAX_RETRY_S = 300.0  # a champion that failed to load is tried again at least this often
 
 
 def pinned_tag() -> str | None:
@@ -139,6 +144,8 @@ class ChampionFollower:
         self.loaded = Loaded(tag or served_tag(self.models_dir), top_k, device)
         self._stop = threading.Event()
         self._seen: int | None = None  # the first poll checks the tag: no promotion missed
+        self.failures = 0  # loads of the current champion that failed, in a row
+        self._retry_at = 0.0  # monotonic time of the next try after a failure
 
     def start(self) -> ChampionFollower:
         """Follow in a daemon thread unless a model is pinned."""
@@ -154,21 +161,31 @@ class ChampionFollower:
             self.check()
 
     def check(self) -> bool:
-        """Switch if the champion record changed to another model; True when it switched."""
+        """Switch if the champion record changed to another model, or if loading it failed
+        before and its backoff has passed; True when it switched."""
         pointer = self.models_dir / CHAMPION
         stamp = pointer.stat().st_mtime_ns if pointer.exists() else None
-        if stamp == self._seen:
+        retry = self.failures > 0 and time.monotonic() >= self._retry_at
+        if stamp == self._seen and not retry:
             return False
         self._seen = stamp
         try:
             tag = served_tag(self.models_dir)
             if tag == self.loaded.tag:
+                self.failures = 0
                 return False
-            self.loaded = Loaded(
-                tag, self.top_k, self.device
-            )  # one assignment: atomic for the batches
+            self.loaded = Loaded(tag, self.top_k, self.device)  # one assignment: atomic
+            self.failures = 0
             log.info("now serving the new champion %s", tag)
             return True
         except Exception:
-            log.exception("could not switch champion; still serving %s", self.loaded.tag)
+            self.failures += 1
+            delay = min(MAX_RETRY_S, self.poll_s * 2 ** (self.failures - 1))
+            self._retry_at = time.monotonic() + delay
+            log.exception(
+                "could not switch to the champion (try %d); still serving %s; next try in %.0f s",
+                self.failures,
+                self.loaded.tag,
+                delay,
+            )
             return False

@@ -131,3 +131,16 @@ def test_a_run_may_change_only_the_run_keys(tmp_path: Path, how: list[str], name
     other = write_params(tmp_path / "other.yaml", {"gate.min_improvement": -1.0})
     result = transferops("--params", str(other), "train", cwd=tmp_path)
     assert result.returncode == 2 and "gate.min_improvement (to -1.0)" in result.stderr
+
+
+def test_an_activated_venv_has_telemetry_off_for_the_commands_the_docs_print() -> None:
+    """`make install` appends the opt-outs to .venv/bin/activate: `prefect server start`,
+    `bentoml serve`, `evidently ui` typed in an activated shell report nothing."""
+    from transferops.runtime import TELEMETRY_OFF
+
+    activated = subprocess.run(
+        ["bash", "-c", f"source {Path(sys.prefix) / 'bin' / 'activate'} && env"],
+        capture_output=True, text=True, env={"PATH": os.environ["PATH"]}, check=True,
+    )  # fmt: skip
+    env = dict(line.split("=", 1) for line in activated.stdout.splitlines() if "=" in line)
+    assert {key: env.get(key) for key in TELEMETRY_OFF} == TELEMETRY_OFF

@@ -48,3 +48,34 @@ def test_the_follower_switches_to_a_new_champion_and_keeps_serving_on_a_bad_one(
     champion.promote(tmp_path, "transferops-classifier:notinthestore", reason="bad", via="test")
     assert follower.check() is False, "a champion that does not load is not switched to"
     assert follower.loaded.tag == bag, "the old model keeps serving"
+
+
+def test_a_champion_that_failed_to_load_is_tried_again_with_backoff(
+    packaged: str, tmp_path: Path, monkeypatch
+) -> None:
+    """A load that fails once (the store briefly unreadable) is retried without a new
+    promotion: after the poll period, then twice as long, at most MAX_RETRY_S."""
+    import services.following as following
+
+    monkeypatch.delenv("TRANSFEROPS_MODEL_TAG", raising=False)
+    champion.promote(tmp_path, packaged, reason="first", via="test")
+    follower = ChampionFollower(tmp_path, top_k=3, poll_s=2)
+    bag = always_answering(packaged, follower.loaded.config.classes[-1])
+    champion.promote(tmp_path, bag, reason="second", via="test")
+    real, now = following.Loaded, [1000.0]
+    monkeypatch.setattr(following.time, "monotonic", lambda: now[0])
+
+    def unreadable(*args, **kwargs):
+        raise OSError("the model store is being restored")
+
+    monkeypatch.setattr(following, "Loaded", unreadable)
+    assert follower.check() is False and follower.failures == 1
+    now[0] += 1.9
+    assert follower.check() is False and follower.failures == 1, "not before the poll period"
+    now[0] += 0.2
+    assert follower.check() is False and follower.failures == 2, "tried again: still failing"
+    now[0] += 3.9
+    assert follower.check() is False and follower.failures == 2, "backoff doubled to 4 s"
+    monkeypatch.setattr(following, "Loaded", real)  # the store is back
+    now[0] += 0.2
+    assert follower.check() is True and follower.loaded.tag == bag and follower.failures == 0

@@ -183,3 +183,55 @@ def test_a_store_written_before_thumbnails_gains_the_column(tmp_path: Path) -> N
     log.close()
     assert read_predictions(tmp_path)["request_id"].tolist() == ["r1", "r2"]
     assert read_thumbnails(tmp_path, ["r1", "r2"]) == {"r2": b"png"}
+
+
+class FailingCheckpoints:
+    """The checkpointer's connection, with its next ``failures`` checkpoints failing as a
+    full disk or a bad sector would make them fail."""
+
+    def __init__(self, connection: sqlite3.Connection, failures: int) -> None:
+        self.connection, self.failures, self.done = connection, failures, 0
+
+    def execute(self, sql: str):
+        if self.failures > 0:
+            self.failures -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        self.done += 1
+        return self.connection.execute(sql)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def test_the_checkpoint_thread_survives_io_errors_and_checkpoints_after(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, fsync_interval=0.05)
+    failing = FailingCheckpoints(log._checkpointer, failures=3)
+    log._checkpointer = failing
+    log.append([record(0)])
+    deadline = time.monotonic() + 10
+    while failing.done == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert failing.failures == 0 and failing.done >= 1, "it tried again after each failure"
+    assert log._syncer.is_alive() and log.sync_failures == 0
+    log.append([record(1)])  # and it keeps checkpointing what comes next
+    deadline, before = time.monotonic() + 10, failing.done
+    while failing.done == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert failing.done > before
+    log.close()
+
+
+def test_the_store_is_readable_by_its_group_and_nobody_else(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    previous = os.umask(0o022)  # the usual umask: 0644 files unless the code says otherwise
+    try:
+        log = PredictionLog(tmp_path)
+        log.append([record(0)])
+        written = [log.path, log.path.with_name(log.path.name + "-wal")]
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in written if p.exists()}
+        log.close()
+    finally:
+        os.umask(previous)
+    assert modes and set(modes.values()) == {0o640}, modes

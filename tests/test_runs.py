@@ -169,3 +169,21 @@ def test_concurrent_appends_keep_every_line_whole(tmp_path: Path) -> None:
     assert len(rows) == 800 and {(r["w"], r["i"]) for r in rows} == {
         (str(w), i) for w in range(4) for i in range(200)
     }
+
+
+def test_state_files_are_shared_with_the_group_and_secrets_are_not(tmp_path: Path) -> None:
+    """write_atomic sets the mode itself (a service of the project's group follows the
+    champion whatever the umask); a secret asks for the owner alone."""
+    import os
+    import stat
+
+    from transferops.files import PRIVATE, write_atomic
+
+    previous = os.umask(0o077)  # a strict umask must not hide the champion from the service
+    try:
+        shared = write_atomic(tmp_path / "champion.json", "{}")
+        private = write_atomic(tmp_path / "auth", "secret", mode=PRIVATE)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o640
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600

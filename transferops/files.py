@@ -6,6 +6,11 @@ file in the same folder, are flushed to disk, renamed over the target (the
 commit point), and the folder itself is flushed so the rename survives a
 power cut. Appends to JSON Lines logs go through ``transferops.logs.jsonl``.
 
+File modes, on purpose rather than by umask: state files are ``SHARED`` (0640:
+the owner writes, the owner's group reads, others nothing), so a service that
+runs as another user of the project's group can follow the champion and read
+the params; secrets are ``PRIVATE`` (0600). docs/security.md, "File modes".
+
 The two file locks live here too, both ``flock`` (the kernel lets go when a
 holder dies): :func:`locked` waits its turn (the champion, the retrain
 decision, DVC in one repo), :func:`exclusive` refuses at once and names the
@@ -21,14 +26,19 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+SHARED = 0o640  # state files: the owner and its group (docs/security.md)
+PRIVATE = 0o600  # secrets (an auth string) and callers' images
 
-def write_atomic(path: Path, data: str | bytes) -> Path:
-    """Replace ``path`` with ``data`` in one step (its folder is created when missing)."""
+
+def write_atomic(path: Path, data: str | bytes, mode: int = SHARED) -> Path:
+    """Replace ``path`` with ``data`` in one step (its folder is created when missing),
+    with file mode ``mode`` whatever the umask."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, mode)
         with os.fdopen(handle, "wb") as out:
             out.write(payload)
             out.flush()

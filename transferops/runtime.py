@@ -24,6 +24,17 @@ TELEMETRY_OFF: dict[str, str] = {
 }
 
 
+ACTIVATE_MARK = "# transferops: telemetry off (make install)"
+
+
+def activate_lines() -> str:
+    """What ``make install`` appends to ``.venv/bin/activate``: the opt-outs, exported, so
+    every command the docs print (``prefect server start``, ``bentoml serve``,
+    ``evidently ui``) runs with telemetry off in an activated shell."""
+    exports = [f"export {key}={value}" for key, value in TELEMETRY_OFF.items()]
+    return "\n".join([ACTIVATE_MARK, *exports])
+
+
 def configure_runtime(bentoml_home: Path | None = None) -> None:
     """Turn telemetry off and point BentoML at the project's model store.
 

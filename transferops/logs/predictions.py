@@ -33,6 +33,9 @@ replicas on several nodes need a server database instead (docs/scaling.md).
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import socket
 import sqlite3
 import threading
@@ -47,6 +50,9 @@ import numpy as np
 import pandas as pd
 
 from transferops.data.imagestats import STAT_NAMES
+from transferops.files import SHARED
+
+log = logging.getLogger(__name__)
 
 COLUMNS = [
     "request_id",
@@ -161,6 +167,8 @@ class PredictionLog:
         self.path = self.directory / f"predictions-{socket.gethostname()}.sqlite"
         self._lock = threading.Lock()
         self._db = _connect(self.path)
+        with contextlib.suppress(PermissionError):  # another user's store keeps its mode
+            os.chmod(self.path, SHARED)  # callers' data: the group reads, others nothing
         with self._lock, self._db:
             self._db.executescript(SCHEMA)
             known = {row[1] for row in self._db.execute("PRAGMA table_info(predictions)")}
@@ -174,6 +182,7 @@ class PredictionLog:
         self._checkpointer = _connect(self.path)
         self._dirty = threading.Event()
         self._closed = threading.Event()
+        self.sync_failures = 0  # checkpoints that failed in a row (the syncer keeps going)
         self._syncer = threading.Thread(
             target=self._sync_loop, args=(fsync_interval,), name="predlog-fsync", daemon=True
         )
@@ -216,10 +225,28 @@ class PredictionLog:
         self._dirty.set()
 
     def _sync_loop(self, interval: float) -> None:
+        """Checkpoint when something was written; a failed checkpoint (a full disk, an I/O
+        error) is logged and tried again at the next tick, so the thread never dies and
+        the write-ahead log does not grow without bound once the fault is gone."""
         while not self._closed.wait(interval):
-            if self._dirty.is_set():
-                self._dirty.clear()
+            if not self._dirty.is_set():
+                continue
+            self._dirty.clear()
+            try:
                 self.sync()
+            except (sqlite3.Error, OSError) as err:
+                self._dirty.set()
+                self.sync_failures += 1
+                if self.sync_failures == 1 or self.sync_failures % 60 == 0:
+                    log.warning(
+                        "prediction store %s: checkpoint failed (%d in a row): %s; "
+                        "answers still commit; trying again",
+                        self.path,
+                        self.sync_failures,
+                        err,
+                    )
+            else:
+                self.sync_failures = 0
 
     def sync(self) -> None:
         """Checkpoint the write-ahead log into the database, fsyncing both.
