@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,18 +26,50 @@ from transferops.runtime import configure_runtime
 
 DESCRIPTION = """Continuous training for transfer learning of image classifiers.
 Run from the project root (where params.yaml and dvc.yaml live)."""
+EXIT_CODES = """exit codes: 0 done; 1 checked and found problems, or the champion kept (check,
+data add, data harvest, gate, train); 2 a usage or input error, named (bad params, a
+run key not allowed, a missing file); 3 busy (another training run holds the project);
+4 an unexpected failure: one line names it and the file that holds the traceback."""
+UNEXPECTED = 4
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``transferops`` command line: one small builder per command."""
-    parser = argparse.ArgumentParser(prog="transferops", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(
+        prog="transferops",
+        description=DESCRIPTION,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: %(default)s)"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {project_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(commands)
+    params_after_the_command(parser)
     return parser
+
+
+def project_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transferops")
+    except PackageNotFoundError:  # run from a tree that was never installed
+        return "unknown (not installed)"
+
+
+def params_after_the_command(parser: argparse.ArgumentParser) -> None:
+    """``transferops train --params FILE`` as well as ``transferops --params FILE train``:
+    every command (and data's actions) takes it; given there, it wins."""
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        for command in action.choices.values():
+            command.add_argument(
+                "--params", type=Path, default=argparse.SUPPRESS, help="params file"
+            )
+            params_after_the_command(command)
 
 
 def _add_train(commands) -> None:
@@ -121,7 +154,7 @@ def _add_data(commands) -> None:
         "list",
         help="show recorded dataset versions",
         description="Every `data add`: name, DVC version, images, classes, size, status.",
-    )
+    ).add_argument("--json", action="store_true", help="print the records as JSON")
     harvest = data_commands.add_parser(
         "harvest",
         help="kept production images whose labels came back -> a new drop (checked, DVC)",
@@ -218,6 +251,7 @@ def _add_models(commands) -> None:
     models.add_argument(
         "--history", action="store_true", help="every champion change: who, what, why"
     )
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def _add_bento(commands) -> None:
@@ -346,6 +380,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataSourceError, FileNotFoundError, ChampionError, ParamsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # anything else: one line, the traceback kept in a file
+        where = save_traceback(Path(params.paths.reports), args.command)
+        named = f"{type(err).__name__}: {err}"
+        print(f"error: unexpected {named} (traceback: {where})", file=sys.stderr)
+        return UNEXPECTED
+
+
+def save_traceback(reports: Path, command: str) -> Path:
+    """The current exception's traceback under ``<paths.reports>/errors/``; its path."""
+    import traceback
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    path = reports / "errors" / f"{stamp}-{command}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(traceback.format_exc())
+    return path
 
 
 def run_command(args: argparse.Namespace, params) -> int:
@@ -412,6 +462,8 @@ def run_command(args: argparse.Namespace, params) -> int:
         result = run_demo(Path.cwd(), DemoSettings(shift=args.shift))
     if args.command != "demo":
         print(json.dumps(result, indent=2, default=str))
+    if args.command == "train" and not result["gate"]["promoted"]:
+        return 1  # trained and gated: the champion stays (the reasons are in the result)
     return 0
 
 
@@ -473,6 +525,9 @@ def run_data(args: argparse.Namespace, params) -> int:
         record = add_dataset(args.path, params, args.name)
         print(json.dumps(record.__dict__, indent=2))
         return 0 if record.status == "passed" else 1
+    if args.json:
+        print(json.dumps([v.__dict__ for v in list_versions(params.paths.registry)], indent=2))
+        return 0
     table = Table(title=f"dataset versions ({params.paths.registry})")
     for column in ("name", "version", "images", "classes", "MB", "status", "added"):
         table.add_column(column)
@@ -494,7 +549,7 @@ def run_models(args: argparse.Namespace, params) -> int:
     """The champion and the model store: gate, promote, rollback, models, bento."""
     from rich.console import Console
 
-    from flows.models import build_bento, history_table, lineage_of, models_table
+    from flows.models import build_bento, history_table, lineage_of, model_rows, models_table
     from transferops.registry import champion
     from transferops.registry.store import resolve_tag, stored_model_dir
 
@@ -524,6 +579,14 @@ def run_models(args: argparse.Namespace, params) -> int:
         return 0
     elif args.tag:
         print(json.dumps(lineage_of(args.tag), indent=2))
+        return 0
+    elif args.json:
+        rows = (
+            [asdict(record) for record in champion.history(models_dir)]
+            if args.history
+            else model_rows(params)
+        )
+        print(json.dumps(rows, indent=2, default=str))
         return 0
     else:
         Console().print(history_table(params) if args.history else models_table(params))

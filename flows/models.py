@@ -44,23 +44,40 @@ def lineage_of(tag: str) -> dict:
     }
 
 
-def models_table(params: Params) -> Table:
-    """Every version of ``package.model_name``, newest first; the champion starred."""
+def model_rows(params: Params) -> list[dict]:
+    """Every version of ``package.model_name``, newest first, the champion marked."""
     holder = champion.current(params.paths.models)
+    models = sorted(
+        list_models(params.package.model_name), key=lambda m: m.info.creation_time, reverse=True
+    )
+    return [
+        {
+            "champion": bool(holder and str(model.tag) == holder.tag),
+            "tag": str(model.tag),
+            "created": model.info.creation_time.isoformat(timespec="seconds"),
+            "data_version": model.info.labels.get("data_version"),
+            "git_revision": model.info.labels.get("git_revision"),
+            "strategy": model.info.labels.get("strategy"),
+            "accuracy": model.info.labels.get("accuracy"),
+        }
+        for model in models
+    ]
+
+
+def models_table(params: Params) -> Table:
+    """:func:`model_rows` as a table; the champion starred."""
     table = Table(title=f"models in the BentoML store ({params.package.model_name})")
     for column in ("", "tag", "created", "data version", "git", "strategy", "accuracy"):
         table.add_column(column, overflow="fold")
-    models = list_models(params.package.model_name)
-    for model in sorted(models, key=lambda m: m.info.creation_time, reverse=True):
-        labels = model.info.labels
+    for row in model_rows(params):
         table.add_row(
-            "★ champion" if holder and str(model.tag) == holder.tag else "",
-            str(model.tag),
-            model.info.creation_time.strftime("%Y-%m-%d %H:%M:%S"),
-            labels.get("data_version", "-")[:16],
-            labels.get("git_revision", "-")[:12],
-            labels.get("strategy", "-"),
-            labels.get("accuracy", "-"),
+            "★ champion" if row["champion"] else "",
+            row["tag"],
+            row["created"].replace("T", " ")[:19],
+            (row["data_version"] or "-")[:16],
+            (row["git_revision"] or "-")[:12],
+            row["strategy"] or "-",
+            row["accuracy"] or "-",
         )
     return table
 

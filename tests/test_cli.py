@@ -1,6 +1,7 @@
 """Every command answers --help; bad params stop with a named error."""
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -144,3 +145,37 @@ def test_an_activated_venv_has_telemetry_off_for_the_commands_the_docs_print() -
     )  # fmt: skip
     env = dict(line.split("=", 1) for line in activated.stdout.splitlines() if "=" in line)
     assert {key: env.get(key) for key in TELEMETRY_OFF} == TELEMETRY_OFF
+
+
+def test_version_json_and_params_after_the_command(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    shown = transferops("--version")
+    assert shown.returncode == 0 and shown.stdout.strip() == f"transferops {version('transferops')}"
+    params = write_params(tmp_path / "params.yaml", absolute_paths(tmp_path))
+    listed = transferops("data", "list", "--json", "--params", str(params), cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == []
+    models = transferops("models", "--history", "--json", "--params", str(params), cwd=tmp_path)
+    assert models.returncode == 0 and json.loads(models.stdout) == [], models.stderr
+    bad = write_params(tmp_path / "bad.yaml", {"serve.top_k": 0})
+    after = transferops("data", "list", "--params", str(bad), cwd=tmp_path)
+    assert after.returncode == 2 and f"{bad}: serve.top_k = 0" in after.stderr
+
+
+def test_an_unexpected_failure_exits_4_with_one_line_and_the_traceback_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.models
+
+    def broken(params):
+        raise RuntimeError("the store's index is corrupt")
+
+    monkeypatch.setattr(flows.models, "model_rows", broken)
+    params = write_params(tmp_path / "params.yaml", absolute_paths(tmp_path))
+    result = transferops("--params", str(params), "models", "--json", cwd=tmp_path)
+    assert result.returncode == 4
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: unexpected RuntimeError: the store's index is corrupt")
+    kept = Path(line.rsplit("traceback: ", 1)[1].rstrip(")"))
+    assert kept.is_file() and "Traceback" in kept.read_text() and "broken" in kept.read_text()
