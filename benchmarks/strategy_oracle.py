@@ -1,7 +1,9 @@
 """Is the freeze-strategy selector any good out of sample? Oracle, baselines, held-out fits.
 
-For every task of the suite (``benchmarks/tasks.py``: 11 offline tasks of
-different domain, size, resolution and colour):
+For every task of the suite (``benchmarks/tasks.py`` builds 11 offline tasks of
+different domain, size, resolution and colour; the recorded results in
+``benchmarks/results/oracle`` hold 9 of them: fmnist-1000 and fmnist-10000,
+whose grids take hours on 2 CPUs, were not run):
 
 1. profile it exactly as the pipeline does (features, LogME, LEEP, k-NN,
    BatchNorm distance) and time that;

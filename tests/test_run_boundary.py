@@ -8,13 +8,20 @@ elsewhere on the worker's disk is refused by name before anything runs.
 
 import socket
 import threading
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from flows.deploy import MONITORING_DEPLOYMENT, TRAINING_DEPLOYMENT
-from flows.prefect_server import AUTH_ENV, running_deployments, server_auth, wait_for_run
+from flows.prefect_server import (
+    AUTH_ENV,
+    flow_runs,
+    running_deployments,
+    server_auth,
+    wait_for_run,
+)
 from flows.workspace import create_workspace
 from tests.conftest import ROOT, TINY, own_prefect_server, write_params
 from transferops.config import RUN_PARAMS
@@ -47,6 +54,35 @@ class Elsewhere:
         self.socket.close()
 
 
+def hostile_event(elsewhere: str, outside: Path) -> None:
+    """A retrain request asking for the service's key to go elsewhere, a path to move and a
+    folder from outside ``paths.incoming``."""
+    from prefect.events.worker import EventsWorker
+
+    from flows.events import request_retrain
+
+    request_retrain(
+        model_tag="transferops-classifier:any",
+        overrides=[
+            "serve.api_key_env=HOME",
+            f"orchestrate.service_url={elsewhere}",
+            "paths.registry=/tmp/appended-to",
+        ],
+        new_data=str(outside),
+        why={"reason": "an attacker's event"},
+    )
+    EventsWorker.drain_all(timeout=10)
+
+
+def wait_until(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def files_of(repo: Path) -> list[str]:
     return sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if ".git" not in p.parts)
 
@@ -57,8 +93,6 @@ def test_a_hostile_retrain_event_is_refused_by_name_and_nothing_runs(
 ) -> None:
     from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from flows.events import request_retrain
 
     repo = create_workspace(ROOT, tmp_path / "project")
     quiet = {"orchestrate.monitor_cron": "0 0 1 1 *"}  # registered, not due during the test
@@ -77,19 +111,17 @@ def test_a_hostile_retrain_event_is_refused_by_name_and_nothing_runs(
         ):
             anonymous = httpx.post(f"{api}/deployments/filter", json={}, timeout=10)
             assert anonymous.status_code == 401, "the project's server answers only its string"
+            training = found[1]["id"]
+            EventsWorker.drain_all(timeout=10)  # no events client of another server lingers
             with temporary_settings(updates={PREFECT_API_URL: api}):
-                request_retrain(
-                    model_tag="transferops-classifier:any",
-                    overrides=[
-                        "serve.api_key_env=HOME",
-                        f"orchestrate.service_url={elsewhere.url}",
-                        "paths.registry=/tmp/appended-to",
-                    ],
-                    new_data=str(outside),
-                    why={"reason": "an attacker's event"},
-                )
-                EventsWorker.drain_all(timeout=10)
-            run = wait_for_run(api, found[1]["id"], known=set(), timeout=180)
+                # The server loads a new automation on its own schedule: an event sent the
+                # moment the deployment is ready can find none. Sent again until a run
+                # starts; the trigger fires once per window, so at most one run does.
+                for _ in range(30):
+                    hostile_event(elsewhere.url, outside)
+                    if wait_until(lambda: flow_runs(api, training), seconds=4):
+                        break
+            run = wait_for_run(api, training, known=set(), timeout=180)
     finally:
         elsewhere.close()
     assert run["state_type"] == "FAILED", run["state_type"]
