@@ -6,8 +6,9 @@
    the epoch, not its validation pass or checkpoint write) and through a bare
    loop: the same timm model, frozen stages ``requires_grad=False`` with
    BatchNorm in eval, one AdamW over the engine's per-stage groups, forward,
-   loss, backward, step.
-   Overhead = 1 - engine / bare.
+   loss, backward, step, in the engine's memory layout (channels-last, on CPU
+   too: ``transferops.runtime.place_model``), so the two differ by the
+   engine's own work only. Overhead = 1 - engine / bare.
 2. Epoch time of the linear probe on cached features against the same probe
    recomputing the frozen backbone each epoch (both timed: a probe epoch that
    runs the backbone on every batch, and ten cached epochs), and of
@@ -15,8 +16,8 @@
 
     .venv/bin/python benchmarks/train_throughput.py [--images 1024] [--side 64]
 
-On CUDA (``--device cuda``) it runs the same comparison with bf16 autocast and
-channels_last at the model's native resolution (``--side 0``). ``--synthetic``
+On CUDA (``--device cuda``) it runs the same comparison with bf16 autocast at
+the model's native resolution (``--side 0``). ``--synthetic``
 uses seeded random images where Fashion-MNIST is absent (the GPU machine):
 throughput does not depend on what the pixels show. ``--json`` also writes the rows.
 """
@@ -62,8 +63,7 @@ def bare_loop(model, data, strategy: str, batch_size: int, device: str) -> float
     """One epoch of the plainest correct loop; returns images per second."""
     trainable, lrs = plan(model, strategy)
     model.to(device).train()
-    if device == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)  # the engine's layout on every device
     set_trainable(model, trainable)
     optimizer = torch.optim.AdamW(parameter_groups(model, lrs, weight_decay=0.01))
     loader = torch.utils.data.DataLoader(
@@ -77,8 +77,7 @@ def bare_loop(model, data, strategy: str, batch_size: int, device: str) -> float
     start, seen = time.perf_counter(), 0
     for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device)
-        if device == "cuda":
-            images = images.to(memory_format=torch.channels_last)
+        images = images.to(memory_format=torch.channels_last)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
             loss = torch.nn.functional.cross_entropy(model(images).float(), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -120,9 +119,7 @@ def probe_epoch_recomputing(backbone, data, batch_size: int, device: str) -> flo
     in feature extraction), then one AdamW step on the linear head: what the
     cached probe would cost every epoch without its cache.
     """
-    model = backbone.model.to(device).eval()
-    if device == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = backbone.model.to(device).eval().to(memory_format=torch.channels_last)
     head = torch.nn.Linear(backbone.num_features, 10).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.01)
     loader = loader_for(data, batch_size, device, shuffle=True)
