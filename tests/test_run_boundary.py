@@ -84,7 +84,11 @@ def wait_until(condition, seconds: float) -> bool:
 
 
 def files_of(repo: Path) -> list[str]:
-    return sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if ".git" not in p.parts)
+    """The workspace's files, but git's and the bytecode a process compiles on import."""
+    skipped = {".git", "__pycache__"}
+    return sorted(
+        p.relative_to(repo).as_posix() for p in repo.rglob("*") if not skipped & set(p.parts)
+    )
 
 
 @pytest.mark.integration
