@@ -327,8 +327,11 @@ def same_origin(url: str, trusted: Params) -> bool:
     place the service's API key is ever sent)."""
     from urllib.parse import urlsplit
 
+    def origin(address: str) -> tuple:
+        parts = urlsplit(address)
+        return parts.scheme, parts.hostname, parts.port
+
     own = trusted.orchestrate.service_url
-    origin = lambda u: (urlsplit(u).scheme, urlsplit(u).hostname, urlsplit(u).port)  # noqa: E731
     return bool(own) and origin(url) == origin(own)
 
 
