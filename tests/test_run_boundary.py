@@ -156,3 +156,15 @@ def test_a_server_of_the_project_gets_an_auth_string_only_its_user_reads(
     assert server_auth(tmp_path / "home") == made, "kept: the UI and later runs use the same"
     monkeypatch.setenv(AUTH_ENV, "team:from-the-environment")
     assert server_auth(tmp_path / "home") == "team:from-the-environment"
+
+
+def test_the_service_key_goes_only_to_params_yaml_s_own_service_url() -> None:
+    from flows.training import same_origin
+    from transferops.config import load_params
+
+    own = load_params(ROOT / "params.yaml", ["orchestrate.service_url=http://127.0.0.1:3000"])
+    assert same_origin("http://127.0.0.1:3000", own)
+    for elsewhere in ("http://127.0.0.2:3000", "https://127.0.0.1:3000", "http://127.0.0.1:3001",
+                      "http://127.0.0.1:3000@evil.example"):  # fmt: skip
+        assert not same_origin(elsewhere, own), elsewhere
+    assert not same_origin("http://127.0.0.1:3000", load_params(ROOT / "params.yaml")), "none set"
