@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from transferops.files import PRIVATE
 from transferops.logs.predictions import PredictionLog, query, read_feedback
 
 KEPT_DIR = "kept"
@@ -31,7 +32,7 @@ def write_private(path: Path, body: bytes) -> None:
     """Write ``body`` to ``path`` whole (a temporary file renamed), readable by its owner only."""
     path.parent.mkdir(mode=0o700, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE)
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(body)
     os.replace(temporary, path)

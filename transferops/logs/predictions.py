@@ -33,7 +33,6 @@ replicas on several nodes need a server database instead (docs/scaling.md).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -41,7 +40,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -167,7 +166,7 @@ class PredictionLog:
         self.path = self.directory / f"predictions-{socket.gethostname()}.sqlite"
         self._lock = threading.Lock()
         self._db = _connect(self.path)
-        with contextlib.suppress(PermissionError):  # another user's store keeps its mode
+        with suppress(PermissionError):  # another user's store keeps its mode
             os.chmod(self.path, SHARED)  # callers' data: the group reads, others nothing
         with self._lock, self._db:
             self._db.executescript(SCHEMA)

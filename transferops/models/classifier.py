@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from transferops.models.backbones import (
@@ -88,8 +89,8 @@ def starting_head(
         return None, f"the start is a {config.backbone}; this run trains a {backbone}"
     if list(config.classes) != list(classes):
         return None, f"the start's classes {config.classes} are not this run's {classes}"
-    state = load_file(str(path))
-    return (state[f"{HEAD}.weight"], state[f"{HEAD}.bias"]), ""
+    with safe_open(str(path), framework="pt") as state:  # the two head tensors, not all
+        return (state.get_tensor(f"{HEAD}.weight"), state.get_tensor(f"{HEAD}.bias")), ""
 
 
 def eval_transform(config: ClassifierConfig):
