@@ -78,8 +78,10 @@ def _add_train(commands) -> None:
         help="run the training flow (DVC snapshot + dvc repro)",
         description="Snapshot the data with DVC, run `dvc repro` stage by stage, push to the "
         "DVC remote, gate the candidate. --params and -S reach the stages through "
-        ".transferops/run-params.yaml; params.yaml is never rewritten. One training run "
-        "per project at a time: a second one exits 3 at once, naming the run in progress.",
+        ".transferops/run-params.yaml; params.yaml is never rewritten. They may change only "
+        "the keys orchestrate.run_keys lists: any other exits 2 at once, named. One training "
+        "run per project at a time: a second one exits 3 at once, naming the run in progress. "
+        "Exit 1 when the gate keeps the champion.",
     )
     source = train.add_mutually_exclusive_group()
     source.add_argument("--dataset", help="a labelled ImageFolder to add as a new data drop")
@@ -111,7 +113,11 @@ def _add_monitor(commands) -> None:
         action="store_true",
         help="only check and report; no retrain decision, never request a retrain",
     )
-    monitor.add_argument("--new-data", help="labelled ImageFolder the retraining run adds")
+    monitor.add_argument(
+        "--new-data",
+        help="labelled ImageFolder: checked and added as a drop when the check retrains; the "
+        "retrain event names the drop",
+    )
     add_override_option(monitor)
 
 
